@@ -1,0 +1,60 @@
+"""Console entry point `voxforge`.
+
+Thin by design: it builds the argument parser from the command modules listed in
+`COMMAND_MODULES` and dispatches. Each command module exposes
+`register(subparsers) -> None`, which adds its sub-parser and sets `func=...` through
+`set_defaults`. Command modules import torch and friends inside their handlers, so
+`voxforge --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from voxforge import __version__
+from voxforge.errors import UserError
+
+COMMAND_MODULES = [
+    "voxforge.commands.train",
+    "voxforge.commands.config_cmd",
+    "voxforge.commands.checkpoints",
+    "voxforge.commands.data",
+    "voxforge.commands.encode",
+    "voxforge.commands.generate",
+    "voxforge.commands.pipeline",
+    "voxforge.commands.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voxforge",
+        description="Train and run generative models of 3D assets from your own meshes.",
+    )
+    parser.add_argument("--version", action="version", version=f"voxforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # command not built yet in this checkout
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        result = args.func(args)
+    except UserError as err:
+        print(f"voxforge {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return int(result or 0)

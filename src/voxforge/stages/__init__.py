@@ -1,0 +1,47 @@
+"""Registry of trainable stages (name in a recipe's `stage:` key -> Stage class).
+
+Built-in stages are listed as import strings, so looking up one stage does not import
+the others. Plugins and tests add their own with `register_stage`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from voxforge.errors import ConfigError
+
+_BUILTIN = {
+    "toy_flow": "voxforge.stages.toy_flow:ToyFlowStage",
+    "ss_vae": "voxforge.stages.ss_vae:SSVAEStage",
+    "ss_flow": "voxforge.stages.ss_flow:SSFlowStage",
+    "slat_vae": "voxforge.stages.slat_vae:SLatVAEStage",
+    "slat_flow": "voxforge.stages.slat_flow:SLatFlowStage",
+}
+_REGISTERED: dict[str, type] = {}
+
+
+def register_stage(cls: type) -> type:
+    """Register a Stage subclass under `cls.name` (usable as a class decorator)."""
+    _REGISTERED[cls.name] = cls
+    return cls
+
+
+def stage_names() -> list[str]:
+    names = set(_REGISTERED)
+    for name, target in _BUILTIN.items():
+        module = target.split(":")[0]
+        if importlib.util.find_spec(module) is not None:
+            names.add(name)
+    return sorted(names)
+
+
+def get_stage(name: str, *, source: str = "") -> type:
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    target = _BUILTIN.get(name)
+    if target is None or importlib.util.find_spec(target.split(":")[0]) is None:
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}key 'stage': unknown stage '{name}'; available: {', '.join(stage_names())}")
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)

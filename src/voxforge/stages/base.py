@@ -1,0 +1,88 @@
+"""The interface between the training engine and what it trains.
+
+A *stage* (the toy flow, the sparse-structure VAE, the structure flow, ...) is a class
+that says which recipe sections it owns and how to build its model, its dataset and its
+loss. The engine (`voxforge.train.engine`) does everything else: devices, precision,
+distribution, optimisation, EMA, checkpoints, logging and preemption.
+
+Rules a stage follows so that resume is exact and distribution is transparent:
+- Model code is single-device. The engine wraps the model (DDP now, FSDP later); `loss`
+  receives the wrapped model and must call it (not `model.module`) for the forward pass.
+- Randomness inside `loss` draws from the global torch RNG (the engine saves and restores
+  it per rank). Randomness inside a dataset's `__getitem__` derives from the index and
+  `self.epoch` (see `EpochAware`), never from global state, so worker processes and
+  resumed runs see the same data.
+- `loss` runs under the engine's autocast; anything that must stay fp32 (rendering,
+  losses on rendered images, sampling accumulators) fences itself with
+  `torch.autocast(device_type, enabled=False)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class EpochAware:
+    """Mixin for datasets whose per-item randomness depends on the epoch; the engine sets it."""
+
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class Stage:
+    """Base class of trainable stages; subclasses set `name` and `sections`."""
+
+    name: ClassVar[str] = ""
+    #: extra recipe sections this stage owns, e.g. {"model": ToyModelConfig, "data": ...}
+    sections: ClassVar[dict[str, type]] = {}
+
+    def __init__(self, recipe: Any, run_dir: Path, device: torch.device):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.device = device
+
+    # --- building -------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError(f"stage '{self.name}' must implement build_model")
+
+    def build_dataset(self) -> torch.utils.data.Dataset:
+        raise NotImplementedError(f"stage '{self.name}' must implement build_dataset")
+
+    def collate(self, items: list[Any]) -> Any:
+        return torch.utils.data.default_collate(items)
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
+        """Optional custom optimizer groups; None uses the recipe's `optim` rules."""
+        return None
+
+    # --- training -------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return the scalar loss of one micro-batch and extra metrics to log."""
+        raise NotImplementedError(f"stage '{self.name}' must implement loss")
+
+    def batch_size_of(self, batch: Any) -> int:
+        """Samples in a batch (for samples/s); override for unusual batch structures."""
+        if isinstance(batch, torch.Tensor):
+            return batch.shape[0]
+        if isinstance(batch, dict):
+            for value in batch.values():
+                if isinstance(value, torch.Tensor):
+                    return value.shape[0]
+        if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+            return batch[0].shape[0]
+        return 1
+
+    # --- hooks (rank 0 only) ----------------------------------------------------------
+    def on_sample(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float] | None:
+        """Write periodic samples under `out_dir` (the EMA model when EMA is on); return metrics."""
+        return None
+
+    def on_train_end(self, model: nn.Module, step: int) -> dict[str, float] | None:
+        """Called once when training reaches max_steps; return final metrics (or None)."""
+        return None
