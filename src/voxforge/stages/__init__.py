@@ -12,6 +12,7 @@ import importlib.util
 from voxforge.errors import ConfigError
 
 _BUILTIN = {
+    "debug_regression": "voxforge.stages.debug:DebugRegressionStage",
     "toy_flow": "voxforge.stages.toy_flow:ToyFlowStage",
     "ss_vae": "voxforge.stages.ss_vae:SSVAEStage",
     "ss_flow": "voxforge.stages.ss_flow:SSFlowStage",

@@ -48,6 +48,7 @@ class TrainConfig:
     grad_clip_percentile: float = option(95.0, gt=0.0, le=100.0, help="adaptive: clip at this percentile")
     grad_clip_window: int = option(1000, ge=1, help="adaptive: recent norms remembered")
     ema_rates: list[float] = option(default_factory=list, gt=0.0, lt=1.0, help="e.g. [0.9999]")
+    ema_warmup: bool = option(True, help="cap the EMA rate at (1+n)/(10+n) after n updates")
     checkpoint_every: int = option(1000, ge=1)
     keep_last: int = option(3, ge=1, help="committed checkpoints kept")
     time_limit: float | None = option(None, gt=0.0, help="seconds; stops with a checkpoint")

@@ -1,0 +1,410 @@
+"""The training engine: runs any `Stage` from a recipe, on one process or many.
+
+`train(recipe, run_dir)` is the whole public surface. It
+
+- builds the stage's model (fp32 parameters), dataset, AdamW groups, LR schedule, EMA,
+  gradient clipper and, for fp16, a GradScaler;
+- resumes from the newest *committed* checkpoint of `run_dir` (half-written ones are
+  removed), restoring weights, optimizer, schedule, scaler, EMA, every rank's RNG state
+  and the data position, so N steps straight and N/2 + resume + N/2 give bit-identical
+  weights on CPU;
+- runs optimizer steps of `grad_accum` micro-batches under autocast; a non-finite loss or
+  gradient on any rank skips the step on all ranks (counted, logged, schedule not moved)
+  and too many in a row stop the run with a checkpoint (`TrainingDiverged`);
+- stops cleanly on SIGTERM / SIGUSR1 (preemption), `train.time_limit` or `stop_after`,
+  always finishing the current step and committing a checkpoint first.
+
+Stages never see DDP, precision or checkpoints; see `voxforge.stages.base`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from voxforge.config.core import dump_yaml, to_dict
+from voxforge.stages import get_stage
+from voxforge.train import checkpoint as ckpt_io
+from voxforge.train.data import BatchStream
+from voxforge.train.distributed import DistInfo, init_distributed, unwrap_model, wrap_model
+from voxforge.train.ema import EMA
+from voxforge.train.logging import MetricsLogger, Progress, SpikeDetector
+from voxforge.train.optim import GradClipper, build_optimizer, build_param_groups, build_scheduler, grad_norm
+from voxforge.train.precision import autocast, make_scaler
+
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row; a checkpoint of the last good state was written."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    reason: str  # max_steps | already_complete | preempted | time_limit | stop_after
+    skipped_steps: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    signal: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal if self.signal else 0
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=device.type == "cuda")
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(v, device) for v in batch]
+        return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)
+    return batch
+
+
+@contextlib.contextmanager
+def forked_rng():
+    """Run a block (sampling hooks) without disturbing the training RNG streams."""
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(py)
+    np.random.set_state(npy)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _write_config(run_dir: Path, recipe: Any, progress: Progress) -> None:
+    path = run_dir / "config.yaml"
+    text = dump_yaml(recipe)
+    if path.is_file():
+        old = yaml.safe_load(path.read_text()) or {}
+        new = to_dict(recipe)
+        changed = sorted(_diff_keys(old, new))
+        if changed:
+            progress.write(f"voxforge: resuming {run_dir} with changed settings: {', '.join(changed)}")
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _diff_keys(old: Any, new: Any, prefix: str = "") -> set[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys: set[str] = set()
+        for k in set(old) | set(new):
+            keys |= _diff_keys(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else k)
+        return keys
+    return set() if old == new else {prefix}
+
+
+class Trainer:
+    def __init__(self, recipe: Any, run_dir: str | Path, *, stop_after: int | None = None):
+        self.recipe = recipe
+        self.cfg = recipe.train
+        self.run_dir = Path(run_dir)
+        self.stop_after = stop_after
+        self._signal: int | None = None
+
+    # --- set-up ---------------------------------------------------------------------
+    def _build(self, info: DistInfo) -> None:
+        cfg, device = self.cfg, info.device
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        _seed_all(cfg.seed)  # identical initial weights on every rank
+        stage_cls = get_stage(self.recipe.stage)
+        self.stage = stage_cls(self.recipe, self.run_dir, device)
+        self.model: nn.Module = self.stage.build_model().to(device)
+        groups = self.stage.param_groups(self.model) or build_param_groups(self.model, self.recipe.optim)
+        self.optimizer = build_optimizer(groups, self.recipe.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.recipe.optim, cfg.max_steps)
+        self.scaler = make_scaler(device, cfg.precision)
+        self.clipper = GradClipper(cfg)
+        self.ema = EMA(self.model, cfg.ema_rates) if cfg.ema_rates else None
+        self.ema_updates = 0
+        self.spikes = SpikeDetector(cfg.spike_factor, cfg.spike_window)
+        self.dataset = self.stage.build_dataset()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.step = 0
+        self.skipped = 0
+        self.nonfinite_in_row = 0
+        self.samples_seen = 0
+        self.data_state = {"epoch": 0, "batch": 0}
+        _seed_all(cfg.seed + 7919 * info.rank)  # per-rank stream for the stages' randomness
+
+    def _trainer_state(self, stream: BatchStream) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "skipped": self.skipped,
+            "nonfinite_in_row": self.nonfinite_in_row,
+            "samples_seen": self.samples_seen,
+            "ema_updates": self.ema_updates,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "clipper": self.clipper.state_dict(),
+            "spikes": self.spikes.state_dict(),
+            "data": stream.state_dict(),
+            "world_size": self.info.world_size,
+        }
+
+    def _resume(self, info: DistInfo) -> ckpt_io.CheckpointInfo | None:
+        ckpt = ckpt_io.latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return None
+        state = ckpt_io.load_state_dict_file(ckpt.weights["model"])
+        self.model.load_state_dict(state)
+        if self.ema is not None:
+            self.ema.load_state_dicts(
+                {r: ckpt_io.load_state_dict_file(ckpt.path / f"ema_{r}.safetensors")
+                 for r in self.ema.rates if (ckpt.path / f"ema_{r}.safetensors").is_file()}
+            )
+        ts = ckpt_io.load_trainer_state(ckpt)
+        self.optimizer.load_state_dict(ts["optimizer"])
+        self.scheduler.load_state_dict(ts["scheduler"])
+        if self.scaler is not None and ts.get("scaler"):
+            self.scaler.load_state_dict(ts["scaler"])
+        self.clipper.load_state_dict(ts["clipper"])
+        self.spikes.load_state_dict(ts["spikes"])
+        self.step, self.skipped = ts["step"], ts["skipped"]
+        self.nonfinite_in_row, self.samples_seen = ts["nonfinite_in_row"], ts["samples_seen"]
+        self.ema_updates = ts.get("ema_updates", 0)
+        if ts.get("world_size", 1) == info.world_size:
+            self.data_state = ts["data"]
+        else:  # a different process count re-deals the data; restart at the next epoch
+            self.data_state = {"epoch": ts["data"]["epoch"] + 1, "batch": 0}
+        rng = ckpt_io.load_rng_state(ckpt, info.rank)
+        if rng is not None:
+            ckpt_io.restore_rng(rng)
+        return ckpt
+
+    # --- checkpoint / hooks ------------------------------------------------------------
+    def _save(self, stream: BatchStream) -> None:
+        info = self.info
+        main = info.is_main
+        ckpt_io.save_checkpoint(
+            self.run_dir,
+            self.step,
+            model_state=self.model.state_dict() if main else None,
+            ema_states=self.ema.state_dicts() if (main and self.ema) else None,
+            trainer_state=self._trainer_state(stream) if main else None,
+            rank=info.rank,
+            world_size=info.world_size,
+            barrier=info.barrier,
+            keep_last=self.cfg.keep_last,
+        )
+        self.last_saved = self.step
+        if main:
+            self.logger.event(self.step, "checkpoint", path=str(ckpt_io.checkpoint_root(self.run_dir)))
+
+    def _eval_model(self) -> nn.Module:
+        model = copy.deepcopy(self.model)
+        if self.ema is not None:
+            self.ema.copy_to(model)
+        return model.eval()
+
+    def _sample(self) -> None:
+        if self.info.is_main:
+            out_dir = self.run_dir / "samples" / f"step_{self.step:08d}"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with forked_rng(), torch.no_grad():
+                metrics = self.stage.on_sample(self._eval_model(), self.step, out_dir)
+            if metrics:
+                self.logger.log(self.step, {f"sample/{k}": v for k, v in metrics.items()})
+        self.info.barrier()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signal = signum
+
+    # --- the loop -------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.info = info = init_distributed(cfg.device)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        start_time = time.monotonic()
+        progress_stub = Progress(0, 0, enabled=False)
+        if info.is_main:
+            for path in ckpt_io.clean_incomplete(self.run_dir):
+                progress_stub.write(f"voxforge: removed incomplete checkpoint {path} (interrupted save)")
+            _write_config(self.run_dir, self.recipe, progress_stub)
+        info.barrier()
+        self._build(info)
+        resumed = self._resume(info)
+        if self.step >= cfg.max_steps:
+            return TrainResult(self.run_dir, self.step, "already_complete", self.skipped)
+
+        self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, enabled=info.is_main)
+        if resumed is not None:
+            self.logger.event(self.step, "resume", checkpoint=str(resumed.path))
+        wrapped = wrap_model(self.model, info, compile=cfg.compile, find_unused=cfg.ddp_find_unused)
+        stream = BatchStream(
+            self.dataset, self.stage.collate, batch_size=cfg.batch_size, rank=info.rank,
+            world_size=info.world_size, seed=cfg.seed, num_workers=cfg.num_workers, **self.data_state,
+        )
+        progress = Progress(cfg.max_steps, self.step, enabled=info.is_main and cfg.progress)
+        previous = {s: signal.signal(s, self._on_signal) for s in PREEMPT_SIGNALS}
+        self.last_saved = self.step if resumed is not None else -1
+        steps_this_run = 0
+        reason, result_signal = "max_steps", None
+        window: dict[str, float] = {}
+        window_steps, window_samples, window_start = 0, 0, time.perf_counter()
+        try:
+            while self.step < cfg.max_steps:
+                metrics, samples, local_bad, loss_sum = self._train_step(wrapped, stream)
+                gnorm = grad_norm(self.params)
+                elapsed = time.monotonic() - start_time
+                flags = torch.tensor(
+                    [local_bad + (0 if math.isfinite(gnorm) else 1), self._signal is not None,
+                     cfg.time_limit is not None and elapsed > cfg.time_limit, loss_sum, samples],
+                    dtype=torch.float64,
+                )
+                info.all_reduce_sum(flags)
+                if flags[0] > 0:
+                    self._skip_step(flags, progress, stream)
+                else:
+                    self._apply_step(gnorm)
+                    steps_this_run += 1
+                    loss = float(flags[3]) / info.world_size
+                    self.samples_seen += int(flags[4])
+                    window_steps += 1
+                    window_samples += int(flags[4])
+                    for k, v in {"loss": loss, "grad_norm": gnorm, **metrics}.items():
+                        window[k] = window.get(k, 0.0) + v
+                    median = self.spikes.check(loss)
+                    if median is not None and info.is_main:
+                        self.logger.event(self.step, "loss_spike", loss=loss, recent_median=median)
+                        progress.write(f"voxforge: loss spike at step {self.step}: {loss:.4g} (median {median:.4g})")
+                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                        seconds = max(time.perf_counter() - window_start, 1e-9)
+                        record = {k: v / window_steps for k, v in window.items()}
+                        record.update(lr=self.scheduler.get_last_lr()[0], steps_per_s=window_steps / seconds,
+                                      samples_per_s=window_samples / seconds, skipped_steps=self.skipped)
+                        self.logger.log(self.step, record)
+                        progress.update(window_steps, loss=record["loss"], samples_s=record["samples_per_s"])
+                        window, window_steps, window_samples, window_start = {}, 0, 0, time.perf_counter()
+                    if cfg.sample_every and self.step % cfg.sample_every == 0:
+                        self._sample()
+                    if self.step % cfg.checkpoint_every == 0:
+                        self._save(stream)
+                if flags[1] > 0:
+                    result_signal = self._signal or int(signal.SIGTERM)
+                    reason = "preempted"
+                elif flags[2] > 0:
+                    reason = "time_limit"
+                elif self.stop_after is not None and steps_this_run >= self.stop_after:
+                    reason = "stop_after"
+                if reason != "max_steps":
+                    break
+            if self.last_saved != self.step:
+                self._save(stream)
+            if reason == "max_steps":
+                if not (cfg.sample_every and self.step % cfg.sample_every == 0):
+                    self._sample()
+                final = self._finish()
+            else:
+                final = {}
+                self.logger.event(self.step, reason, signal=result_signal)
+                progress.write(f"voxforge: stopped at step {self.step} ({reason}); "
+                               "checkpoint committed, re-run the same command to continue")
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            progress.close()
+            self.logger.close()
+        return TrainResult(self.run_dir, self.step, reason, self.skipped, final, result_signal)
+
+    def _train_step(self, wrapped: nn.Module, stream: BatchStream) -> tuple[dict[str, float], int, int, float]:
+        cfg, device = self.cfg, self.info.device
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics: dict[str, float] = {}
+        samples, bad, loss_sum = 0, 0, 0.0
+        for micro in range(cfg.grad_accum):
+            batch = to_device(stream.next(), device)
+            samples += self.stage.batch_size_of(batch)
+            last = micro == cfg.grad_accum - 1
+            no_sync = getattr(wrapped, "no_sync", None)
+            sync = contextlib.nullcontext() if (last or no_sync is None) else no_sync()
+            with sync:
+                with autocast(device, cfg.precision):
+                    loss, extra = self.stage.loss(wrapped, batch)
+                value = float(loss.detach().float())
+                scaled = loss.float() / cfg.grad_accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            if math.isfinite(value):
+                loss_sum += value / cfg.grad_accum
+            else:
+                bad += 1
+            for k, v in (extra or {}).items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        return metrics, samples, bad, loss_sum
+
+    def _apply_step(self, gnorm: float) -> None:
+        self.clipper.clip(self.params, gnorm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.nonfinite_in_row = 0
+        if self.ema is not None:
+            self.ema.update(self.model, self.ema_updates if self.cfg.ema_warmup else None)
+            self.ema_updates += 1
+
+    def _skip_step(self, flags: torch.Tensor, progress: Progress, stream: BatchStream) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.update()  # lowers the fp16 loss scale after an overflow
+        self.skipped += 1
+        self.nonfinite_in_row += 1
+        if self.info.is_main:
+            self.logger.event(self.step, "nonfinite", skipped_total=self.skipped, in_row=self.nonfinite_in_row,
+                              loss=float(flags[3]))
+        if self.nonfinite_in_row >= self.cfg.max_nonfinite_in_row:
+            if self.last_saved != self.step:
+                self._save(stream)
+            message = (
+                f"{self.nonfinite_in_row} non-finite steps in a row at step {self.step} "
+                f"({self.skipped} skipped in total); the last good state is checkpointed in "
+                f"{ckpt_io.checkpoint_root(self.run_dir)}. Lower optim.lr, use train.precision=bf16 "
+                "instead of fp16, or tighten train.grad_clip_norm, then re-run to resume."
+            )
+            if self.info.is_main:
+                self.logger.event(self.step, "diverged", message=message)
+            raise TrainingDiverged(message)
+
+    def _finish(self) -> dict[str, Any]:
+        final: dict[str, Any] = {}
+        if self.info.is_main:
+            with forked_rng(), torch.no_grad():
+                final = self.stage.on_train_end(self._eval_model(), self.step) or {}
+            final = {"step": self.step, "skipped_steps": self.skipped, **final}
+            (self.run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1, default=float))
+        self.info.barrier()
+        return final
+
+
+def train(recipe: Any, run_dir: str | Path, *, stop_after: int | None = None) -> TrainResult:
+    """Train `recipe` in `run_dir`, resuming from its newest committed checkpoint."""
+    return Trainer(recipe, run_dir, stop_after=stop_after).run()
