@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides (key=value) may come after options: `train R --out RUN optim.lr=1e-3`.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+        if isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in e and not e.startswith("-") for e in extra
+        ):
             args.overrides.extend(extra)
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -17,8 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("recipe", help="recipe YAML file, or the name of a built-in recipe (e.g. toy_flow)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4")
     p.add_argument("--out", required=True, help="run directory (created; resumed if it has checkpoints)")
-    p.add_argument("--stop-after", type=int, default=None, metavar="N",
-                   help="run at most N optimizer steps in this invocation, then checkpoint and exit")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run at most N optimizer steps in this invocation, then checkpoint and exit",
+    )
     p.set_defaults(func=run)
 
 
@@ -40,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if result.reason == "already_complete":
         print(f"voxforge train: {args.out} is already complete at step {result.step}", file=sys.stderr)
     elif result.reason == "max_steps":
-        print(f"voxforge train: finished {result.step} steps in {args.out} "
-              f"({result.skipped_steps} non-finite steps skipped)", file=sys.stderr)
+        print(
+            f"voxforge train: finished {result.step} steps in {args.out} "
+            f"({result.skipped_steps} non-finite steps skipped)",
+            file=sys.stderr,
+        )
     return result.exit_code

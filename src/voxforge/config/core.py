@@ -60,7 +60,14 @@ def option(
     lt: float | None = None,
 ) -> Any:
     """A dataclass field with validation metadata."""
-    metadata = {"help": help, "choices": tuple(choices) if choices else None, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    metadata = {
+        "help": help,
+        "choices": tuple(choices) if choices else None,
+        "ge": ge,
+        "gt": gt,
+        "le": le,
+        "lt": lt,
+    }
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -176,8 +183,12 @@ def _check_metadata(meta: Mapping[str, Any], value: Any, key: str, source: str) 
     choices = meta.get("choices")
     if choices and value not in choices:
         raise _err(source, key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
-    bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
-              ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
+    bounds = [
+        ("ge", ">=", lambda v, b: v >= b),
+        ("gt", ">", lambda v, b: v > b),
+        ("le", "<=", lambda v, b: v <= b),
+        ("lt", "<", lambda v, b: v < b),
+    ]
     values = value if isinstance(value, (list, tuple)) else [value]
     for name, sym, ok in bounds:
         bound = meta.get(name)

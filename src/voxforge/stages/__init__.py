@@ -43,6 +43,8 @@ def get_stage(name: str, *, source: str = "") -> type:
     target = _BUILTIN.get(name)
     if target is None or importlib.util.find_spec(target.split(":")[0]) is None:
         where = f"{source}: " if source else ""
-        raise ConfigError(f"{where}key 'stage': unknown stage '{name}'; available: {', '.join(stage_names())}")
+        raise ConfigError(
+            f"{where}key 'stage': unknown stage '{name}'; available: {', '.join(stage_names())}"
+        )
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)

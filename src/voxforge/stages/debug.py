@@ -40,7 +40,9 @@ class RegressionData(EpochAware, torch.utils.data.Dataset):
         gen = torch.Generator().manual_seed(seed + 12345)
         self.inputs = torch.randn(cfg.size, cfg.dim, generator=gen)
         weight = torch.randn(cfg.dim, cfg.dim, generator=gen) / cfg.dim**0.5
-        self.targets = torch.tanh(self.inputs @ weight) + cfg.noise * torch.randn(cfg.size, cfg.dim, generator=gen)
+        self.targets = torch.tanh(self.inputs @ weight) + cfg.noise * torch.randn(
+            cfg.size, cfg.dim, generator=gen
+        )
         self.corrupt = set(cfg.corrupt_samples)
 
     def __len__(self) -> int:

@@ -258,7 +258,9 @@ def load_model_weights(
         if isinstance(ema, float) and not isinstance(ema, bool):
             key = f"ema_{ema}"
             if key not in ckpt.weights:
-                raise UserError(f"{run_dir}: no EMA at rate {ema}; available: {', '.join(ema_keys) or 'none'}")
+                raise UserError(
+                    f"{run_dir}: no EMA at rate {ema}; available: {', '.join(ema_keys) or 'none'}"
+                )
         else:
             key = max(ema_keys, key=lambda k: float(k[4:]))
     state = load_state_dict_file(ckpt.weights[key])

@@ -21,8 +21,18 @@ from voxforge.errors import UserError
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
-    def __init__(self, size: int, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, epoch: int = 0, start_batch: int = 0):
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        epoch: int = 0,
+        start_batch: int = 0,
+    ):
         global_batch = batch_size * world_size
         if size < global_batch:
             raise UserError(
@@ -51,8 +61,19 @@ class ResumableBatchSampler(Sampler[list[int]]):
 class BatchStream:
     """Endless stream of micro-batches that knows its (epoch, batch) position."""
 
-    def __init__(self, dataset: Dataset, collate, *, batch_size: int, rank: int, world_size: int, seed: int,
-                 num_workers: int = 0, epoch: int = 0, batch: int = 0):
+    def __init__(
+        self,
+        dataset: Dataset,
+        collate,
+        *,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        num_workers: int = 0,
+        epoch: int = 0,
+        batch: int = 0,
+    ):
         self.dataset, self.collate = dataset, collate
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.num_workers = num_workers
@@ -65,11 +86,19 @@ class BatchStream:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
         sampler = ResumableBatchSampler(
-            len(self.dataset), self.batch_size, rank=self.rank, world_size=self.world_size, seed=self.seed,
-            epoch=self.epoch, start_batch=self.batch,
+            len(self.dataset),
+            self.batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=self.seed,
+            epoch=self.epoch,
+            start_batch=self.batch,
         )
         loader = DataLoader(
-            self.dataset, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers,
+            self.dataset,
+            batch_sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.seed + self.epoch),
         )
         self._iter = iter(loader)

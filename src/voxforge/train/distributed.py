@@ -71,7 +71,9 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, info: DistInfo, *, compile: bool = False, find_unused: bool = False) -> nn.Module:
+def wrap_model(
+    model: nn.Module, info: DistInfo, *, compile: bool = False, find_unused: bool = False
+) -> nn.Module:
     """The training-time view of the model: DDP across processes, optionally compiled."""
     wrapped = model
     if info.enabled:

@@ -17,8 +17,10 @@ class EMA:
         self.rates = sorted(set(rates))
         self.param_names = [n for n, p in model.named_parameters()]
         self.shadows: dict[float, dict[str, torch.Tensor]] = {
-            rate: {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
-                   for k, v in model.state_dict().items()}
+            rate: {
+                k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+                for k, v in model.state_dict().items()
+            }
             for rate in self.rates
         }
 

@@ -39,7 +39,7 @@ from voxforge.config.core import dump_yaml, to_dict
 from voxforge.stages import get_stage
 from voxforge.train import checkpoint as ckpt_io
 from voxforge.train.data import BatchStream
-from voxforge.train.distributed import DistInfo, init_distributed, unwrap_model, wrap_model
+from voxforge.train.distributed import DistInfo, init_distributed, wrap_model
 from voxforge.train.ema import EMA
 from voxforge.train.logging import MetricsLogger, Progress, SpikeDetector
 from voxforge.train.optim import GradClipper, build_optimizer, build_param_groups, build_scheduler, grad_norm
@@ -174,8 +174,11 @@ class Trainer:
         self.model.load_state_dict(state)
         if self.ema is not None:
             self.ema.load_state_dicts(
-                {r: ckpt_io.load_state_dict_file(ckpt.path / f"ema_{r}.safetensors")
-                 for r in self.ema.rates if (ckpt.path / f"ema_{r}.safetensors").is_file()}
+                {
+                    r: ckpt_io.load_state_dict_file(ckpt.path / f"ema_{r}.safetensors")
+                    for r in self.ema.rates
+                    if (ckpt.path / f"ema_{r}.safetensors").is_file()
+                }
             )
         ts = ckpt_io.load_trainer_state(ckpt)
         self.optimizer.load_state_dict(ts["optimizer"])
@@ -256,8 +259,14 @@ class Trainer:
             self.logger.event(self.step, "resume", checkpoint=str(resumed.path))
         wrapped = wrap_model(self.model, info, compile=cfg.compile, find_unused=cfg.ddp_find_unused)
         stream = BatchStream(
-            self.dataset, self.stage.collate, batch_size=cfg.batch_size, rank=info.rank,
-            world_size=info.world_size, seed=cfg.seed, num_workers=cfg.num_workers, **self.data_state,
+            self.dataset,
+            self.stage.collate,
+            batch_size=cfg.batch_size,
+            rank=info.rank,
+            world_size=info.world_size,
+            seed=cfg.seed,
+            num_workers=cfg.num_workers,
+            **self.data_state,
         )
         progress = Progress(cfg.max_steps, self.step, enabled=info.is_main and cfg.progress)
         previous = {s: signal.signal(s, self._on_signal) for s in PREEMPT_SIGNALS}
@@ -272,8 +281,13 @@ class Trainer:
                 gnorm = grad_norm(self.params)
                 elapsed = time.monotonic() - start_time
                 flags = torch.tensor(
-                    [local_bad + (0 if math.isfinite(gnorm) else 1), self._signal is not None,
-                     cfg.time_limit is not None and elapsed > cfg.time_limit, loss_sum, samples],
+                    [
+                        local_bad + (0 if math.isfinite(gnorm) else 1),
+                        self._signal is not None,
+                        cfg.time_limit is not None and elapsed > cfg.time_limit,
+                        loss_sum,
+                        samples,
+                    ],
                     dtype=torch.float64,
                 )
                 info.all_reduce_sum(flags)
@@ -291,12 +305,18 @@ class Trainer:
                     median = self.spikes.check(loss)
                     if median is not None and info.is_main:
                         self.logger.event(self.step, "loss_spike", loss=loss, recent_median=median)
-                        progress.write(f"voxforge: loss spike at step {self.step}: {loss:.4g} (median {median:.4g})")
+                        progress.write(
+                            f"voxforge: loss spike at step {self.step}: {loss:.4g} (median {median:.4g})"
+                        )
                     if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                         seconds = max(time.perf_counter() - window_start, 1e-9)
                         record = {k: v / window_steps for k, v in window.items()}
-                        record.update(lr=self.scheduler.get_last_lr()[0], steps_per_s=window_steps / seconds,
-                                      samples_per_s=window_samples / seconds, skipped_steps=self.skipped)
+                        record.update(
+                            lr=self.scheduler.get_last_lr()[0],
+                            steps_per_s=window_steps / seconds,
+                            samples_per_s=window_samples / seconds,
+                            skipped_steps=self.skipped,
+                        )
                         self.logger.log(self.step, record)
                         progress.update(window_steps, loss=record["loss"], samples_s=record["samples_per_s"])
                         window, window_steps, window_samples, window_start = {}, 0, 0, time.perf_counter()
@@ -322,8 +342,10 @@ class Trainer:
             else:
                 final = {}
                 self.logger.event(self.step, reason, signal=result_signal)
-                progress.write(f"voxforge: stopped at step {self.step} ({reason}); "
-                               "checkpoint committed, re-run the same command to continue")
+                progress.write(
+                    f"voxforge: stopped at step {self.step} ({reason}); "
+                    "checkpoint committed, re-run the same command to continue"
+                )
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -331,7 +353,9 @@ class Trainer:
             self.logger.close()
         return TrainResult(self.run_dir, self.step, reason, self.skipped, final, result_signal)
 
-    def _train_step(self, wrapped: nn.Module, stream: BatchStream) -> tuple[dict[str, float], int, int, float]:
+    def _train_step(
+        self, wrapped: nn.Module, stream: BatchStream
+    ) -> tuple[dict[str, float], int, int, float]:
         cfg, device = self.cfg, self.info.device
         self.optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {}
@@ -379,8 +403,13 @@ class Trainer:
         self.skipped += 1
         self.nonfinite_in_row += 1
         if self.info.is_main:
-            self.logger.event(self.step, "nonfinite", skipped_total=self.skipped, in_row=self.nonfinite_in_row,
-                              loss=float(flags[3]))
+            self.logger.event(
+                self.step,
+                "nonfinite",
+                skipped_total=self.skipped,
+                in_row=self.nonfinite_in_row,
+                loss=float(flags[3]),
+            )
         if self.nonfinite_in_row >= self.cfg.max_nonfinite_in_row:
             if self.last_saved != self.step:
                 self._save(stream)

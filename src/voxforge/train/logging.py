@@ -62,15 +62,18 @@ class Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
-                            disable=None)
+            self.bar = tqdm(
+                total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, disable=None
+            )
 
     def update(self, n: int, **postfix: Any) -> None:
         if self.bar is not None:
             self.bar.update(n)
             if postfix:
-                self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
-                                     refresh=False)
+                self.bar.set_postfix(
+                    {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                    refresh=False,
+                )
 
     def write(self, message: str) -> None:
         if self.bar is not None:

@@ -52,8 +52,11 @@ def build_param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     param_groups = [
-        {"params": g["params"], "lr": cfg.lr * g.get("lr_scale", 1.0),
-         "weight_decay": g.get("weight_decay", cfg.weight_decay)}
+        {
+            "params": g["params"],
+            "lr": cfg.lr * g.get("lr_scale", 1.0),
+            "weight_decay": g.get("weight_decay", cfg.weight_decay),
+        }
         for g in groups
     ]
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
@@ -102,7 +105,9 @@ class GradClipper:
             grads = [p.grad for p in params if p.grad is not None]
             torch._foreach_mul_(grads, scale)
         if self.mode == "adaptive":
-            self.norms = torch.cat([self.norms, torch.tensor([grad_norm], dtype=torch.float64)])[-self.window :]
+            self.norms = torch.cat([self.norms, torch.tensor([grad_norm], dtype=torch.float64)])[
+                -self.window :
+            ]
         return limit
 
     def state_dict(self) -> dict:
