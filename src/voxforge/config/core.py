@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -257,6 +258,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Return a copy of `data` with dotted `key=value` overrides applied (values are YAML)."""
     import copy
@@ -273,6 +277,8 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override '{item}': value is not valid YAML: {err}") from None
+        if isinstance(value, str) and _NUMBER.match(value):
+            value = float(value)  # YAML 1.1 reads 3e-4 as a string
         node = out
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
