@@ -15,8 +15,14 @@ BASE = {
     "model": {"width": 32, "depth": 2},
     "data": {"size": 64, "dim": 8},
     "optim": {"lr": 1e-2, "schedule": "cosine", "warmup_steps": 3, "weight_decay": 0.01},
-    "train": {"max_steps": 20, "batch_size": 8, "checkpoint_every": 1000, "progress": False,
-              "tensorboard": False, "log_every": 5},
+    "train": {
+        "max_steps": 20,
+        "batch_size": 8,
+        "checkpoint_every": 1000,
+        "progress": False,
+        "tensorboard": False,
+        "log_every": 5,
+    },
 }
 
 

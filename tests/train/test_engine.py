@@ -36,7 +36,9 @@ def test_resume_is_bit_exact(tmp_path):
         assert a.keys() == b.keys()
         for name in a:
             assert torch.equal(a[name], b[name]), f"{key}:{name} differs after resume"
-    for a, b in zip(optimizer_tensors(tmp_path / "straight"), optimizer_tensors(tmp_path / "split"), strict=True):
+    for a, b in zip(
+        optimizer_tensors(tmp_path / "straight"), optimizer_tensors(tmp_path / "split"), strict=True
+    ):
         assert torch.equal(a, b)
     assert _events(tmp_path / "split", "resume")
     assert train(recipe, tmp_path / "split").reason == "already_complete"
@@ -85,7 +87,9 @@ def test_mixed_precision_trains(tmp_path, precision):
 
 
 def test_run_directory_contents(tmp_path):
-    recipe = make_recipe(train={"checkpoint_every": 5, "keep_last": 2, "ema_rates": [0.9], "tensorboard": True})
+    recipe = make_recipe(
+        train={"checkpoint_every": 5, "keep_last": 2, "ema_rates": [0.9], "tensorboard": True}
+    )
     train(recipe, tmp_path / "run")
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and "debug_regression" in (run / "config.yaml").read_text()
