@@ -63,7 +63,9 @@ def test_errors_name_key_and_expectation(data, fragments):
 
 
 def test_overrides_are_yaml_typed():
-    data = apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr=3e-4", "train.ema_rates=[0.9,0.99]", "train.time_limit=null"])
+    data = apply_overrides(
+        {"optim": {"lr": 1.0}}, ["optim.lr=3e-4", "train.ema_rates=[0.9,0.99]", "train.time_limit=null"]
+    )
     assert data["optim"]["lr"] == pytest.approx(3e-4)
     assert data["train"] == {"ema_rates": [0.9, 0.99], "time_limit": None}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
