@@ -1,0 +1,368 @@
+"""Ingest: any supported mesh file -> a clean, normalized `TexturedMesh`, or a reason why not.
+
+Formats: glTF 2.0 (.glb, .gltf with external .bin and images) through voxforge's validating
+reader (`voxforge.data.gltf`); OBJ (+MTL and textures), PLY, STL and OFF through trimesh, fed
+from bytes so trimesh never opens a path itself, with a resolver that reads referenced files
+only inside the source folder. Zip archives are expanded by `voxforge.data.archive`.
+
+Order of the checks (cheap and certain first):
+1. size and sniffing of the raw bytes: `empty_file`, `too_large`, `not_a_mesh` (binary junk in a
+   text format, a wrong magic number), before any parser runs;
+2. parsing, with every failure mapped to a reason code; referenced files that are missing or
+   outside the source folder fail the asset (`missing_texture`, `path_outside_source`) unless
+   the caller allows missing textures, which then become warnings;
+3. cleaning: non-finite vertices used by a face -> `non_finite`; indices out of range ->
+   `bad_indices`; degenerate triangles (repeated index or zero area) are dropped and an asset
+   with nothing else -> `degenerate`; no faces at all -> `point_cloud` / `no_geometry`; more
+   than `max_faces` -> `too_many_faces`; NaN colours or UVs are repaired with a warning;
+4. normalization to the DESIGN.md object frame (bbox centre, longest side 1).
+
+Scene graphs are flattened with their transforms; vertex colours and textures are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voxforge.data.gltf import read_gltf
+from voxforge.data.safety import Limits, SourceReader, decode_image
+from voxforge.representations.mesh import AssetError, MeshPart, TexturedMesh
+
+MESH_EXTENSIONS = {".obj", ".glb", ".gltf", ".ply", ".stl", ".off"}
+ARCHIVE_EXTENSIONS = {".zip"}
+TEXT_FORMATS = {".obj", ".gltf", ".off"}
+
+
+@dataclass
+class IngestResult:
+    mesh: TexturedMesh  # normalized
+    warnings: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sniff(data: bytes, suffix: str, name: str) -> None:
+    """Reject bytes that cannot be the claimed format before a parser sees them."""
+    if not data.strip(b" \t\r\n\x00"):
+        raise AssetError("empty_file", f"{name} is empty")
+    head = data[:4096]
+    if suffix in TEXT_FORMATS and b"\x00" in head:
+        raise AssetError("not_a_mesh", f"{name} has binary content but {suffix} is a text format")
+    if suffix == ".glb" and data[:4] != b"glTF":
+        raise AssetError("not_a_mesh", f"{name} does not start with the GLB magic 'glTF'")
+    if suffix == ".ply" and not data.lstrip()[:3] == b"ply":
+        raise AssetError("not_a_mesh", f"{name} does not start with the PLY magic 'ply'")
+    if suffix == ".off":
+        first = next((ln for ln in head.splitlines() if ln.strip() and not ln.startswith(b"#")), b"")
+        if not (first.strip()[:3].endswith(b"OFF") or first.strip()[:1].isdigit()):
+            raise AssetError("not_a_mesh", f"{name} does not start with an OFF header")
+    if suffix == ".stl" and head.lstrip()[:5].lower() != b"solid":
+        if len(data) < 84:
+            raise AssetError("not_a_mesh", f"{name} is too short for a binary STL")
+        count = int.from_bytes(data[80:84], "little")
+        if 84 + 50 * count != len(data):
+            raise AssetError(
+                "corrupt_file",
+                f"{name} is a binary STL that declares {count} triangles ({84 + 50 * count} bytes) "
+                f"but has {len(data)} bytes",
+            )
+    if suffix == ".obj" and not any(line.lstrip().startswith(b"v ") for line in data[: 1 << 20].splitlines()):
+        raise AssetError("no_geometry", f"{name} has no 'v' vertex lines in its first megabyte")
+
+
+class _ContainedResolver:
+    """A trimesh resolver that reads through a SourceReader and remembers every failure.
+
+    trimesh swallows exceptions raised while it loads MTL files and textures, so the failures
+    are collected here and re-raised by the caller after parsing.
+    """
+
+    def __init__(self, reader: SourceReader, path: Path):
+        self.reader, self.path = reader, path
+        self.errors: list[AssetError] = []
+
+    def get(self, name: str) -> bytes:
+        what = "material" if name.lower().endswith(".mtl") else "texture"
+        try:
+            data = self.reader.read(name, self.path, what)
+            if what == "texture":
+                _check_image_header(data, name, self.reader.limits)
+            return data
+        except AssetError as err:
+            self.errors.append(err)
+            raise OSError(str(err)) from None
+
+    __getitem__ = get
+
+    def namespaced(self, namespace: str) -> _ContainedResolver:
+        return self
+
+    def keys(self) -> list[str]:
+        return []
+
+    def write(self, name: str, data: bytes) -> None:
+        raise AssetError("path_outside_source", "ingest never writes next to source files")
+
+
+def _check_image_header(data: bytes, name: str, limits: Limits) -> None:
+    from PIL import Image
+
+    try:
+        width, height = Image.open(io.BytesIO(data)).size
+    except Exception as err:  # noqa: BLE001 - any decoder failure means "not an image"
+        raise AssetError("bad_image", f"texture {name!r} cannot be decoded: {err}") from None
+    if width * height > limits.max_texture_pixels:
+        raise AssetError(
+            "image_too_large",
+            f"texture {name!r} declares {width}x{height} pixels, over the limit {limits.max_texture_pixels}",
+        )
+
+
+def _pil_texture(image: Any, limits: Limits) -> np.ndarray:
+    """A PIL image that passed the header check -> [H, W, 4] uint8 within max_texture_size."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # re-encode: decode_image applies all limits in one place
+    return decode_image(buffer.getvalue(), image.info.get("file_path", "texture"), limits)
+
+
+def _trimesh_parts(scene: Any, limits: Limits, has_materials: bool) -> tuple[list[MeshPart], int]:
+    """Flatten a trimesh Scene with transforms; returns parts and the number of loose points.
+
+    `has_materials` is False for an OBJ without `mtllib`: trimesh then invents a grey
+    placeholder material, which is ignored so that such a file is white like an STL.
+    """
+    import trimesh
+
+    parts, points = [], 0
+    textures: dict[int, np.ndarray] = {}
+    for node in scene.graph.nodes_geometry:
+        matrix, geometry_name = scene.graph[node]
+        geometry = scene.geometry[geometry_name]
+        if isinstance(geometry, trimesh.PointCloud):
+            points += len(geometry.vertices)
+            continue
+        if not isinstance(geometry, trimesh.Trimesh):
+            continue
+        vertices = np.asarray(geometry.vertices, dtype=np.float64)
+        faces = np.asarray(geometry.faces, dtype=np.int64).reshape(-1, 3)
+        if len(faces) == 0:
+            points += len(vertices)
+            continue
+        vertices = vertices @ matrix[:3, :3].T + matrix[:3, 3]
+        if np.linalg.det(matrix[:3, :3]) < 0:
+            faces = faces[:, ::-1]
+        visual = geometry.visual
+        uv = colors = texture = None
+        base = np.ones(4, np.float32)
+        if visual.kind == "texture" and has_materials:
+            material = getattr(visual, "material", None)
+            image = getattr(material, "image", None) or getattr(material, "baseColorTexture", None)
+            diffuse = getattr(material, "diffuse", None)
+            if diffuse is None:
+                diffuse = getattr(material, "baseColorFactor", None)
+            if diffuse is not None:
+                base = np.asarray(diffuse, dtype=np.float32).reshape(-1)[:4] / 255.0
+                if len(base) == 3:
+                    base = np.append(base, 1.0).astype(np.float32)
+            if image is not None and getattr(visual, "uv", None) is not None:
+                key = id(image)
+                if key not in textures:
+                    textures[key] = _pil_texture(image, limits)
+                texture = textures[key]
+                flat = texture.reshape(-1, 4)
+                if (flat == flat[0]).all():  # a constant image (trimesh's placeholder, too) is a colour
+                    base = base * flat[0].astype(np.float32) / 255.0
+                    texture = None
+                else:
+                    uv = np.asarray(visual.uv, dtype=np.float32)[:, :2].copy()
+                    uv[:, 1] = 1.0 - uv[:, 1]  # OBJ/trimesh origin bottom-left -> glTF top-left
+        elif visual.kind == "vertex":
+            colors = np.asarray(visual.vertex_colors, dtype=np.float32) / 255.0
+        elif visual.kind == "face":
+            face_colors = np.asarray(visual.face_colors, dtype=np.float32) / 255.0
+            vertices = vertices[faces].reshape(-1, 3)  # unshare vertices to carry face colours
+            colors = np.repeat(face_colors, 3, axis=0)
+            faces = np.arange(len(vertices), dtype=np.int64).reshape(-1, 3)
+        parts.append(MeshPart(vertices, faces, uv=uv, vertex_colors=colors, texture=texture, base_color=base))
+    return parts, points
+
+
+def _load_trimesh(data: bytes, suffix: str, path: Path, reader: SourceReader, allow_missing: bool, warnings):
+    import trimesh
+
+    resolver = _ContainedResolver(reader, path)
+    try:
+        scene = trimesh.load_scene(
+            io.BytesIO(data), file_type=suffix.lstrip("."), resolver=resolver, process=False
+        )
+    except AssetError:
+        raise
+    except IndexError as err:
+        raise AssetError("bad_indices", f"{path.name}: a face refers to a missing vertex ({err})") from None
+    except MemoryError:
+        raise AssetError("too_large", f"{path.name}: ran out of memory while parsing") from None
+    except Exception as err:  # noqa: BLE001 - any parser failure is a property of the file
+        raise AssetError("corrupt_file", f"{path.name} cannot be parsed as {suffix}: {err}") from None
+    for error in resolver.errors:
+        if error.reason.startswith("missing_") and allow_missing:
+            warnings.append(str(error))
+            continue
+        raise error
+    return scene
+
+
+def load_source(
+    path: Path,
+    root: Path,
+    limits: Limits,
+    *,
+    data: bytes | None = None,
+    allow_missing_textures: bool = False,
+    warnings: list[str] | None = None,
+) -> TexturedMesh:
+    """Parse one mesh file (not normalized, not cleaned). Referenced files stay inside `root`."""
+    warnings = [] if warnings is None else warnings
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MESH_EXTENSIONS:
+        raise AssetError("unsupported", f"{path.name}: extension {suffix!r} is not a supported mesh format")
+    reader = SourceReader(root, limits)
+    if data is None:
+        size = path.stat().st_size
+        if size > limits.max_file_bytes:
+            raise AssetError(
+                "too_large", f"{path.name} has {size} bytes, over the limit {limits.max_file_bytes}"
+            )
+        data = path.read_bytes()
+    sniff(data, suffix, path.name)
+    if suffix in (".glb", ".gltf"):
+        try:
+            return read_gltf(data, name=path.name, path=path, reader=reader, limits=limits)
+        except AssetError as err:
+            if allow_missing_textures and err.reason == "missing_texture":
+                raise AssetError(err.reason, f"{err} (a texture cannot be skipped inside glTF)") from None
+            raise
+    scene = _load_trimesh(data, suffix, path, reader, allow_missing_textures, warnings)
+    has_materials = suffix != ".obj" or b"mtllib" in data
+    parts, points = _trimesh_parts(scene, limits, has_materials)
+    if not parts:
+        if points:
+            raise AssetError("point_cloud", f"{path.name} has {points} points but no faces")
+        raise AssetError("no_geometry", f"{path.name} contains no triangles")
+    return TexturedMesh(parts=parts)
+
+
+def clean(mesh: TexturedMesh, limits: Limits, warnings: list[str], name: str) -> TexturedMesh:
+    """Validate and repair a parsed mesh; see the module docstring for the rules."""
+    faces_total = mesh.num_faces
+    if faces_total > limits.max_faces:
+        raise AssetError(
+            "too_many_faces", f"{name} has {faces_total} triangles, over the limit {limits.max_faces}"
+        )
+    parts: list[MeshPart] = []
+    degenerate = 0
+    for part in mesh.parts:
+        nv = len(part.vertices)
+        if part.faces.size and (part.faces.min() < 0 or part.faces.max() >= nv):
+            raise AssetError(
+                "bad_indices",
+                f"{name}: face indices span {part.faces.min()}..{part.faces.max()} but there are {nv} vertices",
+            )
+        if len(part.faces) == 0:
+            continue
+        used = np.unique(part.faces)
+        if not np.isfinite(part.vertices[used]).all():
+            raise AssetError("non_finite", f"{name}: vertex coordinates contain NaN or Inf")
+        faces = part.faces
+        corners = part.vertices[faces].astype(np.float64)  # [F, 3, 3]
+        extent = float(np.ptp(part.vertices[used], axis=0).max()) or 1.0
+        area2 = np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+        repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
+        keep = ~repeated & (area2 > (extent * 1e-7) ** 2)
+        degenerate += int((~keep).sum())
+        faces = faces[keep]
+        if len(faces) == 0:
+            continue
+        # compact: drop unused vertices so NaN ones that no face uses disappear
+        used, inverse = np.unique(faces, return_inverse=True)
+        faces = inverse.reshape(-1, 3)
+        uv = None if part.uv is None else part.uv[used]
+        colors = None if part.vertex_colors is None else part.vertex_colors[used]
+        if uv is not None and not np.isfinite(uv).all():
+            warnings.append(f"{name}: NaN/Inf texture coordinates replaced by 0")
+            uv = np.nan_to_num(uv, nan=0.0, posinf=0.0, neginf=0.0)
+        if colors is not None and not np.isfinite(colors).all():
+            warnings.append(f"{name}: NaN/Inf vertex colours replaced by white")
+            colors = np.nan_to_num(colors, nan=1.0, posinf=1.0, neginf=0.0)
+        if colors is not None:
+            colors = colors.clip(0.0, 1.0)
+        base = np.nan_to_num(part.base_color, nan=1.0).clip(0.0, 1.0)
+        texture = part.texture if uv is not None else None
+        parts.append(
+            MeshPart(
+                part.vertices[used], faces, uv=uv, vertex_colors=colors, texture=texture, base_color=base
+            )
+        )
+    if not parts:
+        if degenerate:
+            raise AssetError("degenerate", f"{name}: all {degenerate} triangles are degenerate (zero area)")
+        raise AssetError("no_geometry", f"{name} contains no triangles")
+    if degenerate:
+        warnings.append(f"{name}: dropped {degenerate} degenerate triangles")
+    result = TexturedMesh(parts=parts, extras=dict(mesh.extras))
+    for part in result.parts:
+        part.check()
+    return result
+
+
+def ingest_file(
+    path: Path,
+    root: Path,
+    limits: Limits | None = None,
+    *,
+    data: bytes | None = None,
+    allow_missing_textures: bool = False,
+) -> IngestResult:
+    """Load, clean and normalize one mesh file. Raises AssetError with a reason code."""
+    limits = limits or Limits()
+    path = Path(path)
+    warnings: list[str] = []
+    logging.getLogger("trimesh").setLevel(logging.ERROR)
+    raw = load_source(
+        path, root, limits, data=data, allow_missing_textures=allow_missing_textures, warnings=warnings
+    )
+    mesh = clean(raw, limits, warnings, path.name)
+    lo, hi = mesh.bounds().astype(np.float64)
+    normalized = mesh.normalized()
+    extent = float((hi - lo).max())
+    normalized.extras["normalization"] = {
+        "scale": 1.0 / extent,
+        "offset": (-(lo + hi) / 2.0 / extent).tolist(),
+        "source_bounds": [lo.tolist(), hi.tolist()],
+    }
+    stats = {
+        "faces": normalized.num_faces,
+        "vertices": normalized.num_vertices,
+        "parts": len(normalized.parts),
+        "textured": any(p.texture is not None for p in normalized.parts),
+        "vertex_colors": any(p.vertex_colors is not None for p in normalized.parts),
+    }
+    return IngestResult(mesh=normalized, warnings=warnings, stats=stats)
