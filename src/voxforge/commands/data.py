@@ -1,0 +1,195 @@
+"""`voxforge data synth | prepare | status`: build, prepare and inspect datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="make, prepare and inspect datasets (synth, prepare, status)")
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data.set_defaults(func=lambda args: data.print_help() or 0)
+
+    synth = commands.add_parser(
+        "synth",
+        help="write the built-in procedural dataset (GLB files + labels.json)",
+        description="Write procedurally made, coloured and textured objects as GLB, deterministic by seed, "
+        "with class labels in OUT/labels.json.",
+    )
+    synth.add_argument("out", help="output folder")
+    synth.add_argument("--num", type=int, default=32, help="number of objects (default 32)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.set_defaults(func=run_synth)
+
+    prep = commands.add_parser(
+        "prepare",
+        help="turn a folder of meshes into a training-ready dataset (resumable, shardable)",
+        description="Ingest, render, voxelize and extract features for every mesh in SRC (OBJ, GLB/GLTF, PLY, "
+        "STL, OFF, zip archives). Re-running skips finished work; failures are recorded in OUT/manifest.sqlite "
+        "(see `voxforge data status OUT`).",
+    )
+    prep.add_argument("src", help="folder of meshes (read only)")
+    prep.add_argument("out", help="output folder")
+    prep.add_argument("--resolution", type=int, default=64, help="voxel grid resolution (default 64)")
+    prep.add_argument("--views", type=int, default=150, help="feature views per asset (default 150)")
+    prep.add_argument(
+        "--image-size", type=int, default=512, help="rendered image size in pixels (default 512)"
+    )
+    prep.add_argument("--cond-views", type=int, default=24, help="condition views per asset (default 24)")
+    prep.add_argument("--features", default="rgb", choices=("rgb", "dinov2"), help="feature extractor")
+    prep.add_argument("--feature-model", default=None, help="dinov2 weights: local directory or hub id")
+    prep.add_argument("--renderer", default="auto", choices=("auto", "torch", "blender"))
+    prep.add_argument(
+        "--workers", type=int, default=-1, help="worker processes (-1: half the cores, 0: none)"
+    )
+    prep.add_argument("--rank", type=int, default=0, help="shard index of this machine (default 0)")
+    prep.add_argument("--world-size", type=int, default=1, help="number of shards (default 1)")
+    prep.add_argument("--time-limit", type=float, default=900.0, help="seconds per asset (default 900)")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the condition-view cameras")
+    prep.add_argument(
+        "--steps",
+        default="ingest,views,cond,voxels,features",
+        help="comma-separated subset of ingest,views,cond,voxels,features",
+    )
+    prep.add_argument("--retry-failed", action="store_true", help="run failed steps again")
+    prep.add_argument(
+        "--allow-missing-textures", action="store_true", help="ingest untextured instead of failing"
+    )
+    prep.add_argument("--max-faces", type=int, default=None, help="face limit per asset (default 2,000,000)")
+    prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prep.add_argument("--json", action="store_true", help="print the final status as JSON")
+    prep.set_defaults(func=run_prepare)
+
+    status = commands.add_parser(
+        "status",
+        help="counts per step and failures grouped by reason",
+        description="Summarize OUT/manifest*.sqlite: per-step counts, failures by reason, duplicates.",
+    )
+    status.add_argument("out", help="a folder written by `voxforge data prepare`")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--all", action="store_true", help="list every failure, not only examples")
+    status.set_defaults(func=run_status)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from voxforge.config.core import from_dict
+    from voxforge.data.synth import SynthConfig, write_dataset
+
+    config = from_dict(SynthConfig, {"num": args.num, "seed": args.seed}, source="command line")
+    labels = write_dataset(args.out, config)
+    counts: dict[str, int] = {}
+    for item in labels["items"].values():
+        counts[item["class"]] = counts.get(item["class"], 0) + 1
+    print(f"wrote {config.num} objects to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
+    return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from voxforge.config.core import from_dict
+    from voxforge.data.prepare import PrepareConfig, prepare
+
+    values: dict[str, Any] = {
+        "resolution": args.resolution,
+        "views": args.views,
+        "image_size": args.image_size,
+        "cond_views": args.cond_views,
+        "features": args.features,
+        "feature_model": args.feature_model,
+        "renderer": args.renderer,
+        "workers": args.workers,
+        "rank": args.rank,
+        "world_size": args.world_size,
+        "time_limit": args.time_limit if args.time_limit > 0 else None,
+        "seed": args.seed,
+        "steps": [s.strip() for s in args.steps.split(",") if s.strip()],
+        "retry_failed": args.retry_failed,
+        "allow_missing_textures": args.allow_missing_textures,
+        "progress": not args.no_progress,
+    }
+    if args.max_faces is not None:
+        values["limits"] = {"max_faces": args.max_faces}
+    config = from_dict(PrepareConfig, values, source="command line")
+    summary = prepare(args.src, args.out, config)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(format_status(summary))
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from voxforge.data.manifest import ManifestView, manifest_files
+    from voxforge.errors import UserError
+
+    if not manifest_files(Path(args.out)):
+        raise UserError(
+            f"{args.out} has no manifest*.sqlite; run `voxforge data prepare SRC {args.out}` first"
+        )
+    view = ManifestView(Path(args.out))
+    summary = view.summary()
+    if args.all:
+        summary["failures_all"] = failures_list(view)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(format_status(summary, all_failures=summary.get("failures_all")))
+    return 0
+
+
+def failures_list(view: Any) -> list[dict[str, Any]]:
+    by_id = {}
+    for record in view.sources.values():
+        if record["id"] and record["duplicate_of"] is None:
+            by_id.setdefault(record["id"], record["source"])
+    rows = [
+        {"source": r["source"], "step": "discover", "reason": r["reason"], "error": r["error"]}
+        for r in view.sources.values()
+        if r["reason"]
+    ]
+    for asset_id, steps in view.steps.items():
+        for step, record in steps.items():
+            if record["status"] == "failed":
+                rows.append(
+                    {
+                        "source": by_id.get(asset_id, asset_id),
+                        "step": step,
+                        "reason": record["reason"],
+                        "error": record["error"],
+                    }
+                )
+    return sorted(rows, key=lambda r: (r["reason"] or "", r["source"]))
+
+
+def format_status(summary: dict[str, Any], all_failures: list[dict[str, Any]] | None = None) -> str:
+    lines = [
+        f"{summary['root']}: {summary['sources']} sources, {summary['assets']} unique assets, "
+        f"{len(summary['duplicates'])} duplicates"
+    ]
+    if summary["steps"]:
+        width = max(len(s) for s in summary["steps"])
+        lines.append("steps:")
+        for step, counts in summary["steps"].items():
+            lines.append(
+                f"  {step:<{width}}  done {counts.get('done', 0):>6}  failed {counts.get('failed', 0):>6}"
+            )
+    if summary["failures"]:
+        lines.append("failures by reason:")
+        for reason, group in summary["failures"].items():
+            steps = ", ".join(f"{k}: {v}" for k, v in group["steps"].items())
+            lines.append(f"  {reason}: {group['count']} ({steps})")
+            if all_failures is None:
+                for example in group["examples"][:3]:
+                    lines.append(f"    {example['source']}: {example['error']}")
+    if all_failures:
+        lines.append("all failures:")
+        for row in all_failures:
+            lines.append(f"  [{row['reason']}] {row['source']} ({row['step']}): {row['error']}")
+    for dup in summary["duplicates"][:10]:
+        lines.append(f"  duplicate: {dup['source']} = {dup['duplicate_of']}")
+    if len(summary["duplicates"]) > 10:
+        lines.append(f"  ... {len(summary['duplicates']) - 10} more duplicates")
+    return "\n".join(lines)
