@@ -1,0 +1,437 @@
+"""Pure-PyTorch 3D Gaussian rasterizer: gsplat's conventions, differentiable, memory-bounded.
+
+This is the reference the gsplat backend is tested against and the backend that runs on
+CPU. It follows gsplat 1.5 (`fully_fused_projection` + `isect_tiles` +
+`rasterize_to_pixels`, pinhole camera), so the two agree to float rounding:
+
+Projection (per camera and Gaussian)
+- `means_c = R mean + t`, `Σ_c = R Σ Rᵀ` with `Σ = (Rq S)(Rq S)ᵀ` from the normalised
+  quaternion (w, x, y, z) and the scales. Culled when `z < near_plane` or `z > far_plane`.
+- EWA: `Σ_2d = J Σ_c Jᵀ` with the perspective Jacobian at the mean, its x/z and y/z
+  clamped to 1.3× the half field of view (as gsplat), `mean_2d = (fx x/z + cx, fy y/z + cy)`.
+- Low-pass: `Σ_2d += eps2d · I` (eps2d = 0.3 px²). "antialiased" mode multiplies the opacity by
+  `sqrt(det(Σ_2d before) / det(Σ_2d after))` (Mip-Splatting's compensation). Culled when the
+  determinant is ≤ 0 or the (compensated) opacity is below 1/255.
+- Opacity-aware bounding box: `extend = min(3.33, sqrt(2 ln(255 · opacity)))`,
+  `radius_x = ceil(extend · sqrt(Σ_2d[0,0]))`, same for y; culled when both radii are
+  ≤ radius_clip or the box misses the image.
+
+Tiles (16×16 pixels by default)
+- Each Gaussian is listed in every tile its box touches: tiles
+  `[floor((m - r) / ts), ceil((m + r) / ts))` per axis, clamped to the image. The
+  (camera, tile, Gaussian) pairs are sorted by tile, then depth (camera-space z), then index:
+  exactly gsplat's per-tile front-to-back order.
+
+Compositing (per pixel at its centre, (col + 0.5, row + 0.5))
+- `sigma = ½(a dx² + c dy²) + b dx dy` with the conic (a, b, c) = Σ_2d⁻¹,
+  `alpha = min(0.999, opacity · exp(-sigma))`; skipped when sigma < 0 or alpha < 1/255.
+  (gsplat clamps at 0.999; the INRIA rasterizer uses 0.99.)
+- Front to back: `w_i = alpha_i T_i`, `T_{i+1} = T_i (1 - alpha_i)`. A pixel stops *before* the
+  Gaussian that would bring T to ≤ 1e-4 (gsplat's exclusive early-out). Vectorised: with
+  `T` from a cumulative sum of `log(1 - alpha)`, a Gaussian contributes iff its inclusive
+  transmittance is > 1e-4 (T never increases, so this is the same set as the sequential loop).
+- Outputs: colour `Σ w_i c_i + T_final · background`, alpha `1 - T_final`, accumulated depth
+  `Σ w_i z_i` (expected depth divides by alpha clamped at 1e-10, as gsplat's "RGB+ED").
+
+Memory bounds
+- Work is grouped into chunks of tiles of similar list length (tiles sorted by length), each
+  chunk padded to its longest list, and long lists are cut into depth slices that carry the
+  transmittance; a chunk never holds more than `max_chunk_elements` (pixel × Gaussian)
+  entries. Each slice runs under activation checkpointing: autograd keeps only its inputs (the
+  gathered per-pair parameters, O(pairs)), and recomputes the O(pixels × pairs) intermediates in
+  backward. Peak memory is therefore O(pairs + pixels + one chunk), for the forward and the
+  backward alike — 256² with 32k Gaussians trains on a laptop CPU.
+
+Runs in the dtype of its inputs (float64 for gradcheck); `voxforge.render.gaussians` is the
+public entry that fences autocast and casts to fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "ALPHA_THRESHOLD",
+    "MAX_ALPHA",
+    "TRANSMITTANCE_THRESHOLD",
+    "Projection",
+    "eval_sh",
+    "isect_tiles",
+    "project_gaussians",
+    "quat_scale_to_covar",
+    "rasterize_torch",
+]
+
+ALPHA_THRESHOLD = 1.0 / 255.0
+MAX_ALPHA = 0.999
+TRANSMITTANCE_THRESHOLD = 1e-4
+_SH_C0 = 0.28209479177387814
+_SH_C1 = 0.4886025119029199
+_SH_C2 = (
+    1.0925484305920792,
+    -1.0925484305920792,
+    0.31539156525252005,
+    -1.0925484305920792,
+    0.5462742152960396,
+)
+_SH_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
+
+
+def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:  # [N, 4] wxyz, [N, 3] -> [N, 3, 3]
+    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
+    rot = torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).view(*quats.shape[:-1], 3, 3)
+    m = rot * scales[..., None, :]
+    return m @ m.transpose(-1, -2)
+
+
+def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:  # [..., 3], [..., K, 3] -> [..., 3]
+    """Real spherical harmonics up to `degree` (the 3DGS/gsplat basis and sign convention)."""
+    out = _SH_C0 * coeffs[..., 0, :]
+    if degree == 0:
+        return out
+    x, y, z = (t[..., None] for t in F.normalize(dirs, dim=-1).unbind(-1))
+    out = (
+        out - _SH_C1 * y * coeffs[..., 1, :] + _SH_C1 * z * coeffs[..., 2, :] - _SH_C1 * x * coeffs[..., 3, :]
+    )
+    if degree == 1:
+        return out
+    xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+    out = (
+        out
+        + _SH_C2[0] * xy * coeffs[..., 4, :]
+        + _SH_C2[1] * yz * coeffs[..., 5, :]
+        + _SH_C2[2] * (2 * zz - xx - yy) * coeffs[..., 6, :]
+        + _SH_C2[3] * xz * coeffs[..., 7, :]
+        + _SH_C2[4] * (xx - yy) * coeffs[..., 8, :]
+    )
+    if degree == 2:
+        return out
+    return (
+        out
+        + _SH_C3[0] * y * (3 * xx - yy) * coeffs[..., 9, :]
+        + _SH_C3[1] * xy * z * coeffs[..., 10, :]
+        + _SH_C3[2] * y * (4 * zz - xx - yy) * coeffs[..., 11, :]
+        + _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * coeffs[..., 12, :]
+        + _SH_C3[4] * x * (4 * zz - xx - yy) * coeffs[..., 13, :]
+        + _SH_C3[5] * z * (xx - yy) * coeffs[..., 14, :]
+        + _SH_C3[6] * x * (xx - 3 * yy) * coeffs[..., 15, :]
+    )
+
+
+class Projection(NamedTuple):
+    means2d: Tensor  # [C, N, 2] pixels
+    conics: Tensor  # [C, N, 3] (a, b, c) of the inverse 2D covariance
+    depths: Tensor  # [C, N] camera-space z
+    radii: Tensor  # [C, N, 2] int32, 0 = culled
+    opacities: Tensor  # [C, N] (compensated in antialiased mode)
+
+
+def project_gaussians(
+    means: Tensor,  # [N, 3]
+    covars: Tensor,  # [N, 3, 3]
+    opacities: Tensor,  # [N]
+    viewmats: Tensor,  # [C, 4, 4] world -> camera (OpenCV)
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    *,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    antialiased: bool = False,
+) -> Projection:
+    rot, trans = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    means_c = torch.einsum("cij,nj->cni", rot, means) + trans[:, None]  # [C, N, 3]
+    covars_c = torch.einsum("cij,njk,clk->cnil", rot, covars, rot)  # [C, N, 3, 3]
+    x, y, z = means_c.unbind(-1)
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
+    # Gaussians with z < near_plane are culled; clamping their z keeps their (unused) values finite,
+    # so that zero gradients through them stay zero instead of 0 * inf = NaN.
+    safe_z = z.clamp(min=max(near_plane, 1e-6))
+    tx = safe_z * torch.clamp(x / safe_z, min=-(cx / fx + 0.3 * tan_x), max=(width - cx) / fx + 0.3 * tan_x)
+    ty = safe_z * torch.clamp(y / safe_z, min=-(cy / fy + 0.3 * tan_y), max=(height - cy) / fy + 0.3 * tan_y)
+    zeros = torch.zeros_like(z)
+    jac = torch.stack(
+        [fx / safe_z, zeros, -fx * tx / safe_z**2, zeros, fy / safe_z, -fy * ty / safe_z**2], dim=-1
+    ).view(*z.shape, 2, 3)
+    cov2d = jac @ covars_c @ jac.transpose(-1, -2)  # [C, N, 2, 2]
+    means2d = torch.stack([fx * x / safe_z + cx, fy * y / safe_z + cy], dim=-1)
+
+    a, b, c = cov2d[..., 0, 0], 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0]), cov2d[..., 1, 1]
+    det_orig = a * c - b * b
+    a, c = a + eps2d, c + eps2d
+    det = a * c - b * b
+    safe_det = torch.where(det > 0, det, torch.ones_like(det))
+    conics = torch.stack([c / safe_det, -b / safe_det, a / safe_det], dim=-1)
+    opac = opacities[None].expand_as(z)
+    if antialiased:
+        opac = opac * torch.sqrt(torch.clamp(det_orig / safe_det, min=1e-12))  # > 0: finite gradient
+
+    with torch.no_grad():
+        valid = (z >= near_plane) & (z <= far_plane) & (det > 0) & (opac >= ALPHA_THRESHOLD)
+        extend = torch.sqrt(2.0 * torch.log(opac.clamp(min=ALPHA_THRESHOLD) / ALPHA_THRESHOLD)).clamp(
+            max=3.33
+        )
+        rx = torch.ceil(extend * torch.sqrt(a.clamp(min=0)))
+        ry = torch.ceil(extend * torch.sqrt(c.clamp(min=0)))
+        valid &= (rx > radius_clip) | (ry > radius_clip)
+        mx, my = means2d[..., 0], means2d[..., 1]
+        valid &= (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+        radii = torch.stack([rx, ry], dim=-1).where(valid[..., None], torch.zeros_like(means2d)).int()
+    return Projection(means2d, conics, z, radii, opac)
+
+
+@torch.no_grad()
+def isect_tiles(
+    means2d: Tensor,  # [C, N, 2]
+    radii: Tensor,  # [C, N, 2] int
+    depths: Tensor,  # [C, N]
+    tile_size: int,
+    tile_width: int,
+    tile_height: int,
+) -> tuple[Tensor, Tensor]:  # (tile id [P] ascending, flat C*N index [P]) sorted by tile, depth, index
+    """Every (camera, tile, Gaussian) overlap in gsplat's front-to-back order."""
+    cams, n = depths.shape
+    r = radii.to(means2d.dtype)
+    lo = torch.floor((means2d - r) / tile_size).long()
+    hi = torch.ceil((means2d + r) / tile_size).long()
+    limit = torch.tensor([tile_width, tile_height], device=means2d.device)
+    lo = torch.minimum(lo.clamp(min=0), limit)
+    hi = torch.minimum(hi.clamp(min=0), limit)
+    span = hi - lo  # [C, N, 2]
+    counts = (span[..., 0] * span[..., 1]) * (radii > 0).all(-1)
+    counts = counts.reshape(-1)
+    owner = torch.repeat_interleave(torch.arange(cams * n, device=depths.device), counts)  # [P]
+    starts = torch.cumsum(counts, 0) - counts
+    local = torch.arange(owner.numel(), device=depths.device) - starts[owner]
+    span_x = span.reshape(-1, 2)[owner, 0]
+    lo_flat = lo.reshape(-1, 2)[owner]
+    tile_x = lo_flat[:, 0] + local % span_x
+    tile_y = lo_flat[:, 1] + local // span_x
+    cam = owner // n
+    tile = (cam * tile_height + tile_y) * tile_width + tile_x
+    by_depth = torch.sort(depths.reshape(-1)[owner], stable=True).indices  # pairs are in index order
+    tile = tile[by_depth]
+    by_tile = torch.sort(tile, stable=True).indices
+    return tile[by_tile], owner[by_depth][by_tile]
+
+
+def _composite_slice(
+    pixels: Tensor,  # [T, P, 2] pixel centres
+    means2d: Tensor,  # [T, L, 2]
+    conics: Tensor,  # [T, L, 3]
+    opacities: Tensor,  # [T, L]
+    feats: Tensor,  # [T, L, D]
+    valid: Tensor,  # [T, L] bool (padding = False)
+    trans_in: Tensor,  # [T, P] transmittance through the Gaussians composited so far
+    trans_test: Tensor,  # [T, P] the same, times the Gaussian that stopped the pixel (if any)
+) -> tuple[Tensor, Tensor, Tensor]:  # accumulated feats [T, P, D], (trans, trans_test) after
+    delta = means2d[:, None] - pixels[:, :, None]  # [T, P, L, 2]
+    dx, dy = delta[..., 0], delta[..., 1]
+    ca, cb, cc = (t[:, None] for t in conics.unbind(-1))
+    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    alpha = torch.clamp_max(opacities[:, None] * torch.exp(-sigma), MAX_ALPHA)
+    keep = valid[:, None] & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
+    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+    log_one_minus = torch.log1p(-alpha)
+    log_t = torch.cumsum(log_one_minus, dim=-1)  # inclusive
+    # A pixel stops at the first Gaussian that takes T to <= 1e-4; `trans_test` keeps that
+    # Gaussian's factor, so it stays <= 1e-4 in later depth slices and they add nothing.
+    with torch.no_grad():
+        log_test = log_t + torch.log(trans_test)[..., None]
+        included = log_test > math.log(TRANSMITTANCE_THRESHOLD)
+        trans_test_out = torch.exp(log_test[..., -1])
+    # Included Gaussians have only included ones in front: their T is trans_in * exp(exclusive sum).
+    weights = torch.where(
+        included, alpha * torch.exp(log_t - log_one_minus) * trans_in[..., None], torch.zeros_like(alpha)
+    )
+    acc = torch.einsum("tpl,tld->tpd", weights, feats)
+    trans_out = trans_in * torch.exp((log_one_minus * included).sum(-1))
+    return acc, trans_out, trans_test_out
+
+
+class _RecomputedSlice(torch.autograd.Function):
+    """`_composite_slice` that saves only its inputs and recomputes itself in backward.
+
+    The same memory trade as `torch.utils.checkpoint`, without its first-call import of
+    torch._dynamo (seconds on CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, *args: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        ctx.save_for_backward(*args)
+        with torch.no_grad():
+            acc, trans, trans_test = _composite_slice(*args)
+        ctx.mark_non_differentiable(trans_test)
+        return acc, trans, trans_test
+
+    @staticmethod
+    def backward(ctx, grad_acc: Tensor, grad_trans: Tensor, _: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        args = [a.detach().requires_grad_(need) for a, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
+        wanted = [a for a in args if a.requires_grad]
+        with torch.enable_grad():
+            acc, trans, _ = _composite_slice(*args)
+            # a scalar (vector-Jacobian product by hand): tensor grad_outputs would make
+            # torch.autograd import sympy on first use
+            total = (acc * grad_acc).sum()
+            if grad_trans is not None:
+                total = total + (trans * grad_trans).sum()
+        grads = iter(torch.autograd.grad(total, wanted, allow_unused=True))
+        return tuple(next(grads) if a.requires_grad else None for a in args)
+
+
+def _plan_chunks(counts: Tensor, pixels_per_tile: int, max_elements: int) -> list[tuple[int, int, int]]:
+    """Chunks (start, end) over tiles sorted by list length, with each chunk's depth-slice size."""
+    counts_list = counts.tolist()
+    slice_cap = max(1, max_elements // pixels_per_tile)
+    chunks, start = [], 0
+    while start < len(counts_list):
+        end = start + 1
+        while (
+            end < len(counts_list)
+            and (end + 1 - start) * min(counts_list[end], slice_cap) * pixels_per_tile <= max_elements
+        ):
+            end += 1
+        chunks.append((start, end, min(counts_list[end - 1], slice_cap)))
+        start = end
+    return chunks
+
+
+def rasterize_torch(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4] wxyz
+    scales: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    colors: Tensor,  # [N, D], [C, N, D], or SH coefficients [N, K, 3] with sh_degree
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    *,
+    sh_degree: int | None = None,
+    backgrounds: Tensor | None = None,  # [C, D]
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    radius_clip: float = 0.0,
+    rasterize_mode: str = "classic",
+    tile_size: int = 16,
+    max_chunk_elements: int = 1 << 22,
+) -> tuple[
+    Tensor, Tensor, Tensor
+]:  # colours [C, H, W, D], alphas [C, H, W, 1], accumulated depth [C, H, W, 1]
+    cams, n = viewmats.shape[0], means.shape[0]
+    proj = project_gaussians(
+        means,
+        quat_scale_to_covar(quats, scales),
+        opacities,
+        viewmats,
+        Ks,
+        width,
+        height,
+        eps2d=eps2d,
+        near_plane=near_plane,
+        far_plane=far_plane,
+        radius_clip=radius_clip,
+        antialiased=rasterize_mode == "antialiased",
+    )
+    if sh_degree is not None:
+        campos = -torch.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])  # -Rᵀ t
+        dirs = means[None] - campos[:, None]  # [C, N, 3]
+        k = (sh_degree + 1) ** 2
+        colors = torch.clamp_min(
+            eval_sh(sh_degree, dirs, colors[None, :, :k].expand(cams, -1, -1, -1)) + 0.5, 0.0
+        )
+    elif colors.ndim == 2:
+        colors = colors[None].expand(cams, -1, -1)
+    feats = torch.cat([colors, proj.depths[..., None]], dim=-1).reshape(
+        cams * n, -1
+    )  # colour + depth channels
+    dim = feats.shape[-1]
+
+    tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
+    num_tiles = cams * tiles_x * tiles_y
+    pixels_per_tile = tile_size * tile_size
+    tile_ids, gauss_ids = isect_tiles(proj.means2d, proj.radii, proj.depths, tile_size, tiles_x, tiles_y)
+    means2d = proj.means2d.reshape(-1, 2)
+    conics = proj.conics.reshape(-1, 3)
+    opac = proj.opacities.reshape(-1)
+
+    active, counts = torch.unique_consecutive(tile_ids, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    by_len = torch.argsort(counts, stable=True)
+    active, counts, starts = active[by_len], counts[by_len], starts[by_len]
+    grid = torch.arange(tile_size, device=means.device, dtype=means.dtype)
+    local = (
+        torch.stack(torch.meshgrid(grid, grid, indexing="xy"), dim=-1).reshape(-1, 2) + 0.5
+    )  # [P, 2] (x, y)
+
+    use_checkpoint = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (means, quats, scales, opacities, colors, viewmats, Ks)
+    )
+    results_acc, results_t = [], []
+    for start, end, slice_len in _plan_chunks(counts, pixels_per_tile, max_chunk_elements):
+        tiles = active[start:end]
+        tile_xy = torch.stack([tiles % tiles_x, (tiles // tiles_x) % tiles_y], dim=-1).to(means.dtype)
+        pixels = tile_xy[:, None] * tile_size + local  # [T, P, 2]
+        acc = feats.new_zeros(tiles.numel(), pixels_per_tile, dim)
+        trans = feats.new_ones(tiles.numel(), pixels_per_tile)
+        trans_test = trans.detach()
+        for offset in range(0, int(counts[end - 1]), slice_len):
+            pos = offset + torch.arange(slice_len, device=means.device)
+            valid = pos[None] < counts[start:end, None]  # [T, L]
+            pair = torch.where(valid, starts[start:end, None] + pos[None], torch.zeros_like(pos[None]))
+            g = gauss_ids[pair]
+            args = (pixels, means2d[g], conics[g], opac[g], feats[g], valid, trans, trans_test)
+            part, trans, trans_test = (
+                _RecomputedSlice.apply(*args) if use_checkpoint else _composite_slice(*args)
+            )
+            acc = acc + part
+        results_acc.append(acc)
+        results_t.append(trans)
+
+    out = feats.new_zeros(num_tiles, pixels_per_tile, dim)
+    trans_all = feats.new_ones(num_tiles, pixels_per_tile)
+    if results_acc:
+        out = out.index_copy(0, active, torch.cat(results_acc))
+        trans_all = trans_all.index_copy(0, active, torch.cat(results_t))
+
+    def to_image(t: Tensor) -> Tensor:  # [C*ty*tx, P, D] -> [C, H, W, D]
+        t = t.view(cams, tiles_y, tiles_x, tile_size, tile_size, -1).permute(0, 1, 3, 2, 4, 5)
+        return t.reshape(cams, tiles_y * tile_size, tiles_x * tile_size, -1)[:, :height, :width]
+
+    image = to_image(out)
+    trans_img = to_image(trans_all[..., None])
+    colours = image[..., :-1]
+    if backgrounds is not None:
+        colours = colours + trans_img * backgrounds[:, None, None, :]
+    return colours, 1.0 - trans_img, image[..., -1:]
