@@ -342,7 +342,8 @@ class _Reader:
                 raise _corrupt("COLOR_0 must be VEC3/VEC4 with one entry per vertex")
             colors = np.nan_to_num(colors, nan=1.0, posinf=1.0, neginf=0.0).clip(0, 1)
             colors[:, :3] = linear_to_srgb(colors[:, :3])
-        vertices = positions.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf positions are judged by ingest
+            vertices = positions.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
         if np.linalg.det(matrix[:3, :3]) < 0:
             faces = faces[:, ::-1]
         return MeshPart(vertices, faces, uv=uv, vertex_colors=colors, texture=texture, base_color=base)
@@ -355,6 +356,16 @@ class _Reader:
         nodes = self.doc.get("nodes") or []
         if not isinstance(nodes, list):
             raise _corrupt("'nodes' is not an array")
+        # glTF requires disjoint strict trees: with one parent per node, a walk visits each node
+        # once, which rules out exponential instancing through shared children
+        parents: dict[Any, int] = {}
+        for index, node in enumerate(nodes):
+            children = node.get("children") if isinstance(node, dict) else None
+            for child in children if isinstance(children, list) else []:
+                if isinstance(child, int) and child in parents:
+                    raise _corrupt(f"node {child} has several parents ({parents[child]} and {index})")
+                if isinstance(child, int):
+                    parents[child] = index
         scenes = self.doc.get("scenes")
         if isinstance(scenes, list) and scenes:
             scene = self.item("scenes", self.doc.get("scene", 0))

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from voxforge.data.gltf import read_gltf
-from voxforge.data.safety import Limits, SourceReader, decode_image
+from voxforge.data.safety import Limits, SourceReader, check_image_header, decode_image
 from voxforge.representations.mesh import AssetError, MeshPart, TexturedMesh
 
 MESH_EXTENSIONS = {".obj", ".glb", ".gltf", ".ply", ".stl", ".off"}
@@ -104,7 +104,7 @@ class _ContainedResolver:
         try:
             data = self.reader.read(name, self.path, what)
             if what == "texture":
-                _check_image_header(data, name, self.reader.limits)
+                check_image_header(data, name, self.reader.limits)
             return data
         except AssetError as err:
             self.errors.append(err)
@@ -120,20 +120,6 @@ class _ContainedResolver:
 
     def write(self, name: str, data: bytes) -> None:
         raise AssetError("path_outside_source", "ingest never writes next to source files")
-
-
-def _check_image_header(data: bytes, name: str, limits: Limits) -> None:
-    from PIL import Image
-
-    try:
-        width, height = Image.open(io.BytesIO(data)).size
-    except Exception as err:  # noqa: BLE001 - any decoder failure means "not an image"
-        raise AssetError("bad_image", f"texture {name!r} cannot be decoded: {err}") from None
-    if width * height > limits.max_texture_pixels:
-        raise AssetError(
-            "image_too_large",
-            f"texture {name!r} declares {width}x{height} pixels, over the limit {limits.max_texture_pixels}",
-        )
 
 
 def _pil_texture(image: Any, limits: Limits) -> np.ndarray:
@@ -166,7 +152,8 @@ def _trimesh_parts(scene: Any, limits: Limits, has_materials: bool) -> tuple[lis
         if len(faces) == 0:
             points += len(vertices)
             continue
-        vertices = vertices @ matrix[:3, :3].T + matrix[:3, 3]
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN vertices are judged in clean()
+            vertices = vertices @ matrix[:3, :3].T + matrix[:3, 3]
         if np.linalg.det(matrix[:3, :3]) < 0:
             faces = faces[:, ::-1]
         visual = geometry.visual

@@ -18,6 +18,7 @@ import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,8 +88,8 @@ def url_path(uri: str) -> str:
     return urllib.parse.unquote(uri)
 
 
-def decode_image(data: bytes, name: str, limits: Limits) -> np.ndarray:
-    """Decode image bytes to [H, W, 4] uint8 RGBA, checking the declared size first."""
+def _open_checked(data: bytes, name: str, limits: Limits) -> Any:
+    """Open an image lazily (header only) and enforce the declared-size limit."""
     from PIL import Image
 
     if not data:
@@ -99,23 +100,37 @@ def decode_image(data: bytes, name: str, limits: Limits) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))  # parses the header only
-            width, height = image.size
-            if width <= 0 or height <= 0:
-                raise AssetError("bad_image", f"texture {name!r} declares size {width}x{height}")
-            if width * height > limits.max_texture_pixels:
-                raise AssetError(
-                    "image_too_large",
-                    f"texture {name!r} declares {width}x{height} pixels, over the limit "
-                    f"{limits.max_texture_pixels} (possible decompression bomb)",
-                )
-            image.draft("RGB", (limits.max_texture_size, limits.max_texture_size))  # JPEG: decode smaller
-            image.load()
-            image = image.convert("RGBA")
-    except AssetError:
-        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise AssetError("image_too_large", f"texture {name!r}: {err}") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as err:
+    except Exception as err:  # noqa: BLE001 - any decoder failure means "not an image"
+        raise AssetError("bad_image", f"texture {name!r} cannot be decoded: {err}") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise AssetError("bad_image", f"texture {name!r} declares size {width}x{height}")
+    if width * height > limits.max_texture_pixels:
+        raise AssetError(
+            "image_too_large",
+            f"texture {name!r} declares {width}x{height} pixels, over the limit "
+            f"{limits.max_texture_pixels} (possible decompression bomb)",
+        )
+    return image
+
+
+def check_image_header(data: bytes, name: str, limits: Limits) -> tuple[int, int]:
+    """Declared (width, height) of an image, after the size checks; decodes no pixels."""
+    return _open_checked(data, name, limits).size
+
+
+def decode_image(data: bytes, name: str, limits: Limits) -> np.ndarray:
+    """Decode image bytes to [H, W, 4] uint8 RGBA, checking the declared size first."""
+    from PIL import Image
+
+    image = _open_checked(data, name, limits)
+    try:
+        image.draft("RGB", (limits.max_texture_size, limits.max_texture_size))  # JPEG: decode smaller
+        image.load()
+        image = image.convert("RGBA")
+    except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data
         raise AssetError("bad_image", f"texture {name!r} cannot be decoded: {err}") from None
     longest = max(image.size)
     if longest > limits.max_texture_size:

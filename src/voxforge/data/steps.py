@@ -205,6 +205,9 @@ def run_asset_task(task: dict[str, Any], send: Callable[[Any], None]) -> None:
         result.mesh.extras["source"] = task["source"]
         result.mesh.save_glb(asset_dir / "mesh.glb")
         state["mesh"] = result.mesh
+        synth = result.mesh.extras.get("voxforge_synth")
+        if isinstance(synth, dict) and isinstance(synth.get("class"), str):
+            result.stats["label"] = synth["class"]  # built-in dataset: keep the class for evaluation
         return {"stats": result.stats, "warnings": result.warnings}
 
     def do_views() -> dict[str, Any]:
