@@ -210,10 +210,15 @@ def _progress(total: int, enabled: bool, description: str) -> Any:
 
 
 def _worker_init(threads: int) -> None:
-    """Keep each worker to a fair share of the CPU threads."""
-    import torch
+    """Keep each worker to a fair share of the CPU threads.
 
-    torch.set_num_threads(threads)
+    Through the environment, so that torch (imported later, only by the steps that need it)
+    picks the value up without this import costing seconds per worker for ingest-only runs.
+    """
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = None) -> dict[str, Any]:
