@@ -191,3 +191,30 @@ def test_real_nested_glb_matches_trimesh(shared_meshes):
     vertices, faces = mesh.merged()
     assert faces.shape == reference.faces.shape
     np.testing.assert_allclose(np.sort(vertices, axis=0), np.sort(reference.vertices, axis=0), atol=1e-5)
+
+
+def test_khr_texture_transform_is_baked_into_uvs():
+    document, binary = triangle_gltf()
+    uv = np.array([[0, 0], [1, 0], [0, 1]], np.float32).tobytes()
+    png = small_png()
+    binary = binary + uv + png
+    base = len(binary) - len(png) - len(uv)
+    document["bufferViews"] += [
+        {"buffer": 0, "byteOffset": base, "byteLength": len(uv)},
+        {"buffer": 0, "byteOffset": base + len(uv), "byteLength": len(png)},
+    ]
+    document["buffers"][0]["byteLength"] = len(binary)
+    document["accessors"].append({"bufferView": 2, "componentType": 5126, "count": 3, "type": "VEC2"})
+    primitive = document["meshes"][0]["primitives"][0]
+    primitive["attributes"]["TEXCOORD_0"] = 2
+    primitive["material"] = 0
+    transform = {"offset": [0.5, 0.25], "scale": [2, 3], "rotation": 0.0}
+    texture_info = {"index": 0, "extensions": {"KHR_texture_transform": transform}}
+    document["materials"] = [{"pbrMetallicRoughness": {"baseColorTexture": texture_info}}]
+    document["textures"] = [{"source": 0}]
+    document["images"] = [{"bufferView": 3, "mimeType": "image/png"}]
+    part = read_gltf(glb(document, binary)).parts[0]
+    np.testing.assert_allclose(part.uv, [[0.5, 0.25], [2.5, 0.25], [0.5, 3.25]])
+    transform["rotation"] = np.pi / 2  # the spec's matrix turns +u into +v
+    part = read_gltf(glb(document, binary)).parts[0]
+    np.testing.assert_allclose(part.uv[1], [0.5, 0.25 + 2.0], atol=1e-6)

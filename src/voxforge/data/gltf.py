@@ -270,11 +270,11 @@ class _Reader:
             self.images[source] = decode_image(raw, str(label), self.limits)
         return self.images[source]
 
-    def material(self, index: Any) -> tuple[np.ndarray, np.ndarray | None, int]:
-        """(base colour sRGB [4], texture or None, texCoord set) of a material."""
+    def material(self, index: Any) -> tuple[np.ndarray, np.ndarray | None, int, np.ndarray | None]:
+        """(base colour sRGB [4], texture or None, texCoord set, UV transform [3, 3] or None)."""
         base = np.ones(4, np.float32)
         if index is None:
-            return base, None, 0
+            return base, None, 0, None
         spec = self.item("materials", index)
         pbr = spec.get("pbrMetallicRoughness")
         if not isinstance(pbr, dict):
@@ -288,9 +288,23 @@ class _Reader:
             base = np.concatenate([linear_to_srgb(linear[:3]), np.clip(linear[3:], 0, 1)]).astype(np.float32)
         texture_info = pbr.get(texture_key)
         if not isinstance(texture_info, dict) or "index" not in texture_info:
-            return base, None, 0
+            return base, None, 0, None
         texcoord = _int(texture_info.get("texCoord", 0), "texCoord", 0, 7)
-        return base, self.image(texture_info["index"]), texcoord
+        transform = (texture_info.get("extensions") or {}).get("KHR_texture_transform")
+        matrix = None
+        if isinstance(transform, dict):
+            texcoord = _int(transform.get("texCoord", texcoord), "texCoord", 0, 7)
+            offset = _floats(transform.get("offset", [0, 0]), 2, "KHR_texture_transform.offset")
+            angle = float(_floats(transform.get("rotation", 0.0), 1, "KHR_texture_transform.rotation")[0])
+            scale = _floats(transform.get("scale", [1, 1]), 2, "KHR_texture_transform.scale")
+            cos, sin = np.cos(angle), np.sin(angle)
+            # the extension's definition: T(offset) @ R(rotation) @ S(scale), applied to (u, v, 1)
+            matrix = (
+                np.array([[1, 0, offset[0]], [0, 1, offset[1]], [0, 0, 1]])
+                @ np.array([[cos, -sin, 0], [sin, cos, 0], [0, 0, 1]])  # GLSL mat3 is column-major
+                @ np.diag([scale[0], scale[1], 1.0])
+            )
+        return base, self.image(texture_info["index"]), texcoord, matrix
 
     # -- geometry -----------------------------------------------------------------
     def primitive(self, prim: dict[str, Any], matrix: np.ndarray) -> MeshPart | None:
@@ -326,7 +340,7 @@ class _Reader:
             raise AssetError(
                 "bad_indices", f"a face index {faces.max()} points past the {len(positions)} vertices"
             )
-        base, texture, texcoord = self.material(prim.get("material"))
+        base, texture, texcoord, uv_matrix = self.material(prim.get("material"))
         uv = None
         if texture is not None:
             key = f"TEXCOORD_{texcoord}"
@@ -335,6 +349,8 @@ class _Reader:
             uv = self.accessor_float(attributes[key], "uv")[:, :2]
             if len(uv) != len(positions):
                 raise _corrupt(f"{key} has {len(uv)} entries for {len(positions)} vertices")
+            if uv_matrix is not None:
+                uv = (uv.astype(np.float64) @ uv_matrix[:2, :2].T + uv_matrix[:2, 2]).astype(np.float32)
         colors = None
         if "COLOR_0" in attributes:
             colors = self.accessor_float(attributes["COLOR_0"], "colour")
