@@ -74,6 +74,11 @@ def test_prepare_records_everything_and_resumes(tmp_path, src):
     assert by_source["pack.zip!inner/tri.off"].status == "done"
     assert by_source["sub/cube_copy.obj"].status == "duplicate"
     assert by_source["points.ply"].failed_step == "ingest"
+    assert (
+        by_source["slip.zip"].failed_step == "expand"
+        and by_source["slip.zip"].reason == "path_outside_source"
+    )
+    assert "pack.zip" not in by_source
     cube_id = by_source["cube.obj"].id
     import hashlib
 

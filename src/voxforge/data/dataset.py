@@ -70,7 +70,12 @@ class PreparedDataset:
         """One record per source file (archives excluded, their members included)."""
         records = []
         for source, row in self.manifest.sources.items():
-            if source.lower().endswith(".zip"):
+            if source.lower().endswith(".zip") and not row["reason"]:
+                expand = self.manifest.steps.get(row["id"], {}).get("expand")
+                if expand and expand["status"] == "failed":  # members of a good archive are listed instead
+                    records.append(
+                        AssetRecord(row["id"], source, "failed", expand["error"], expand["reason"], "expand")
+                    )
                 continue
             if row["reason"]:
                 records.append(

@@ -150,13 +150,18 @@ def discover(src: Path, out: Path, manifest: Manifest) -> list[_Source]:
     return found
 
 
-def _hash(source: _Source, manifest: Manifest) -> str:
-    stat = source.path.stat()
-    cached = manifest.cached_hash(source.source, stat.st_size, stat.st_mtime)
-    if cached:
-        return cached
-    digest = sha256_file(source.path)
-    manifest.store_hash(source.source, stat.st_size, stat.st_mtime, digest)
+def _hash(source: _Source, manifest: Manifest) -> str | None:
+    """Set and return `source.asset_id`; an unreadable file is recorded and gives None."""
+    try:
+        stat = source.path.stat()
+        cached = manifest.cached_hash(source.source, stat.st_size, stat.st_mtime)
+        digest = cached or sha256_file(source.path)
+    except OSError as err:
+        manifest.record_source(source.source, None, reason="unreadable", error=f"{source.source}: {err}")
+        return None
+    if not cached:
+        manifest.store_hash(source.source, stat.st_size, stat.st_mtime, digest)
+    source.asset_id = digest
     return digest
 
 
@@ -245,9 +250,7 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
     with Manifest(out / manifest_name(config.rank, config.world_size)) as manifest:
         manifest.set_meta("settings", settings)
         manifest.set_meta("source_root", str(src.resolve()))
-        candidates = discover(src, out, manifest)
-        for candidate in candidates:
-            candidate.asset_id = _hash(candidate, manifest)
+        candidates = [c for c in discover(src, out, manifest) if _hash(c, manifest)]
         manifest.commit()
         mine = [c for c in candidates if _shard(c.asset_id, config.world_size) == config.rank]
 
@@ -294,8 +297,8 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
             root = out / "archives" / archive.asset_id
             for member in row["stats"].get("members", []):
                 item = _Source(f"{archive.source}!{member}", root / member, root)
-                item.asset_id = _hash(item, manifest)
-                sources.append(item)
+                if _hash(item, manifest):
+                    sources.append(item)
 
         # duplicates and plans
         owners: dict[str, _Source] = {}
