@@ -130,13 +130,15 @@ def test_gradcheck_float64_tiny_scene():
     assert torch.autograd.gradcheck(fn, params, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True)
 
 
-def test_chunking_and_tile_size_do_not_change_the_image():
+def test_tiles_chunks_and_slices_do_not_change_the_image():
     viewmats, ks, w, h = look_at_cameras(2)
     g = random_gaussians(150, seed=1)
-    base = render_gaussians(g, viewmats, ks, w, h, backend="torch")
-    small = render_gaussians(g, viewmats, ks, w, h, backend="torch", tile_size=8, max_chunk_elements=2048)
-    for key in base:
-        assert torch.allclose(base[key], small[key], atol=1e-5)
+    args = (g.means, g.rotations, g.scales, g.opacities, g.sh_coeffs, viewmats.float(), ks.float(), w, h)
+    base = rasterize_torch(*args, sh_degree=0, tile_size=16, max_slice=1 << 20)
+    for options in (dict(tile_size=2), dict(tile_size=8, max_chunk_elements=2048, max_slice=8), dict()):
+        other = rasterize_torch(*args, sh_degree=0, **options)
+        for a, b in zip(base, other):
+            assert torch.allclose(a, b, atol=1e-5), options
 
 
 def test_gradients_through_render_api_match_reference():

@@ -157,7 +157,7 @@ def rasterize(
     radius_clip: float = 0.0,
     rasterize_mode: str = "classic",  # or "antialiased"
     depth_mode: str = "expected",  # or "accumulated"
-    tile_size: int = 16,
+    tile_size: int | None = None,  # gsplat: 16 by default; torch: adaptive (see gaussians_torch)
     max_chunk_elements: int = 1 << 22,  # torch backend: pixel x Gaussian entries per chunk
 ) -> dict[str, Tensor]:
     """gsplat.rasterization's inputs -> dict(rgb [C,H,W,D], alpha [C,H,W,1], depth [C,H,W,1]), fp32."""
@@ -191,7 +191,7 @@ def rasterize(
                 radius_clip=radius_clip,
                 eps2d=eps2d,
                 sh_degree=sh_degree,
-                tile_size=tile_size,
+                tile_size=tile_size or 16,
                 render_mode="RGB+D",
                 rasterize_mode=rasterize_mode,
             )
