@@ -1,0 +1,178 @@
+"""Structure flow transformer: a dense DiT over the sparse-structure latent grid (stage 1).
+
+The latent of the structure VAE is a small dense grid `[B, C, r, r, r]` (TRELLIS: C=8,
+r=16, so 4096 tokens). The transformer folds optional p×p×p patches into tokens, adds
+positions, and runs `DiTBlock`s (adaLN-zero timestep modulation, qk RMSNorm, self-attention
+over the grid, cross-attention to image tokens, MLP), then maps back to the velocity of the
+rectified flow in the latent's shape.
+
+Positions: `ape` adds fixed sin-cos embeddings of the 3-D token coordinates (TRELLIS's
+choice for this stage); `rope` rotates queries and keys by the coordinates instead (no
+absolute information enters the residual stream); `both` does both. Either works for a
+fixed grid; rope is the one that carries over to the sparse stage-2 tokens.
+
+`StructureFlowModel` is what the stage trains: the denoiser plus, when the image encoder
+trains jointly (the built-in ViT), that encoder, so both sit behind one forward call (as
+DDP requires). Frozen encoders (DINOv2) stay outside, and their tokens arrive through
+`context=`. Classifier-free guidance uses an all-zero token sequence as the "no image"
+condition (as TRELLIS does): `forward(..., drop=mask)` zeroes the tokens of the dropped
+samples during training, and samplers call it with zeros for the unconditional branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from voxforge.config.core import ConfigValueError, option
+from voxforge.models.image_encoders import ImageEncoder, ImageEncoderConfig, build_image_encoder
+from voxforge.models.ss_vae import pixel_shuffle_3d, pixel_unshuffle_3d
+from voxforge.nn.embeddings import TimestepEmbedder, sincos_position_embedding
+from voxforge.nn.norms import LayerNorm32
+from voxforge.nn.rope import RotaryEmbedding, grid_coords
+from voxforge.nn.transformer import DiTBlock, modulate
+
+__all__ = ["SSFlowConfig", "SSFlowTransformer", "StructureFlowModel"]
+
+
+@dataclass
+class SSFlowConfig:
+    resolution: int = option(16, ge=1, help="side r of the latent grid (the VAE's latent_resolution)")
+    in_channels: int = option(8, ge=1, help="latent channels C (the VAE's latent_channels)")
+    patch_size: int = option(1, ge=1, help="p×p×p latent voxels per token")
+    width: int = option(1024, ge=8)
+    depth: int = option(24, ge=1)
+    heads: int = option(16, ge=1)
+    mlp_ratio: float = option(4.0, gt=0.0)
+    qk_norm: bool = option(True, help="RMSNorm on queries and keys per head")
+    pos_embed: Literal["ape", "rope", "both"] = option("ape", help="absolute sin-cos, 3-D rotary, or both")
+    rope_theta: float = option(10000.0, gt=0.0)
+    attention_backend: Literal["auto", "torch", "flash_attn"] = option("auto")
+    grad_checkpoint: bool = option(False, help="recompute blocks in backward (saves memory)")
+
+    def __post_init__(self):
+        if self.resolution % self.patch_size:
+            raise ConfigValueError(
+                "patch_size", f"{self.patch_size} does not divide resolution {self.resolution}"
+            )
+        if self.width % self.heads:
+            raise ConfigValueError("heads", f"width {self.width} is not divisible by {self.heads} heads")
+        if self.pos_embed != "ape" and (self.width // self.heads) // 2 // 3 == 0:
+            raise ConfigValueError(
+                "pos_embed", f"head size {self.width // self.heads} is too small for 3-D rope"
+            )
+
+    @property
+    def tokens(self) -> int:
+        return (self.resolution // self.patch_size) ** 3
+
+
+class SSFlowTransformer(nn.Module):
+    """Velocity v(x_t, t, image tokens) on the dense latent grid."""
+
+    def __init__(self, cfg: SSFlowConfig, context_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        token_dim = cfg.in_channels * cfg.patch_size**3
+        grid = cfg.resolution // cfg.patch_size
+        self.t_embedder = TimestepEmbedder(cfg.width)
+        self.input_layer = nn.Linear(token_dim, cfg.width)
+        coords = grid_coords(grid).float()  # [L, 3]
+        self.register_buffer("coords", coords, persistent=False)
+        if cfg.pos_embed in ("ape", "both"):
+            self.register_buffer("pos", sincos_position_embedding(coords, cfg.width)[None], persistent=False)
+        else:
+            self.pos = None
+        self.rope = (
+            RotaryEmbedding(cfg.width // cfg.heads, theta=cfg.rope_theta) if cfg.pos_embed != "ape" else None
+        )
+        self.blocks = nn.ModuleList(
+            DiTBlock(
+                cfg.width,
+                cfg.heads,
+                context_dim=context_dim,
+                mlp_ratio=cfg.mlp_ratio,
+                qk_norm=cfg.qk_norm,
+                backend=cfg.attention_backend,
+            )
+            for _ in range(cfg.depth)
+        )
+        self.final_norm = LayerNorm32(cfg.width, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 2 * cfg.width))
+        self.out_layer = nn.Linear(cfg.width, token_dim)
+        for layer in (self.final_modulation[1], self.out_layer):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(
+        self,
+        x: Tensor,  # [B, C, r, r, r] noisy latent x_t
+        t: Tensor,  # [B] flow time in [0, 1]
+        context: Tensor,  # [B, T, Cc] condition tokens (zeros = unconditional)
+    ) -> Tensor:  # [B, C, r, r, r] predicted velocity
+        cfg = self.cfg
+        if x.shape[1:] != (cfg.in_channels, cfg.resolution, cfg.resolution, cfg.resolution):
+            raise ValueError(
+                f"expected latents [B, {cfg.in_channels}, {cfg.resolution}, {cfg.resolution}, {cfg.resolution}], "
+                f"got {tuple(x.shape)}"
+            )
+        p = cfg.patch_size
+        h = pixel_unshuffle_3d(x, p) if p > 1 else x
+        h = self.input_layer(h.flatten(2).transpose(1, 2))  # [B, L, width]
+        if self.pos is not None:
+            h = h + self.pos.to(h.dtype)
+        rope = self.rope(self.coords) if self.rope is not None else None
+        cond = self.t_embedder(t)  # [B, width]
+        context = context.to(h.dtype)
+        for block in self.blocks:
+            if cfg.grad_checkpoint and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(block, h, cond, context, rope=rope, use_reentrant=False)
+            else:
+                h = block(h, cond, context, rope=rope)
+        shift, scale = self.final_modulation(cond)[:, None].chunk(2, dim=-1)
+        h = self.out_layer(modulate(self.final_norm(h), shift, scale))  # [B, L, C p^3]
+        grid = cfg.resolution // p
+        h = h.transpose(1, 2).reshape(x.shape[0], -1, grid, grid, grid)
+        return pixel_shuffle_3d(h, p) if p > 1 else h
+
+
+class StructureFlowModel(nn.Module):
+    """The trained module: denoiser plus the jointly trained image encoder (if any)."""
+
+    def __init__(self, cfg: SSFlowConfig, encoder_cfg: ImageEncoderConfig, context_dim: int | None = None):
+        super().__init__()
+        self.cfg, self.encoder_cfg = cfg, encoder_cfg
+        if encoder_cfg.kind == "vit":
+            self.image_encoder: ImageEncoder | None = build_image_encoder(encoder_cfg)
+            context_dim = self.image_encoder.out_dim
+        else:
+            self.image_encoder = None
+            if context_dim is None:
+                raise ValueError("a frozen image encoder's token width (context_dim) is needed")
+        self.context_dim = context_dim
+        self.denoiser = SSFlowTransformer(cfg, context_dim)
+
+    def encode_images(self, images: Tensor) -> Tensor:  # [B, 3, H, W] in [0, 1] -> [B, T, Cc]
+        if self.image_encoder is None:
+            raise ValueError("this model conditions on a frozen encoder's tokens: pass context=")
+        return self.image_encoder(images)
+
+    def forward(
+        self,
+        x: Tensor,  # [B, C, r, r, r]
+        t: Tensor,  # [B]
+        *,
+        images: Tensor | None = None,  # [B, 3, H, W] for the joint encoder
+        context: Tensor | None = None,  # [B, T, Cc] precomputed tokens
+        drop: Tensor | None = None,  # [B] bool: replace these samples' tokens by zeros (CFG)
+    ) -> Tensor:  # [B, C, r, r, r]
+        if (images is None) == (context is None):
+            raise ValueError("pass exactly one of images= or context=")
+        if images is not None:
+            context = self.encode_images(images)
+        if drop is not None:
+            context = torch.where(drop[:, None, None], torch.zeros_like(context), context)
+        return self.denoiser(x, t, context)
