@@ -8,8 +8,9 @@
   (more correlated dimensions) comparable; s > 1 moves mass toward t = 1. The same map
   shifts the sampler's time grid (TRELLIS's `rescale_t`).
 
-All draws take an explicit `torch.Generator` or, when none is given, the global RNG (which
-the training engine checkpoints, so resumed runs draw the same timesteps).
+All draws take an explicit `torch.Generator` (drawn on its device, then moved) or, when none
+is given, the global RNG (which the training engine checkpoints, so resumed runs draw the
+same timesteps).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def sample_uniform(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:  # [n]
-    device = generator.device if generator is not None and device is None else device
-    return torch.rand(n, generator=generator, device=device, dtype=dtype)
+    draw_device = generator.device if generator is not None else device
+    return torch.rand(n, generator=generator, device=draw_device, dtype=dtype).to(device)
 
 
 def sample_logit_normal(
@@ -52,8 +53,8 @@ def sample_logit_normal(
 ) -> Tensor:  # [n] in (0, 1)
     if std <= 0:
         raise ValueError(f"logit-normal std must be > 0, got {std}")
-    device = generator.device if generator is not None and device is None else device
-    normal = torch.randn(n, generator=generator, device=device, dtype=dtype)
+    draw_device = generator.device if generator is not None else device
+    normal = torch.randn(n, generator=generator, device=draw_device, dtype=dtype).to(device)
     return torch.sigmoid(mean + std * normal)
 
 

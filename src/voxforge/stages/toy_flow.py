@@ -277,7 +277,7 @@ def plot_samples(
     image = Image.new("RGB", (size * len(panels), size), "white")
     draw = ImageDraw.Draw(image)
 
-    def to_px(points: Tensor, offset: int) -> list[tuple[float, float]]:
+    def to_px(points: Tensor, offset: int) -> list[tuple[float, float] | None]:  # None: off the plot
         pts = points.float().cpu()
         keep = (pts.abs() <= extent).all(dim=1)
         u = (pts[:, 0] / extent + 1) * 0.5 * (size - 1) + offset
