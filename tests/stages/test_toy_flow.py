@@ -208,3 +208,26 @@ def test_training_moves_samples_to_the_target(tmp_path):
     ema = stage.build_model()
     load_model_weights(ema, run_dir, ema=True)
     assert stage.evaluate(ema).metrics == pytest.approx({k: after[k] for k in before})
+
+
+def test_interrupted_run_resumes_bit_exactly(tmp_path):
+    """The stage draws only from the engine's RNG and its data from (index, epoch)."""
+    from voxforge.train.checkpoint import latest_checkpoint, load_state_dict_file
+    from voxforge.train.engine import train
+
+    # 40 steps of 128 cross the epoch boundary of the 2048-sample dataset (16 batches)
+    recipe = make_recipe(train={"max_steps": 40, "sample_every": 0})
+    train(recipe, tmp_path / "straight")
+    first = train(recipe, tmp_path / "resumed", stop_after=15)
+    assert first.reason == "stop_after" and first.step == 15
+    train(recipe, tmp_path / "resumed")
+
+    def weights(run):
+        ckpt = latest_checkpoint(tmp_path / run)
+        return {k: load_state_dict_file(ckpt.weights[k]) for k in ckpt.weights}
+
+    straight, resumed = weights("straight"), weights("resumed")
+    assert straight.keys() == resumed.keys() and len(straight) == 2  # model + one EMA
+    for key in straight:
+        for name, tensor in straight[key].items():
+            assert torch.equal(tensor, resumed[key][name]), f"{key}:{name}"
