@@ -1,7 +1,7 @@
 """Turntable videos of 3D Gaussians: orbit cameras, rendering, `.mp4` / `.gif` / preview `.png`.
 
-Cameras follow the DESIGN.md contract (OpenCV: x right, y down, z forward; world +Y up) and
-look at the origin, where normalised assets are centred. `orbit_cameras` spaces `frames`
+Cameras follow the DESIGN.md contract (OpenCV: x right, y down, z forward; world +Y up; built
+with `voxforge.render.cameras.look_at` and `intrinsics`) and look at the origin, where normalised assets are centred. `orbit_cameras` spaces `frames`
 azimuths evenly over 360° (the last frame is one step before the first, so the video loops
 without a repeated frame) at a fixed elevation and distance; the field of view defaults to
 the data toolkit's feature views (40°, radius 2), which frame the unit cube with a margin.
@@ -25,28 +25,7 @@ from torch import Tensor
 from voxforge.errors import UserError
 from voxforge.representations.gaussians import Gaussians
 
-__all__ = ["look_at", "orbit_cameras", "render_turntable", "write_gif", "write_mp4"]
-
-
-def look_at(
-    eye: Tensor,  # [C, 3] camera positions
-    target: Tensor | None = None,  # [3] or [C, 3]; default origin
-    up: Sequence[float] = (0.0, 1.0, 0.0),
-) -> Tensor:  # [C, 4, 4] world -> camera, OpenCV convention
-    eye = eye.double()
-    target = torch.zeros(3, dtype=torch.float64) if target is None else torch.as_tensor(target).double()
-    forward = torch.nn.functional.normalize(target - eye, dim=-1)  # camera +z
-    up_vec = torch.as_tensor(up, dtype=torch.float64).expand_as(forward)
-    right = torch.linalg.cross(forward, up_vec, dim=-1)
-    degenerate = right.norm(dim=-1) < 1e-9  # looking straight up or down: any right vector works
-    right[degenerate] = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
-    right = torch.nn.functional.normalize(right, dim=-1)  # camera +x
-    down = torch.linalg.cross(forward, right, dim=-1)  # camera +y (image rows go down)
-    rot = torch.stack([right, down, forward], dim=-2)  # rows: camera axes in world coordinates
-    out = torch.eye(4, dtype=torch.float64).repeat(eye.shape[0], 1, 1)
-    out[:, :3, :3] = rot
-    out[:, :3, 3] = -(rot @ eye[..., None])[..., 0]
-    return out.float()
+__all__ = ["orbit_cameras", "render_turntable", "write_gif", "write_mp4"]
 
 
 def orbit_cameras(
@@ -70,9 +49,11 @@ def orbit_cameras(
         ],
         dim=-1,
     )
-    focal = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
-    K = torch.tensor([[focal, 0.0, size / 2], [0.0, focal, size / 2], [0.0, 0.0, 1.0]])
-    return look_at(eye), K.expand(frames, 3, 3).clone()
+    from voxforge.render.cameras import intrinsics, look_at
+
+    viewmats = torch.from_numpy(look_at(eye.numpy())).float()
+    K = torch.from_numpy(intrinsics(fov_deg, size, size)).float()
+    return viewmats, K.expand(frames, 3, 3).clone()
 
 
 @torch.no_grad()
