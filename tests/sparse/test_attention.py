@@ -39,13 +39,14 @@ def test_window_attention_equals_brute_force_per_window(window, shift):
     q, k, v = _qkv(x.num_points, seed=1)
     part = window_partition(x, window, shift)
     out = sparse_window_attention(q, k, v, part, backend="torch")
+    batched = sparse_window_attention(q, k, v, part, backend="torch", max_slots=20)  # many padded batches
     ref = torch.empty_like(out)
     win = (x.coords[:, 1:].long() + shift) // window
     ids = torch.cat([x.coords[:, :1].long(), win], 1)
     for key in torch.unique(ids, dim=0):
         rows = (ids == key).all(1).nonzero().squeeze(1)
         ref[rows] = _softmax_attention(q[rows], k[rows], v[rows])
-    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(batched, ref, atol=1e-5)
     assert part.layout.max_len <= window**3 and int(part.layout.seqlens.sum()) == x.num_points
     assert window_partition(x, window, shift) is part  # cached
 

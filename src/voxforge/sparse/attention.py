@@ -1,23 +1,25 @@
 """Attention over sparse voxels: full per sample, or in (shifted) windows as TRELLIS's "swin".
 
-Both modes reduce to packed variable-length attention (`voxforge.nn.attention.varlen_attention`,
-PyTorch SDPA with padding + key masks, or flash-attn's varlen kernel on CUDA):
+Both modes are attention over packed variable-length sequences:
 
 - full: the sequences are the samples — a `SparseTensor` is already packed by sample and
-  `x.varlen` is its layout; tokens of different assets never attend to each other.
+  `x.varlen` is its layout, so `voxforge.nn.attention.varlen_attention` runs it (SDPA with
+  padding + key masks, or flash-attn's varlen kernel on CUDA); tokens of different assets
+  never attend to each other.
 - windows: voxel (b, i, j, k) belongs to window `(b, (ijk + shift) // w)`. Sorting rows by
-  the window's grid key (stable, so in-window order follows row order) packs each window's
-  voxels contiguously; the windows are then the sequences. Output rows are put back in the
-  tensor's order with the inverse permutation. A window holds at most w³ voxels, so the
-  attention cost is O(N · w³) instead of O(N²), and the padded torch path allocates
-  `[windows, max_window_len]` rather than `[B, max_sample_len]`. Shifting by w/2 in
-  alternate blocks lets information cross window borders (Swin). The partition depends on
-  coordinates only and is cached on the tensor.
+  the window's grid key (stable, so in-window order follows row order) makes each window a
+  contiguous sequence; the partition (order, inverse, layout) depends on coordinates only and
+  is cached on the tensor. A window holds at most w³ voxels, so the cost is O(N · w³) instead
+  of O(N²). flash-attn takes the permuted rows as varlen sequences directly. The torch path
+  pads windows in batches of similar sizes (sorted by size, at most `max_slots` padded tokens
+  per batch) gathered straight from the unpermuted rows: surface windows range from a few
+  voxels to a few hundred, and padding all of them to the largest would double the memory.
+  Shifting by w/2 in alternate blocks lets information cross window borders (Swin).
 
-The layers reuse the dense blocks of `voxforge.nn` (`SelfAttention`, `CrossAttention`,
-`MLP`, `LayerNorm32`): every part of them except attention is per token, so running a block
-on rows permuted into window order and permuting back is exactly windowed attention. Rotary
-positions (optional) come from the voxel coordinates, so they survive any permutation.
+`SparseSelfAttention` has the parameters of `voxforge.nn.SelfAttention` (fused qkv, optional
+qk RMSNorm, rotary positions from the voxel coordinates); cross-attention to image tokens and
+the MLP reuse `voxforge.nn`'s blocks directly — they act per token, so a sparse batch is just
+their packed layout.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from voxforge.nn.attention import VarLen, varlen_attention
-from voxforge.nn.norms import LayerNorm32
-from voxforge.nn.rope import RopeFreqs, RotaryEmbedding
-from voxforge.nn.transformer import MLP, CrossAttention, SelfAttention
+from voxforge.errors import UserError
+from voxforge.nn.attention import VarLen, attention, flash_attn_available, key_padding_mask, varlen_attention
+from voxforge.nn.norms import LayerNorm32, MultiHeadRMSNorm
+from voxforge.nn.rope import RotaryEmbedding, apply_rope
+from voxforge.nn.transformer import MLP, CrossAttention
 from voxforge.sparse.tensor import SparseTensor, grid_keys
 
 __all__ = [
@@ -95,6 +98,10 @@ def sparse_full_attention(
     return varlen_attention(q, k, v, layout, kv_layout or layout, backend=backend)
 
 
+def _flash_eligible(q: Tensor) -> bool:
+    return flash_attn_available() and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+
+
 def sparse_window_attention(
     q: Tensor,  # [N, H, D] in the tensor's row order
     k: Tensor,  # [N, H, D]
@@ -102,19 +109,50 @@ def sparse_window_attention(
     partition: WindowPartition,
     *,
     backend: str = "auto",
+    max_slots: int = 8192,  # torch path: padded tokens per batch of windows
 ) -> Tensor:  # [N, H, Dv] in the tensor's row order
-    """Each voxel attends to the voxels of its window only."""
-    order = partition.order
-    out = varlen_attention(q[order], k[order], v[order], partition.layout, partition.layout, backend=backend)
-    return out[partition.inverse]
+    """Each voxel attends to the voxels of its window only.
 
-
-def _permute_rope(rope: RopeFreqs | None, order: Tensor) -> RopeFreqs | None:
-    return None if rope is None else RopeFreqs(rope.cos[order], rope.sin[order])
+    flash-attn runs the packed windows through its varlen kernel. The torch path sorts
+    windows by size and pads them in batches of similar sizes (at most `max_slots` padded
+    tokens each), gathering straight from the unpermuted rows: padding waste stays small
+    and memory bounded, where padding every window to the largest would double it.
+    """
+    if backend == "flash_attn" or (backend == "auto" and _flash_eligible(q)):
+        order = partition.order
+        out = varlen_attention(
+            q[order], k[order], v[order], partition.layout, partition.layout, backend=backend
+        )
+        return out[partition.inverse]
+    if backend not in ("auto", "torch"):
+        raise UserError(f"attention backend '{backend}': expected one of auto, torch, flash_attn")
+    lens = partition.layout.seqlens
+    starts = partition.layout.cu_seqlens[:-1].long()
+    by_len = torch.argsort(lens, descending=True)
+    sorted_lens = lens[by_len].tolist()
+    rows_out, values_out = [], []
+    first = 0
+    while first < len(sorted_lens):
+        longest = sorted_lens[first]
+        windows = by_len[first : first + max(1, max_slots // longest)]
+        first += windows.numel()
+        pos = torch.arange(longest, device=q.device)
+        valid = pos[None] < lens[windows, None]  # [W, L]
+        rows = partition.order[torch.where(valid, starts[windows, None] + pos[None], 0)]  # [W, L]
+        mask = None if bool(valid.all()) else key_padding_mask(valid)
+        out = attention(q[rows], k[rows], v[rows], backend="torch", mask=mask)  # [W, L, H, Dv]
+        rows_out.append(rows[valid])
+        values_out.append(out[valid])
+    result = v.new_zeros(q.shape[0], v.shape[1], v.shape[2])
+    return result.index_copy(0, torch.cat(rows_out), torch.cat(values_out))
 
 
 class SparseSelfAttention(nn.Module):
-    """Multi-head self-attention on a sparse batch, full per sample or in shifted windows."""
+    """Multi-head self-attention on a sparse batch, full per sample or in shifted windows.
+
+    Same parameters as `voxforge.nn.SelfAttention` (fused qkv, optional per-head qk RMSNorm,
+    output projection); rotary positions, when on, come from the voxel coordinates.
+    """
 
     def __init__(
         self,
@@ -126,22 +164,35 @@ class SparseSelfAttention(nn.Module):
         shift_window: int = 0,
         qk_norm: bool = False,
         use_rope: bool = False,
+        qkv_bias: bool = True,
         backend: str = "auto",
     ):
         super().__init__()
         if attn_mode not in ATTN_MODES:
             raise ValueError(f"attn_mode must be one of {ATTN_MODES}, got '{attn_mode}'")
+        if channels % num_heads:
+            raise ValueError(f"width {channels} is not divisible by {num_heads} heads")
+        head_dim = channels // num_heads
+        self.num_heads, self.backend = num_heads, backend
         self.attn_mode, self.window_size, self.shift_window = attn_mode, window_size, shift_window
-        self.attn = SelfAttention(channels, num_heads, qk_norm=qk_norm, backend=backend)
-        self.rope = RotaryEmbedding(channels // num_heads) if use_rope else None
+        self.qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
+        self.q_norm = MultiHeadRMSNorm(head_dim, num_heads) if qk_norm else nn.Identity()
+        self.k_norm = MultiHeadRMSNorm(head_dim, num_heads) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(channels, channels)
+        self.rope = RotaryEmbedding(head_dim) if use_rope else None
 
     def forward(self, x: SparseTensor) -> SparseTensor:  # [N, C] -> [N, C]
-        rope = self.rope(x.coords[:, 1:]) if self.rope is not None else None
+        q, k, v = self.qkv(x.feats).unflatten(-1, (3 * self.num_heads, -1)).chunk(3, dim=-2)  # [N, H, D]
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            freqs = self.rope(x.coords[:, 1:])
+            q, k = apply_rope(q, freqs), apply_rope(k, freqs)
         if self.attn_mode == "full":
-            return x.replace(self.attn(x.feats, rope=rope, layout=x.varlen))
-        part = window_partition(x, self.window_size, self.shift_window)
-        out = self.attn(x.feats[part.order], rope=_permute_rope(rope, part.order), layout=part.layout)
-        return x.replace(out[part.inverse])
+            out = sparse_full_attention(q, k, v, x.varlen, backend=self.backend)
+        else:
+            part = window_partition(x, self.window_size, self.shift_window)
+            out = sparse_window_attention(q, k, v, part, backend=self.backend)
+        return x.replace(self.proj(out.flatten(-2)))
 
     def extra_repr(self) -> str:
         return f"attn_mode={self.attn_mode}, window_size={self.window_size}, shift_window={self.shift_window}"
