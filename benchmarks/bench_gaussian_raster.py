@@ -16,13 +16,13 @@ Part 2 (CUDA + gsplat only): `render_gaussians(backend="gsplat")` against callin
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing as mp
 import resource
 import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
 
@@ -39,16 +39,11 @@ def scene(n: int, size: int, device: str = "cpu", seed: int = 0):
         opacity_logits=torch.randn(n, generator=gen) + 1.0,
         sh_dc=torch.randn(n, 3, generator=gen) * 0.5,
     ).to(device)
-    eye = torch.tensor([0.0, 0.5, 2.0])
-    forward = -eye / eye.norm()
-    right = torch.nn.functional.normalize(torch.linalg.cross(forward, torch.tensor([0.0, 1.0, 0.0])), dim=0)
-    down = torch.linalg.cross(forward, right)
-    rot = torch.stack([right, down, forward])
-    viewmat = torch.eye(4)
-    viewmat[:3, :3], viewmat[:3, 3] = rot, -rot @ eye
-    focal = 0.5 * size / math.tan(math.radians(20))
-    k = torch.tensor([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]])
-    return g, viewmat[None].to(device), k[None].to(device)
+    from voxforge.render.cameras import intrinsics, look_at
+
+    viewmat = torch.from_numpy(look_at(np.array([[0.0, 0.5, 2.0]]))).float()  # [1, 4, 4]
+    k = torch.from_numpy(intrinsics(40.0, size, size)).float()
+    return g, viewmat.to(device), k[None].to(device)
 
 
 def _measure(args: argparse.Namespace, backward: bool, chunk: int, queue) -> None:  # type: ignore[no-untyped-def]

@@ -1,33 +1,23 @@
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import pytest
 import torch
 
 from voxforge.errors import UserError
-from voxforge.render.gaussians import gsplat_available, rasterize, render_gaussians
+from voxforge.render.cameras import hammersley_sphere, look_at
+from voxforge.render.gaussians import gsplat_available, rasterize, render_gaussians, render_gaussians_cameras
 from voxforge.render.gaussians_torch import eval_sh, rasterize_torch
 from voxforge.representations.gaussians import Gaussians
 
 
 def look_at_cameras(count: int, radius: float = 2.5, focal: float = 40.0, size: tuple[int, int] = (32, 24)):
-    """OpenCV world->camera matrices on a ring around the origin, +Y up, and intrinsics."""
-    viewmats = []
-    for i in range(count):
-        angle = 2 * math.pi * i / count
-        eye = torch.tensor([radius * math.sin(angle), 0.4, radius * math.cos(angle)], dtype=torch.float64)
-        forward = -eye / eye.norm()
-        right = torch.linalg.cross(forward, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
-        right = right / right.norm()
-        down = torch.linalg.cross(forward, right)
-        rot = torch.stack([right, down, forward])  # rows: camera axes in world coordinates
-        mat = torch.eye(4, dtype=torch.float64)
-        mat[:3, :3], mat[:3, 3] = rot, -rot @ eye
-        viewmats.append(mat)
+    """float64 viewmats [C, 4, 4] on a ring around the origin (+Y up), intrinsics, width, height."""
+    angles = np.linspace(0, 2 * np.pi, count, endpoint=False)
+    eyes = np.stack([radius * np.sin(angles), np.full(count, 0.4), radius * np.cos(angles)], axis=1)
     w, h = size
     k = torch.tensor([[focal, 0, w / 2], [0, focal, h / 2], [0, 0, 1]], dtype=torch.float64)
-    return torch.stack(viewmats), k.expand(count, 3, 3).clone(), w, h
+    return torch.from_numpy(look_at(eyes)), k.expand(count, 3, 3).clone(), w, h
 
 
 def random_gaussians(n: int, seed: int = 0, sh_degree: int = 0, spread: float = 0.4) -> Gaussians:
@@ -187,6 +177,18 @@ def test_input_validation_and_backend_errors():
         render_gaussians(g, viewmats, ks, w, h, background=[1.0, 1.0])
     with pytest.raises(ValueError, match="only carry degree"):
         render_gaussians(g, viewmats, ks, w, h, sh_degree=2)
+
+
+def test_render_from_cameras_object():
+    cams = hammersley_sphere(3, radius=2.0, fov_deg=40.0, width=24, height=20)
+    g = random_gaussians(60, seed=6)
+    out = render_gaussians_cameras(g, cams, [0.0, 0.0, 0.0])
+    assert out["rgb"].shape == (3, 20, 24, 3) and out["alpha"].amax() > 0.5
+    ref = render_gaussians(g, torch.from_numpy(cams.world_to_cam), torch.from_numpy(cams.K).float(), 24, 20)
+    assert torch.equal(out["rgb"], ref["rgb"])
+    # the object projects around the image centre from every view
+    ys, xs = torch.nonzero(out["alpha"][0, ..., 0] > 0.5, as_tuple=True)
+    assert abs(xs.float().mean() - 12) < 3 and abs(ys.float().mean() - 10) < 3
 
 
 def test_culling_behind_camera_and_outside_image():

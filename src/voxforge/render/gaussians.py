@@ -7,8 +7,7 @@
 
 Cameras follow the DESIGN.md contract, which is gsplat's: `viewmats [C, 4, 4]` world→camera
 in OpenCV convention (x right, y down, z forward), `Ks [C, 3, 3]` pixel intrinsics. With a
-`voxforge.render.cameras.Cameras` object pass `cams.world_to_cam, cams.K, cams.width,
-cams.height`.
+`voxforge.render.cameras.Cameras` object use `render_gaussians_cameras(gaussians, cams)`.
 
 Precision fence: rasterization always runs in fp32. The API disables autocast on the
 inputs' device and casts every input to float32, so a training step under bf16/fp16
@@ -39,7 +38,7 @@ from voxforge.errors import MissingDependencyError, UserError
 from voxforge.render.gaussians_torch import rasterize_torch
 from voxforge.representations.gaussians import Gaussians
 
-__all__ = ["RASTER_BACKENDS", "gsplat_available", "rasterize", "render_gaussians"]
+__all__ = ["RASTER_BACKENDS", "gsplat_available", "rasterize", "render_gaussians", "render_gaussians_cameras"]
 
 RASTER_BACKENDS = ("auto", "torch", "gsplat")
 
@@ -257,3 +256,16 @@ def render_gaussians(
             backend=backend,
             **options,
         )
+
+
+def render_gaussians_cameras(
+    gaussians: Gaussians,
+    cameras: Any,  # voxforge.render.cameras.Cameras (numpy world_to_cam [V, 4, 4], K [V, 3, 3])
+    background: Tensor | Sequence[float] | None = None,
+    **options: Any,
+) -> dict[str, Tensor]:
+    """`render_gaussians` from a `Cameras` set, moved to the Gaussians' device."""
+    device = gaussians.means.device
+    viewmats = torch.as_tensor(cameras.world_to_cam, dtype=torch.float32, device=device)
+    Ks = torch.as_tensor(cameras.K, dtype=torch.float32, device=device)
+    return render_gaussians(gaussians, viewmats, Ks, cameras.width, cameras.height, background, **options)
