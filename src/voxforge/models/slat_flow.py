@@ -1,0 +1,287 @@
+"""Structured-latent flow: a sparse DiT that denoises per-voxel latents (stage 2, part 2).
+
+TRELLIS's SLat flow transformer, on the voxels of a given structure (the training asset's,
+or at inference the structure stage 1 generated):
+
+- **Patchify by sparse down-sampling.** At full resolution (64³, tens of thousands of
+  voxels) attention is too expensive, so the latents go through sparse convolutional
+  residual blocks and a 2× sparse down-sampling per level of `io_channels` (mean-pooling
+  children into parents, `voxforge.sparse.sparse_downsample`). The transformer then runs on
+  the coarse voxels (32³: ~4–8× fewer tokens) with full per-asset attention.
+- **Un-patchify with skips.** Each level is undone by `sparse_upsample`, which restores
+  exactly the fine voxels in their original row order from the bookkeeping the
+  down-sampling left, so a U-Net skip is a plain feature concatenation.
+- **Conditioning.** The timestep embedding modulates every residual block (scale/shift
+  after its second norm, as TRELLIS) and every DiT block (adaLN-zero); the DiT blocks
+  cross-attend to image tokens. Positions: fixed sin-cos embeddings of the coarse voxel
+  coordinates (`ape`), 3-D rotary embeddings (`rope`), or both.
+- **Outputs start at zero** (the last convolution of every residual block and the output
+  layer), so an untrained model predicts zero velocity and deep stacks start as identities.
+
+`SLatFlowModel` is what the stage trains and the pipeline samples: the denoiser, the jointly
+trained image encoder when there is one (a frozen DINOv2 stays outside; its tokens arrive
+through `context=`), and the per-channel statistics of the latents it was trained on
+(persistent buffers, so a checkpoint alone can map its samples back to the VAE's latent
+space). Classifier-free guidance uses all-zero image tokens as the null condition, exactly
+as the structure flow does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from voxforge.config.core import ConfigValueError, option
+from voxforge.models.image_encoders import ImageEncoder, ImageEncoderConfig, build_image_encoder
+from voxforge.nn.embeddings import TimestepEmbedder, sincos_position_embedding
+from voxforge.nn.norms import LayerNorm32
+from voxforge.nn.rope import RotaryEmbedding
+from voxforge.nn.transformer import DiTBlock
+from voxforge.sparse.conv import SparseConv3d
+from voxforge.sparse.sampling import sparse_downsample, sparse_upsample
+from voxforge.sparse.tensor import SparseTensor
+
+__all__ = ["SLatFlowConfig", "SLatFlowModel", "SLatFlowTransformer", "SparseResBlock"]
+
+
+@dataclass
+class SLatFlowConfig:
+    resolution: int = option(64, ge=2, help="voxel grid resolution R of the structure")
+    in_channels: int = option(8, ge=1, help="latent channels per voxel (the SLat VAE's latent_channels)")
+    io_channels: list[int] = option(
+        default_factory=lambda: [128],
+        ge=1,
+        help="width of each full-resolution level; each level downsamples 2x",
+    )
+    io_res_blocks: int = option(2, ge=0, help="residual blocks per level before the down-sampling")
+    width: int = option(1024, ge=8, help="transformer width at the coarse resolution")
+    depth: int = option(24, ge=1)
+    heads: int = option(16, ge=1)
+    mlp_ratio: float = option(4.0, gt=0.0)
+    qk_norm: bool = option(True)
+    pos_embed: Literal["ape", "rope", "both"] = option("ape")
+    attention_backend: Literal["auto", "torch", "flash_attn"] = option("auto")
+    conv_backend: Literal["auto", "torch", "spconv"] = option("auto")
+    grad_checkpoint: bool = option(False, help="recompute blocks in backward (saves memory)")
+
+    def __post_init__(self):
+        if self.width % self.heads:
+            raise ConfigValueError("heads", f"width {self.width} is not divisible by {self.heads} heads")
+        if not self.io_channels:
+            raise ConfigValueError("io_channels", "needs at least one level (the 2x patchify)")
+        if self.resolution % (2 ** len(self.io_channels)):
+            raise ConfigValueError(
+                "resolution",
+                f"{self.resolution} is not divisible by 2^{len(self.io_channels)} (one 2x level each)",
+            )
+        if self.pos_embed != "ape" and (self.width // self.heads) // 2 // 3 == 0:
+            raise ConfigValueError(
+                "pos_embed", f"head size {self.width // self.heads} is too small for 3-D rope"
+            )
+
+    @property
+    def coarse_resolution(self) -> int:
+        return self.resolution // 2 ** len(self.io_channels)
+
+
+class SparseResBlock(nn.Module):
+    """norm → SiLU → [resample] → conv → norm·(1+scale)+shift → SiLU → conv (zero init), + skip."""
+
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        out_channels: int | None = None,
+        *,
+        resample: Literal["down", "up"] | None = None,
+        conv_backend: str = "auto",
+    ):
+        super().__init__()
+        out_channels = out_channels or channels
+        self.resample = resample
+        self.norm1 = LayerNorm32(channels, eps=1e-6)
+        self.conv1 = SparseConv3d(channels, out_channels, 3, backend=conv_backend)
+        self.norm2 = LayerNorm32(out_channels, elementwise_affine=False, eps=1e-6)
+        self.conv2 = SparseConv3d(out_channels, out_channels, 3, backend=conv_backend)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
+        self.skip = nn.Linear(channels, out_channels) if out_channels != channels else nn.Identity()
+
+    def _resample(self, x: SparseTensor) -> SparseTensor:
+        if self.resample == "down":
+            return sparse_downsample(x, 2)
+        if self.resample == "up":
+            return sparse_upsample(x, 2)
+        return x
+
+    def forward(self, x: SparseTensor, emb: Tensor) -> SparseTensor:  # emb: [B, emb_channels]
+        h = x.replace(F.silu(self.norm1(x.feats)))
+        h, x = self._resample(h), self._resample(x)
+        h = self.conv1(h)
+        scale, shift = self.emb(emb)[h.batch_index].chunk(2, dim=-1)
+        h = h.replace(F.silu(self.norm2(h.feats) * (1 + scale) + shift))
+        h = self.conv2(h)
+        return h.replace(h.feats + self.skip(x.feats))
+
+
+class SLatFlowTransformer(nn.Module):
+    """Velocity v(x_t, t, image tokens) on sparse voxels; see the module docstring."""
+
+    def __init__(self, cfg: SLatFlowConfig, context_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.t_embedder = TimestepEmbedder(cfg.width)
+        self.input_layer = nn.Linear(cfg.in_channels, cfg.io_channels[0])
+        widths = [*cfg.io_channels, cfg.width]
+        backend = cfg.conv_backend
+        self.down_res = nn.ModuleList()
+        self.down = nn.ModuleList()
+        self.up = nn.ModuleList()
+        self.up_res = nn.ModuleList()
+        for level, channels in enumerate(cfg.io_channels):
+            self.down_res.append(
+                nn.ModuleList(
+                    SparseResBlock(channels, cfg.width, conv_backend=backend)
+                    for _ in range(cfg.io_res_blocks)
+                )
+            )
+            self.down.append(
+                SparseResBlock(channels, cfg.width, widths[level + 1], resample="down", conv_backend=backend)
+            )
+            self.up.append(
+                SparseResBlock(widths[level + 1], cfg.width, channels, resample="up", conv_backend=backend)
+            )
+            blocks = [SparseResBlock(2 * channels, cfg.width, channels, conv_backend=backend)]
+            blocks += [
+                SparseResBlock(channels, cfg.width, conv_backend=backend)
+                for _ in range(cfg.io_res_blocks - 1)
+            ]
+            self.up_res.append(nn.ModuleList(blocks))
+        self.rope = RotaryEmbedding(cfg.width // cfg.heads) if cfg.pos_embed != "ape" else None
+        self.blocks = nn.ModuleList(
+            DiTBlock(
+                cfg.width,
+                cfg.heads,
+                context_dim=context_dim,
+                mlp_ratio=cfg.mlp_ratio,
+                qk_norm=cfg.qk_norm,
+                backend=cfg.attention_backend,
+            )
+            for _ in range(cfg.depth)
+        )
+        self.out_norm = LayerNorm32(cfg.io_channels[0], eps=1e-6)
+        self.out_layer = nn.Linear(cfg.io_channels[0], cfg.in_channels)
+        nn.init.zeros_(self.out_layer.weight)
+        nn.init.zeros_(self.out_layer.bias)
+
+    def _run(self, module: nn.Module, *args):  # activation checkpointing for sparse blocks
+        if not (self.cfg.grad_checkpoint and torch.is_grad_enabled()):
+            return module(*args)
+        x, rest = args[0], args[1:]
+        feats = checkpoint(lambda f: module(x.replace(f), *rest).feats, x.feats, use_reentrant=False)
+        if isinstance(module, SparseResBlock) and module.resample is not None:
+            return module._resample(x).replace(feats)  # new voxels: recompute their (cached) layout
+        return x.replace(feats)
+
+    def forward(
+        self,
+        x: SparseTensor,  # [N, C] noisy latents x_t on the structure's voxels
+        t: Tensor,  # [B] flow time in [0, 1]
+        context: Tensor,  # [B, T, Cc] condition tokens (zeros = unconditional)
+    ) -> SparseTensor:  # [N, C] predicted velocity, same voxels and row order
+        cfg = self.cfg
+        if x.num_channels != cfg.in_channels:
+            raise ValueError(f"expected {cfg.in_channels} latent channels, got {x.num_channels}")
+        if x.num_points and int(x.coords[:, 1:].max()) >= cfg.resolution:
+            raise ValueError(f"voxel coordinates exceed the model's resolution {cfg.resolution}")
+        if t.shape != (x.batch_size,) or context.shape[0] != x.batch_size:
+            raise ValueError(
+                f"t {tuple(t.shape)} and context {tuple(context.shape)} must have one entry per sample ({x.batch_size})"
+            )
+        emb = self.t_embedder(t)  # [B, width]
+        h = x.replace(self.input_layer(x.feats))
+        skips = []
+        for level in range(len(cfg.io_channels)):
+            for block in self.down_res[level]:
+                h = self._run(block, h, emb)
+            skips.append(h)
+            h = self._run(self.down[level], h, emb)
+        coords = h.coords[:, 1:].float()
+        if cfg.pos_embed in ("ape", "both"):
+            h = h.replace(h.feats + sincos_position_embedding(coords, cfg.width).to(h.feats.dtype))
+        rope = self.rope(coords) if self.rope is not None else None
+        context = context.to(h.feats.dtype)
+        layout = h.varlen
+        for block in self.blocks:
+            if cfg.grad_checkpoint and torch.is_grad_enabled():
+                feats = checkpoint(
+                    block, h.feats, emb, context, rope=rope, layout=layout, use_reentrant=False
+                )
+            else:
+                feats = block(h.feats, emb, context, rope=rope, layout=layout)
+            h = h.replace(feats)
+        for level in reversed(range(len(cfg.io_channels))):
+            h = self._run(self.up[level], h, emb)
+            skip = skips[level]
+            h = skip.replace(torch.cat([h.feats, skip.feats.to(h.feats.dtype)], dim=-1))
+            for block in self.up_res[level]:
+                h = self._run(block, h, emb)
+        return h.replace(self.out_layer(self.out_norm(h.feats)))
+
+
+class SLatFlowModel(nn.Module):
+    """The trained module: denoiser, jointly trained image encoder (if any), latent statistics."""
+
+    def __init__(self, cfg: SLatFlowConfig, encoder_cfg: ImageEncoderConfig, context_dim: int | None = None):
+        super().__init__()
+        self.cfg, self.encoder_cfg = cfg, encoder_cfg
+        if encoder_cfg.kind == "vit":
+            self.image_encoder: ImageEncoder | None = build_image_encoder(encoder_cfg)
+            context_dim = self.image_encoder.out_dim
+        else:
+            self.image_encoder = None
+            if context_dim is None:
+                raise ValueError("a frozen image encoder's token width (context_dim) is needed")
+        self.context_dim = context_dim
+        self.denoiser = SLatFlowTransformer(cfg, context_dim)
+        # statistics of the training latents: the flow works on (z - mean) / std
+        self.register_buffer("latent_mean", torch.zeros(cfg.in_channels))
+        self.register_buffer("latent_std", torch.ones(cfg.in_channels))
+
+    def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
+        self.latent_mean.copy_(mean.to(self.latent_mean))
+        self.latent_std.copy_(std.to(self.latent_std).clamp(min=1e-6))
+
+    def normalize(self, latents: Tensor) -> Tensor:  # [N, C] VAE latents -> flow space
+        return (latents - self.latent_mean) / self.latent_std
+
+    def denormalize(self, x: Tensor) -> Tensor:  # [N, C] flow space -> VAE latents
+        return x * self.latent_std + self.latent_mean
+
+    def encode_images(self, images: Tensor) -> Tensor:  # [B, 3, H, W] in [0, 1] -> [B, T, Cc]
+        if self.image_encoder is None:
+            raise ValueError("this model conditions on a frozen encoder's tokens: pass context=")
+        return self.image_encoder(images)
+
+    def forward(
+        self,
+        x: SparseTensor,  # [N, C] noisy (normalised) latents
+        t: Tensor,  # [B]
+        *,
+        images: Tensor | None = None,  # [B, 3, H, W] for the joint encoder
+        context: Tensor | None = None,  # [B, T, Cc] precomputed tokens
+        drop: Tensor | None = None,  # [B] bool: replace these samples' tokens by zeros (CFG)
+    ) -> SparseTensor:  # [N, C]
+        if (images is None) == (context is None):
+            raise ValueError("pass exactly one of images= or context=")
+        if images is not None:
+            context = self.encode_images(images)
+        if drop is not None:
+            context = torch.where(drop[:, None, None], torch.zeros_like(context), context)
+        return self.denoiser(x, t, context)
