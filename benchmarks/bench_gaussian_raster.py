@@ -4,8 +4,8 @@ Part 1 (always): `render_gaussians(backend="torch")` at 256x256 with 32k Gaussia
 a shell around the origin (the size and density of a TRELLIS decoder's output, scales about
 a 64^3 voxel), seen from a camera at distance 2. Reports megapixels/s for forward and for
 forward+backward, their ratio, and the peak resident memory each needs (each measurement
-runs in its own process, so the peaks are separate). Also a smaller chunk budget, to show
-the memory bound trading speed for memory.
+runs in its own process, so the peaks are separate). Also a 4x larger chunk budget than the
+default (2^20 pixel x Gaussian entries), to show what the memory bound costs.
 
 Part 2 (CUDA + gsplat only): `render_gaussians(backend="gsplat")` against calling
 `gsplat.rasterization` directly with the same arguments; the overhead goal is <= 5%.
@@ -74,7 +74,7 @@ def _measure(args: argparse.Namespace, backward: bool, chunk: int, queue) -> Non
                 (out["rgb"].mean() + out["alpha"].mean()).backward()
         times.append(time.perf_counter() - start)
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    queue.put((statistics.median(times), peak))
+    queue.put((min(times), peak))  # min: the machine may be shared; noise only adds time
 
 
 def measure(args: argparse.Namespace, backward: bool, chunk: int) -> tuple[float, float]:
@@ -115,9 +115,9 @@ def torch_part(args: argparse.Namespace) -> None:
     mpix = args.size * args.size / 1e6
     rows = []
     for label, backward, chunk in [
-        ("forward", False, 1 << 22),
-        ("forward+backward", True, 1 << 22),
-        ("forward+backward, chunk 2^20", True, 1 << 20),
+        ("forward", False, 1 << 20),
+        ("forward+backward", True, 1 << 20),
+        ("forward+backward, chunk 2^22", True, 1 << 22),
     ]:
         seconds, peak = measure(args, backward, chunk)
         rows.append((label, seconds, peak))
@@ -126,7 +126,7 @@ def torch_part(args: argparse.Namespace) -> None:
         )
     print(f"ratio forward+backward / forward time: {rows[1][1] / rows[0][1]:.2f}x")
     print(
-        f"ratio chunk 2^20 / 2^22: time {rows[2][1] / rows[1][1]:.2f}x, peak memory {rows[2][2] / max(rows[1][2], 1e-9):.2f}x"
+        f"ratio chunk 2^22 / 2^20 (default): time {rows[2][1] / rows[1][1]:.2f}x, peak memory {rows[2][2] / max(rows[1][2], 1e-9):.2f}x"
     )
 
 
@@ -194,7 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--gaussians", type=int, default=32768)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--skip-torch", action="store_true", help="only the gsplat comparison")
     args = parser.parse_args()

@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--window", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "flash_attn"])
     parser.add_argument("--cuda", action="store_true", help="run on CUDA in bf16 (peak = allocated memory)")

@@ -157,7 +157,7 @@ def rasterize(
     rasterize_mode: str = "classic",  # or "antialiased"
     depth_mode: str = "expected",  # or "accumulated"
     tile_size: int | None = None,  # gsplat: 16 by default; torch: adaptive (see gaussians_torch)
-    max_chunk_elements: int = 1 << 22,  # torch backend: pixel x Gaussian entries per chunk
+    max_chunk_elements: int = 1 << 20,  # torch backend: pixel x Gaussian entries per chunk
 ) -> dict[str, Tensor]:
     """gsplat.rasterization's inputs -> dict(rgb [C,H,W,D], alpha [C,H,W,1], depth [C,H,W,1]), fp32."""
     _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree)

@@ -47,7 +47,7 @@ Memory bounds and early termination
 - Each slice runs as a recomputed autograd function: autograd keeps only its inputs (the
   gathered per-pair parameters, O(pairs)) and rebuilds the O(pixels × pairs) intermediates in
   backward. Peak memory is O(pairs + pixels + one slice) for forward and backward alike —
-  256² with 32k Gaussians trains in a few hundred MiB on a laptop CPU.
+  256² with 32k Gaussians trains in about 100 MiB on a laptop CPU (benchmarks/bench_gaussian_raster.py).
 
 Runs in the dtype of its inputs (float64 for gradcheck); `voxforge.render.gaussians` is the
 public entry that fences autocast and casts to fp32.
@@ -357,7 +357,7 @@ def rasterize_torch(
     radius_clip: float = 0.0,
     rasterize_mode: str = "classic",
     tile_size: int | None = None,  # None: adaptive (module docstring); the image does not depend on it
-    max_chunk_elements: int = 1 << 22,
+    max_chunk_elements: int = 1 << 20,
     max_slice: int = 128,  # Gaussians per depth slice: finished tiles drop out between slices
 ) -> tuple[
     Tensor, Tensor, Tensor
