@@ -1,0 +1,197 @@
+"""`ss_vae`: trains the sparse-structure VAE on the occupancy grids of a prepared dataset.
+
+Recipe sections: `model` (`SSVAEConfig`), `data` (`SSVAEDataConfig`). The dataset is the
+data toolkit's `OccupancyDataset` at `model.resolution`, so `voxforge data prepare` must have
+run with the same `--resolution`.
+
+Held-out assets: the first `data.eval_assets` ids in sorted order never train. Ids are
+content hashes, so this is a fixed pseudo-random split that every stage and command derives
+the same way (`split_ids`): the structure flow holds out the same assets, and the demo
+evaluates generation on them.
+
+Augmentation (`data.augment`): `yaw` applies one of the 8 grid symmetries that keep +Y up
+(mirror x, mirror z, swap x and z), drawn from (seed, epoch, index) as the engine's resume
+rules ask; `none` trains on the grids as they are. Prepared assets stand upright, so these
+transforms stay inside the data distribution while multiplying the shapes seen.
+
+Evaluation (`on_sample`, `on_train_end`): mean IoU, precision and recall of the decoded
+posterior mean on the held-out assets (threshold: logit 0), plus a preview PNG of ground
+truth (top row) and reconstruction (bottom row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from voxforge.config.core import option
+from voxforge.errors import ConfigError, UserError
+from voxforge.models.ss_vae import SSVAE, SSVAEConfig, occupancy_metrics, ss_vae_loss
+from voxforge.stages.base import EpochAware, Stage
+
+__all__ = ["SSVAEDataConfig", "SSVAEStage", "OccupancyAugment", "evaluate_reconstruction", "split_ids"]
+
+
+@dataclass
+class SSVAEDataConfig:
+    path: str = option("", help="folder written by `voxforge data prepare` (with voxels at model.resolution)")
+    eval_assets: int = option(8, ge=0, help="held-out assets (first ids in sorted order) for evaluation")
+    augment: Literal["none", "yaw"] = option("yaw", help="yaw: the 8 grid symmetries that keep +Y up")
+    eval_batch_size: int = option(8, ge=1)
+
+
+def split_ids(ids: list[str], eval_assets: int) -> tuple[list[str], list[str]]:
+    """(train ids, held-out ids): the first `eval_assets` of the sorted ids are held out."""
+    ordered = sorted(ids)
+    return ordered[eval_assets:], ordered[:eval_assets]
+
+
+def yaw_symmetry(grid: Tensor, code: int) -> Tensor:  # [..., X, Y, Z], code in [0, 8)
+    """Apply symmetry `code` (bit 0: mirror x, bit 1: mirror z, bit 2: swap x and z)."""
+    dims = grid.ndim
+    x, z = dims - 3, dims - 1
+    if code & 1:
+        grid = grid.flip(x)
+    if code & 2:
+        grid = grid.flip(z)
+    if code & 4:
+        grid = grid.transpose(x, z)
+    return grid
+
+
+class OccupancyAugment(EpochAware, torch.utils.data.Dataset):
+    """Wraps an `OccupancyDataset`: items {"occupancy": [1, R, R, R]}, optionally yaw-augmented."""
+
+    def __init__(self, base: Any, augment: str, seed: int):
+        self.base, self.augment, self.seed = base, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.base.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        occupancy = self.base[index]["occupancy"]
+        if self.augment == "yaw":
+            code = int(np.random.default_rng([self.seed, self.epoch, index, 11]).integers(8))
+            occupancy = yaw_symmetry(occupancy, code).contiguous()
+        return {"occupancy": occupancy}
+
+
+def _prepared(path: str, key: str = "data.path") -> Any:
+    from voxforge.data import PreparedDataset
+
+    if not path:
+        raise ConfigError(f"key '{key}': set it to a folder written by `voxforge data prepare`")
+    return PreparedDataset(path)
+
+
+@torch.no_grad()
+def evaluate_reconstruction(
+    vae: SSVAE, dataset: Any, device: torch.device, batch_size: int = 8
+) -> tuple[dict[str, float], list[tuple[np.ndarray, np.ndarray]]]:
+    """Mean IoU / precision / recall over an `OccupancyDataset`; also (true, predicted) grids."""
+    vae.eval()
+    scores: dict[str, list[Tensor]] = {"iou": [], "precision": [], "recall": []}
+    pairs = []
+    for start in range(0, len(dataset), batch_size):
+        batch = torch.stack(
+            [dataset[i]["occupancy"] for i in range(start, min(len(dataset), start + batch_size))]
+        )
+        batch = batch.to(device)
+        pred = vae.decode(vae.encode(batch)) > 0
+        for key, value in occupancy_metrics(pred, batch > 0.5).items():
+            scores[key].append(value.cpu())
+        pairs.extend((t[0].cpu().numpy() > 0.5, p[0].cpu().numpy()) for t, p in zip(batch, pred))
+    return {k: float(torch.cat(v).mean()) for k, v in scores.items() if v}, pairs
+
+
+class SSVAEStage(Stage):
+    name = "ss_vae"
+    sections = {"model": SSVAEConfig, "data": SSVAEDataConfig}
+
+    def __init__(self, recipe: Any, run_dir: Path, device: torch.device):
+        super().__init__(recipe, run_dir, device)
+        self.model_cfg: SSVAEConfig = recipe.model
+        self.data_cfg: SSVAEDataConfig = recipe.data
+        self._eval_set: Any = None
+
+    def _split(self) -> tuple[Any, list[str], list[str]]:
+        data = _prepared(self.data_cfg.path)
+        step = f"voxels_{self.model_cfg.resolution}"
+        ids = data.ids(require=(step,))
+        train_ids, eval_ids = split_ids(ids, self.data_cfg.eval_assets)
+        if not train_ids:
+            raise UserError(
+                f"{data.root}: {len(ids)} assets with {step}, all held out for evaluation "
+                f"(data.eval_assets={self.data_cfg.eval_assets}); prepare more assets or lower it"
+            )
+        return data, train_ids, eval_ids
+
+    def build_model(self) -> nn.Module:
+        return SSVAE(self.model_cfg)
+
+    def build_dataset(self) -> torch.utils.data.Dataset:
+        from voxforge.data import OccupancyDataset
+
+        data, train_ids, _ = self._split()
+        base = OccupancyDataset(data, resolution=self.model_cfg.resolution, ids=train_ids)
+        return OccupancyAugment(base, self.data_cfg.augment, self.recipe.train.seed)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        occupancy = batch["occupancy"]
+        logits, mean, logvar = model(occupancy)
+        loss, parts = ss_vae_loss(logits, occupancy, mean, logvar, self.model_cfg)
+        parts["iou"] = float(occupancy_metrics(logits.detach() > 0, occupancy > 0.5)["iou"].mean())
+        return loss, parts
+
+    def eval_dataset(self) -> Any:
+        from voxforge.data import OccupancyDataset
+
+        if self._eval_set is None:
+            data, _, eval_ids = self._split()
+            self._eval_set = (
+                OccupancyDataset(data, resolution=self.model_cfg.resolution, ids=eval_ids) if eval_ids else []
+            )
+        return self._eval_set
+
+    def on_sample(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float] | None:
+        dataset = self.eval_dataset()
+        if not len(dataset):
+            return None
+        metrics, pairs = evaluate_reconstruction(model, dataset, self.device, self.data_cfg.eval_batch_size)
+        write_comparison(out_dir / "reconstructions.png", pairs[:6], self.model_cfg.resolution)
+        return metrics
+
+    def on_train_end(self, model: nn.Module, step: int) -> dict[str, float] | None:
+        dataset = self.eval_dataset()
+        if not len(dataset):
+            return None
+        metrics, pairs = evaluate_reconstruction(model, dataset, self.device, self.data_cfg.eval_batch_size)
+        out_dir = self.run_dir / "samples" / f"step_{step:08d}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_comparison(out_dir / "reconstructions.png", pairs[:6], self.model_cfg.resolution)
+        return {f"eval_{k}": v for k, v in metrics.items()}
+
+
+def write_comparison(
+    path: Path, pairs: list[tuple[np.ndarray, np.ndarray]], resolution: int, size: int = 128
+) -> None:
+    """Ground truth (top row) above the prediction (bottom row) for each pair of grids."""
+    from PIL import Image
+
+    from voxforge.representations.voxels import grid_to_coords, render_preview
+
+    if not pairs:
+        return
+    top = [render_preview(grid_to_coords(t), resolution, size=size) for t, _ in pairs]
+    bottom = [render_preview(grid_to_coords(p), resolution, size=size) for _, p in pairs]
+    image = np.concatenate([np.concatenate(top, axis=1), np.concatenate(bottom, axis=1)], axis=0)
+    Image.fromarray(image).save(path)
