@@ -7,7 +7,10 @@ forward+backward, their ratio, and the peak resident memory each needs (each mea
 runs in its own process, so the peaks are separate). Also a 4x larger chunk budget than the
 default (2^20 pixel x Gaussian entries), to show what the memory bound costs.
 
-Part 2 (CUDA + gsplat only): `render_gaussians(backend="gsplat")` against calling
+Part 2: the precision fence — the API under bf16 autocast against fp32 (identical), and a
+bf16 rasterization without the fence (what an unfenced renderer computes), at 128², 8k Gaussians.
+
+Part 3 (CUDA + gsplat only): `render_gaussians(backend="gsplat")` against calling
 `gsplat.rasterization` directly with the same arguments; the overhead goal is <= 5%.
 
     python benchmarks/bench_gaussian_raster.py [--size 256] [--gaussians 32768] [--repeats 3]
@@ -130,6 +133,49 @@ def torch_part(args: argparse.Namespace) -> None:
     )
 
 
+def fence_part(args: argparse.Namespace) -> None:
+    """What the fp32 fence buys: the API under bf16 autocast vs rasterizing in bf16 (no fence)."""
+    from voxforge.render.gaussians import render_gaussians
+    from voxforge.render.gaussians_torch import rasterize_torch
+
+    g, viewmats, ks = scene(8192, 128)
+    names = ("means", "log_scales", "quats", "opacity_logits", "sh_dc")
+
+    def grads_of(dtype: torch.dtype, fenced: bool, autocast: bool = True):  # type: ignore[no-untyped-def]
+        p = {k: getattr(g, k).detach().to(dtype).requires_grad_(True) for k in names}
+        if fenced:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = render_gaussians(type(g)(**p), viewmats, ks, 128, 128)
+            rgb, alpha = out["rgb"], out["alpha"]
+        else:
+            rgb, alpha, _ = rasterize_torch(
+                p["means"],
+                p["quats"],
+                p["log_scales"].exp(),
+                p["opacity_logits"].sigmoid(),
+                p["sh_dc"][:, None],
+                viewmats.to(dtype),
+                ks.to(dtype),
+                128,
+                128,
+                sh_degree=0,
+            )
+        (rgb.float().mean() + alpha.float().mean()).backward()
+        return rgb.detach().float(), {k: v.grad.float() for k, v in p.items()}
+
+    ref_rgb, ref_grads = grads_of(torch.float32, fenced=True, autocast=False)
+    for label, dtype, fenced in (
+        ("fenced API under bf16 autocast", torch.float32, True),
+        ("unfenced bf16 rasterization", torch.bfloat16, False),
+    ):
+        rgb, grads = grads_of(dtype, fenced)
+        worst = max(float((grads[k] - ref_grads[k]).norm() / ref_grads[k].norm()) for k in names)
+        print(
+            f"precision: {label:31s} max |rgb - fp32| {float((rgb - ref_rgb).abs().max()):.2e}, "
+            f"worst gradient relative error {worst:.2e}"
+        )
+
+
 def gsplat_part(args: argparse.Namespace) -> None:
     from voxforge.render.gaussians import gsplat_available, render_gaussians
 
@@ -201,6 +247,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}")
     if not args.skip_torch:
         torch_part(args)
+        fence_part(args)
     gsplat_part(args)
 
 
