@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--features", default="rgb", choices=("rgb", "dinov2"), help="feature extractor")
     prep.add_argument("--feature-model", default=None, help="dinov2 weights: local directory or hub id")
     prep.add_argument("--renderer", default="auto", choices=("auto", "torch", "blender"))
+    prep.add_argument("--device", default="cpu", help="torch device for render/voxelize/features (e.g. cuda)")
     prep.add_argument(
         "--workers", type=int, default=-1, help="worker processes (-1: half the cores, 0: none)"
     )
@@ -98,6 +99,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         "features": args.features,
         "feature_model": args.feature_model,
         "renderer": args.renderer,
+        "device": args.device,
         "workers": args.workers,
         "rank": args.rank,
         "world_size": args.world_size,

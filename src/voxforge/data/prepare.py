@@ -46,6 +46,7 @@ class PrepareConfig:
     features: str = option("rgb", choices=("rgb", "dinov2"), help="feature extractor")
     feature_model: str | None = option(None, help="dinov2: local directory or hub id of the weights")
     renderer: str = option("auto", choices=("auto", "torch", "blender"), help="mesh renderer backend")
+    device: str = option("cpu", help="torch device for rendering, voxelization and features (e.g. cuda)")
     workers: int = option(-1, ge=-1, help="worker processes (-1: half the CPU cores; 0: in-process)")
     rank: int = option(0, ge=0, help="this machine's shard index")
     world_size: int = option(1, ge=1, help="number of shards (machines)")
@@ -61,6 +62,10 @@ class PrepareConfig:
         if self.rank >= self.world_size:
             raise ConfigValueError(
                 "rank", f"rank {self.rank} must be smaller than world_size {self.world_size}"
+            )
+        if self.feature_model is not None and self.features != "dinov2":
+            raise ConfigValueError(
+                "feature_model", "only the dinov2 extractor takes a model (--features dinov2)"
             )
         unknown = set(self.steps) - set(ALL_STEPS)
         if unknown:
@@ -244,6 +249,7 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
     initializer = functools.partial(_worker_init, max(1, (os.cpu_count() or 1) // max(workers, 1)))
     settings = config.worker_settings()
     step_names = config.step_names()
+    preflight(config, step_names)
     params = config.step_params()
     params["expand"] = {"limits": dataclasses.asdict(config.limits)}
 
@@ -349,6 +355,25 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
     summary = ManifestView(out).summary()
     summary["this_run"] = {"tasks": len(tasks), "failed_steps": recorder.failures}
     return summary
+
+
+def preflight(config: PrepareConfig, step_names: list[str]) -> None:
+    """Stop before any work when a setting cannot work for any asset (missing extra, weights).
+
+    Such a problem would otherwise be recorded as the same failure for every asset.
+    """
+    import importlib.util
+
+    from voxforge.errors import MissingDependencyError
+
+    renders = any(step in ("views", "cond") for step in step_names)
+    if renders and config.renderer == "blender" and importlib.util.find_spec("bpy") is None:
+        raise MissingDependencyError("bpy", "blender", "the Blender renderer (--renderer blender)")
+    if config.features == "dinov2" and any(step.startswith("features_") for step in step_names):
+        from voxforge.data.features import get_extractor
+        from voxforge.data.steps import extractor_options
+
+        get_extractor("dinov2", **extractor_options(config.worker_settings()))  # raises a clear FeatureError
 
 
 def _needs(

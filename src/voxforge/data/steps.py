@@ -117,18 +117,26 @@ def condition_cameras(settings: dict[str, Any], asset_id: str) -> Any:
 def render(mesh: TexturedMesh, cameras: Any, settings: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     from voxforge.render.mesh_raster import render_mesh
 
-    return render_mesh(mesh, cameras, backend=settings["renderer"])
+    if settings["renderer"] == "blender":
+        return render_mesh(mesh, cameras, backend="blender")
+    return render_mesh(mesh, cameras, backend=settings["renderer"], device=settings["device"])
 
 
 def extractor(settings: dict[str, Any]) -> Any:
     """Feature extractor, created once per worker process (DINOv2 loads weights)."""
     from voxforge.data.features import get_extractor
 
-    key = (settings["features"], settings.get("feature_model") or "")
+    key = (settings["features"], settings.get("feature_model") or "", settings["device"])
     if key not in _EXTRACTORS:
-        options = {"model": settings["feature_model"]} if settings.get("feature_model") else {}
-        _EXTRACTORS[key] = get_extractor(settings["features"], **options)
+        _EXTRACTORS[key] = get_extractor(settings["features"], **extractor_options(settings))
     return _EXTRACTORS[key]
+
+
+def extractor_options(settings: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {"device": settings["device"]}
+    if settings["features"] == "dinov2" and settings.get("feature_model"):
+        options["model"] = settings["feature_model"]
+    return options
 
 
 def load_views(directory: Path) -> tuple[np.ndarray, np.ndarray | None, Any]:
@@ -228,7 +236,10 @@ def run_asset_task(task: dict[str, Any], send: Callable[[Any], None]) -> None:
         from voxforge.data.voxelize import voxelize
 
         vertices, faces = mesh().merged()
-        coords = voxelize(vertices, faces, resolution)
+        if settings["device"] == "cpu":
+            coords = voxelize(vertices, faces, resolution)
+        else:  # the same exact algorithm on the accelerator
+            coords = voxelize(vertices, faces, resolution, backend="torch", device=settings["device"])
         if len(coords) == 0:
             raise AssetError("no_voxels", f"no voxel is occupied at resolution {resolution}")
         save_npz_atomic(asset_dir / f"voxels_{resolution}.npz", coords=coords.astype(np.uint16))
@@ -244,7 +255,9 @@ def run_asset_task(task: dict[str, Any], send: Callable[[Any], None]) -> None:
                 coords = data["coords"].astype(np.int64)
         rgba, depth, cameras = state.get("views") or load_views(asset_dir / "views")
         extract = extractor(settings)
-        features = aggregate_features(coords, resolution, rgba, depth, cameras, extract)
+        features = aggregate_features(
+            coords, resolution, rgba, depth, cameras, extract, device=settings["device"]
+        )
         save_npz_atomic(
             asset_dir / f"features_{extract.name}_{resolution}.npz",
             coords=coords.astype(np.uint16),
