@@ -218,3 +218,39 @@ def test_khr_texture_transform_is_baked_into_uvs():
     transform["rotation"] = np.pi / 2  # the spec's matrix turns +u into +v
     part = read_gltf(glb(document, binary)).parts[0]
     np.testing.assert_allclose(part.uv[1], [0.5, 0.25 + 2.0], atol=1e-6)
+
+
+def test_embedded_decompression_bomb_and_broken_image():
+    from tests.data.hostile import bomb_png
+
+    for image, expected in ((bomb_png(), "image_too_large"), (b"\x89PNG\r\n\x1a\nnot really", "bad_image")):
+        document, binary = triangle_gltf()
+        uv = np.zeros((3, 2), np.float32).tobytes()
+        binary = binary + uv + image
+        base = len(binary) - len(image) - len(uv)
+        document["bufferViews"] += [
+            {"buffer": 0, "byteOffset": base, "byteLength": len(uv)},
+            {"buffer": 0, "byteOffset": base + len(uv), "byteLength": len(image)},
+        ]
+        document["buffers"][0]["byteLength"] = len(binary)
+        document["accessors"].append({"bufferView": 2, "componentType": 5126, "count": 3, "type": "VEC2"})
+        document["meshes"][0]["primitives"][0]["attributes"]["TEXCOORD_0"] = 2
+        document["meshes"][0]["primitives"][0]["material"] = 0
+        document["materials"] = [{"pbrMetallicRoughness": {"baseColorTexture": {"index": 0}}}]
+        document["textures"] = [{"source": 0}]
+        document["images"] = [{"bufferView": 3, "mimeType": "image/png"}]
+        assert reason_of(glb(document, binary)) == expected
+
+
+def test_large_texture_is_downscaled():
+    import io
+
+    from PIL import Image
+
+    from voxforge.data.safety import decode_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 100), (10, 20, 30)).save(buffer, format="PNG")
+    texture = decode_image(buffer.getvalue(), "big.png", Limits(max_texture_size=60))
+    assert texture.shape == (20, 60, 4)
+    np.testing.assert_array_equal(texture[5, 5], [10, 20, 30, 255])
