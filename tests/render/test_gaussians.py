@@ -7,7 +7,13 @@ import torch
 from voxforge.errors import UserError
 from voxforge.render.cameras import hammersley_sphere, look_at
 from voxforge.render.gaussians import gsplat_available, rasterize, render_gaussians, render_gaussians_cameras
-from voxforge.render.gaussians_torch import eval_sh, rasterize_torch
+from voxforge.render.gaussians_torch import (
+    _composite_slice,
+    _CompositeSlice,
+    _slice_terms,
+    eval_sh,
+    rasterize_torch,
+)
 from voxforge.representations.gaussians import Gaussians
 
 
@@ -118,6 +124,48 @@ def test_gradcheck_float64_tiny_scene():
         return rgb, alpha, depth
 
     assert torch.autograd.gradcheck(fn, params, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True)
+
+
+def test_composite_slice_analytic_backward_matches_autograd():
+    gen = torch.Generator().manual_seed(0)
+    tiles, pixels, length, dim = 3, 5, 7, 4
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen, dtype=torch.float64)
+
+    pix = rand(tiles, pixels, 2) * 3
+    inputs = [
+        rand(tiles, length, 2) * 3,  # means2d
+        torch.stack(
+            [rand(tiles, length) + 0.3, (rand(tiles, length) - 0.5) * 0.2, rand(tiles, length) + 0.3], -1
+        ),
+        torch.where(
+            rand(tiles, length) < 0.3, 0.97, rand(tiles, length) * 0.9
+        ),  # some nearly opaque: early stops
+        torch.randn(tiles, length, dim, generator=gen, dtype=torch.float64),
+        rand(tiles, pixels) * 0.5 + 0.5,  # trans_in
+    ]
+    inputs[0].data[1] = 1.5  # tile 1: a stack of nearly opaque Gaussians over its pixels
+    inputs[2].data[1] = 0.98
+    inputs = [t.requires_grad_(True) for t in inputs]
+    trans_test = inputs[-1].detach().clone()
+    trans_test[0, 0] = 1e-5  # a pixel that stopped in an earlier slice
+    up_acc = torch.randn(tiles, pixels, dim, generator=gen, dtype=torch.float64)
+    up_trans = torch.randn(tiles, pixels, generator=gen, dtype=torch.float64)
+
+    def loss(fn):
+        acc, trans, _ = fn(pix, *inputs, trans_test)
+        return (acc * up_acc).sum() + (trans * up_trans).sum()
+
+    included = _slice_terms(pix, inputs[0], inputs[1], inputs[2], trans_test)[8]
+    assert not included[1].all() and included[1].any()  # pixels of tile 1 stop inside the slice
+    expected = torch.autograd.grad(loss(_composite_slice), inputs)
+    got = torch.autograd.grad(loss(_CompositeSlice.apply), inputs)
+    for e, g in zip(expected, got):
+        assert torch.allclose(e, g, atol=1e-10, rtol=1e-8)
+    assert torch.autograd.gradcheck(
+        lambda *a: _CompositeSlice.apply(pix, *a, trans_test)[:2], inputs, fast_mode=True
+    )
 
 
 def test_tiles_chunks_and_slices_do_not_change_the_image():
