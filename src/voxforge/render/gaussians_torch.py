@@ -44,9 +44,9 @@ Memory bounds and early termination
   entries. Between slices, tiles whose pixels have all stopped (T ≤ 1e-4) leave the chunk —
   gsplat's early termination at tile granularity, exact, and the reason opaque surfaces cost
   little more than their front layers.
-- Each slice runs as a recomputed autograd function: autograd keeps only its inputs (the
-  gathered per-pair parameters, O(pairs)) and rebuilds the O(pixels × pairs) intermediates in
-  backward. Peak memory is O(pairs + pixels + one slice) for forward and backward alike —
+- Each slice is an autograd function with a hand-written backward (`_CompositeSlice`): it
+  keeps only its inputs (the gathered per-pair parameters, O(pairs)), rebuilds the
+  O(pixels × pairs) terms in backward and applies the compositing derivatives directly. Peak memory is O(pairs + pixels + one slice) for forward and backward alike —
   256² with 32k Gaussians trains in about 100 MiB on a laptop CPU (benchmarks/bench_gaussian_raster.py).
 
 Runs in the dtype of its inputs (float64 for gradcheck); `voxforge.render.gaussians` is the
