@@ -1,0 +1,288 @@
+"""`slat_flow`: train the structured-latent flow on encoded SLat latents (stage 2, part 2).
+
+Data: `data.latents` is a folder written by `voxforge encode` for a `slat_vae` run
+(`pipelines.encode_slat`: per-asset voxel coordinates and latents, plus their per-channel
+statistics); condition images come from the prepared dataset recorded there (or `data.prepared`):
+a random condition view per item, seeded by (seed, epoch, index), prepared as the data
+toolkit's `condition_image`. The first `data.eval_assets` ids in sorted order never train
+(`stages.ss_vae.split_ids`, the split every stage shares).
+
+Loss: rectified flow matching (`voxforge.flow` path and timestep density) on the latents
+normalised by the stored statistics; one t per asset, broadcast to its voxels; the squared
+error averages over all voxels of the batch (TRELLIS). Condition dropout (`flow.p_uncond`)
+zeroes the dropped assets' image tokens, the null condition guidance samples with.
+
+The model keeps the latent statistics as buffers, and `slat.json` in the run folder records
+the VAE run, so a checkpoint alone is enough for the image→3D pipeline.
+
+Evaluation (`on_sample` / `on_train_end`, EMA weights): for each held-out asset, latents
+sampled from one of its condition images on its true structure with the recipe's sampler;
+`latent_mse` against its encoded latents (normalised space), and — decoded by the VAE and
+rendered from `eval_views` of its feature views — PSNR and SSIM against the ground truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from voxforge.config.core import option
+from voxforge.errors import ConfigError, UserError
+from voxforge.flow import FlowConfig, SamplerConfig
+from voxforge.models.image_encoders import ImageEncoderConfig, build_image_encoder
+from voxforge.models.slat_flow import SLatFlowConfig, SLatFlowModel
+from voxforge.stages.base import EpochAware, Stage
+
+__all__ = ["SLAT_INFO", "SLatFlowDataConfig", "SLatFlowStage", "SLatLatentDataset", "collate_latents"]
+
+SLAT_INFO = "slat.json"
+
+
+@dataclass
+class SLatFlowDataConfig:
+    latents: str = option("", help="folder written by `voxforge encode` for a slat_vae run")
+    prepared: str = option("", help="prepared dataset for condition images (default: the one encoded)")
+    eval_assets: int = option(4, ge=0, help="held-out assets (first ids in sorted order, as every stage)")
+    eval_views: int = option(4, ge=1, help="feature views rendered per held-out asset for PSNR/SSIM")
+
+
+def _manifest(cfg: SLatFlowDataConfig) -> dict[str, Any]:
+    from voxforge.pipelines.encode_slat import read_slat_manifest
+
+    if not cfg.latents:
+        raise ConfigError(
+            "key 'data.latents': set it to a folder written by `voxforge encode` for a slat_vae run"
+        )
+    return read_slat_manifest(cfg.latents)
+
+
+class SLatLatentDataset(EpochAware, torch.utils.data.Dataset):
+    """Items: id, coords [N, 3], feats [N, C] (normalised latents), cond [3, S, S]."""
+
+    def __init__(
+        self, cfg: SLatFlowDataConfig, ids: list[str], cond_size: int, seed: int, mean: Tensor, std: Tensor
+    ):
+        from voxforge.data import ConditionImageDataset
+
+        manifest = _manifest(cfg)
+        self.folder = Path(cfg.latents) / "latents"
+        self.ids, self.mean, self.std = list(ids), mean, std
+        prepared = cfg.prepared or manifest["prepared"]
+        self.conds = ConditionImageDataset(prepared, cond_size=cond_size, ids=self.ids, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.conds.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from voxforge.pipelines.encode_slat import read_slat_latent
+
+        coords, latent = read_slat_latent(self.folder / f"{self.ids[index]}.npz")
+        feats = (torch.from_numpy(latent) - self.mean) / self.std
+        return {
+            "id": self.ids[index],
+            "coords": torch.from_numpy(coords),
+            "feats": feats,
+            **self.conds[index],
+        }
+
+
+def collate_latents(items: list[dict[str, Any]]) -> dict[str, Any]:
+    from voxforge.data.dataset import collate_sparse
+
+    return collate_sparse(items)
+
+
+class SLatFlowStage(Stage):
+    name = "slat_flow"
+    sections = {
+        "model": SLatFlowConfig,
+        "image_encoder": ImageEncoderConfig,
+        "data": SLatFlowDataConfig,
+        "flow": FlowConfig,
+        "sampler": SamplerConfig,
+    }
+
+    def __init__(self, recipe: Any, run_dir: Path, device: torch.device):
+        super().__init__(recipe, run_dir, device)
+        self.manifest = _manifest(recipe.data)
+        cfg = recipe.model
+        for key, value in (("latent_channels", cfg.in_channels), ("resolution", cfg.resolution)):
+            if self.manifest[key] != value:
+                name = "in_channels" if key == "latent_channels" else key
+                raise ConfigError(
+                    f"key 'model.{name}': {value}, but the latents in {recipe.data.latents} have {key} "
+                    f"{self.manifest[key]}"
+                )
+        self.mean = torch.tensor(self.manifest["mean"], dtype=torch.float32)
+        self.std = torch.tensor(self.manifest["std"], dtype=torch.float32).clamp(min=1e-6)
+        self.frozen = None
+        if recipe.image_encoder.kind != "vit":
+            self.frozen = build_image_encoder(recipe.image_encoder).to(device)
+
+    def split(self) -> tuple[list[str], list[str]]:
+        from voxforge.stages.ss_vae import split_ids
+
+        folder = Path(self.recipe.data.latents) / "latents"
+        ids = [i for i in self.manifest["ids"] if (folder / f"{i}.npz").is_file()]
+        train_ids, eval_ids = split_ids(ids, self.recipe.data.eval_assets)
+        if not train_ids:
+            raise UserError(
+                f"{self.recipe.data.latents}: {len(ids)} encoded assets, all held out for evaluation "
+                f"(data.eval_assets={self.recipe.data.eval_assets}); encode more assets or lower it"
+            )
+        return train_ids, eval_ids
+
+    def build_model(self) -> nn.Module:
+        model = SLatFlowModel(
+            self.recipe.model,
+            self.recipe.image_encoder,
+            context_dim=self.frozen.out_dim if self.frozen else None,
+        )
+        model.set_latent_stats(self.mean, self.std)
+        info = {
+            "vae_run": self.manifest["vae_run"],
+            "latents": str(Path(self.recipe.data.latents).resolve()),
+            "prepared": self.recipe.data.prepared or self.manifest["prepared"],
+            "extractor": self.manifest.get("extractor"),
+        }
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / f".{SLAT_INFO}.tmp"
+        tmp.write_text(json.dumps(info, indent=1))
+        tmp.replace(self.run_dir / SLAT_INFO)
+        return model
+
+    def _dataset(self, ids: list[str]) -> SLatLatentDataset:
+        return SLatLatentDataset(
+            self.recipe.data,
+            ids,
+            self.recipe.image_encoder.image_size,
+            self.recipe.train.seed,
+            self.mean,
+            self.std,
+        )
+
+    def build_dataset(self) -> torch.utils.data.Dataset:
+        return self._dataset(self.split()[0])
+
+    def collate(self, items: list[Any]) -> Any:
+        return collate_latents(items)
+
+    def batch_size_of(self, batch: Any) -> int:
+        return len(batch["ids"])
+
+    def sparse(self, batch: dict[str, Any]):  # -> SparseTensor
+        from voxforge.sparse.tensor import SparseTensor
+
+        r = self.recipe.model.resolution
+        return SparseTensor(
+            batch["coords"], batch["feats"], spatial_shape=(r, r, r), batch_size=len(batch["ids"])
+        )
+
+    def _condition(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        if self.frozen is None:
+            return {"images": batch["cond"]}
+        with torch.no_grad():
+            return {"context": self.frozen(batch["cond"]).float()}
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        from voxforge.flow import drop_conditions, interpolate, sample_timesteps, velocity_target
+
+        flow = self.recipe.flow
+        x0 = self.sparse(batch)
+        batch_size = x0.batch_size
+        t = sample_timesteps(batch_size, flow, device=x0.device)  # [B]
+        noise = torch.randn_like(x0.feats)
+        x_t = interpolate(x0.feats, noise, t[x0.batch_index], flow.sigma_min)
+        target = velocity_target(x0.feats, noise, flow.sigma_min)
+        _, drop = drop_conditions(t, flow.p_uncond)
+        pred = model(x0.replace(x_t), t, drop=drop, **self._condition(batch))
+        loss = (pred.feats.float() - target.float()).pow(2).mean()
+        return loss, {"mean_t": float(t.mean()), "voxels": float(x0.num_points) / batch_size}
+
+    # --- evaluation -------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, out_dir: Path | None = None) -> dict[str, float]:
+        from voxforge.pipelines.image_to_3d import SLatPipeline, SLatSampling
+
+        _, eval_ids = self.split()
+        if not eval_ids:
+            return {}
+        device = next(model.parameters()).device
+        dataset = self._dataset(eval_ids)
+        vae = None
+        if Path(self.manifest["vae_run"]).is_dir():
+            from voxforge.pipelines.encode_slat import load_slat_vae
+
+            vae, vae_recipe, _ = load_slat_vae(self.manifest["vae_run"], device)
+        sampler = self.recipe.sampler
+        settings = SLatSampling(
+            steps=sampler.steps,
+            cfg_scale=sampler.cfg_scale,
+            guidance_interval=tuple(sampler.guidance_interval),
+            time_shift=sampler.time_shift,
+            method=sampler.method,
+        )
+        pipeline = SLatPipeline(
+            model, vae, frozen_encoder=self.frozen, sigma_min=self.recipe.flow.sigma_min, device=device
+        )
+        sums = {"latent_mse": 0.0}
+        panels = []
+        for index in range(len(dataset)):
+            item = dataset[index]
+            tokens = pipeline.image_tokens(item["cond"][None])[None]  # [1, 1, T, C]
+            latents = pipeline.sample_latents(
+                [item["coords"].numpy()], tokens, seed=self.recipe.train.seed + index, settings=settings
+            )
+            normalised = model.normalize(latents.feats).cpu()
+            sums["latent_mse"] += float((normalised - item["feats"]).pow(2).mean()) / len(dataset)
+            if vae is not None:
+                scores, renders = self._render_scores(pipeline, latents, item["id"], vae_recipe, dataset)
+                for key, value in scores.items():
+                    sums[key] = sums.get(key, 0.0) + value / len(dataset)
+                if len(panels) < 3:
+                    panels.append(renders)
+        if out_dir is not None and panels:
+            from voxforge.stages.slat_vae import save_comparison
+
+            save_comparison(Path(out_dir) / "generated_views.png", panels)
+        return sums
+
+    def _render_scores(
+        self, pipeline: Any, latents: Any, asset: str, vae_recipe: Any, dataset: SLatLatentDataset
+    ):
+        from voxforge.stages.slat_vae import SLatViewDataset, collate_views, composite, render_losses
+
+        data_cfg = dataclasses.replace(vae_recipe.data, eval_views=self.recipe.data.eval_views)
+        views = SLatViewDataset(
+            dataset.conds.data,
+            [asset],
+            data_cfg,
+            vae_recipe.model.resolution,
+            self.recipe.train.seed,
+            split="all_views",
+        )
+        batch = collate_views([views[0]])
+        device = latents.device
+        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        gaussians = pipeline.decode(latents)
+        white = torch.ones(*batch["images"].shape[:2], 3, device=device)
+        _, metrics, renders = render_losses(gaussians, batch, white, vae_recipe.loss)
+        truth = composite(batch["images"][0].float(), white[0]).cpu()
+        return {"psnr": metrics["psnr"], "ssim": metrics["ssim"]}, (truth, renders[0].cpu())
+
+    def on_sample(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        return self.evaluate(model, out_dir)
+
+    def on_train_end(self, model: nn.Module, step: int) -> dict[str, float]:
+        out_dir = self.run_dir / "samples" / f"step_{step:08d}"
+        return {f"eval_{k}": v for k, v in self.evaluate(model, out_dir).items()}
