@@ -203,9 +203,9 @@ class ManifestView:
             first.setdefault(record["id"], source)
 
     def step_names(self) -> list[str]:
-        order = {"expand": 0, "ingest": 1, "views": 2, "cond": 3}
+        order = {"expand": 0, "ingest": 1, "views": 2, "cond": 3, "voxels": 4, "features": 5}
         names = {step for steps in self.steps.values() for step in steps}
-        return sorted(names, key=lambda s: (order.get(s, 4), s))
+        return sorted(names, key=lambda s: (order.get(s.split("_")[0], 6), s))
 
     def asset_sources(self) -> Iterable[dict[str, Any]]:
         """Sources that are assets of their own (not duplicates, not archives)."""
