@@ -147,3 +147,16 @@ def test_settings_that_cannot_work_stop_before_any_work(tmp_path):
         from voxforge.config.core import from_dict
 
         from_dict(PrepareConfig, {"features": "rgb", "feature_model": "x"})
+
+
+@pytest.mark.gpu
+def test_cuda_device_matches_cpu(prepared, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    root, _ = prepared
+    summary = prepare(root / "src", tmp_path / "gpu", PrepareConfig(**{**TINY, "device": "cuda"}))
+    assert summary["failures"] == {}
+    cpu, gpu = PreparedDataset(root / "out"), PreparedDataset(tmp_path / "gpu")
+    for asset in cpu.ids():
+        np.testing.assert_array_equal(cpu.voxels(asset), gpu.voxels(asset))
+        np.testing.assert_allclose(cpu.features(asset)[1], gpu.features(asset)[1], atol=2e-2)
