@@ -239,6 +239,14 @@ def test_render_from_cameras_object():
     assert abs(xs.float().mean() - 12) < 3 and abs(ys.float().mean() - 10) < 3
 
 
+def test_no_gaussians_renders_the_background():
+    k = torch.tensor([[[10.0, 0, 4], [0, 10.0, 4], [0, 0, 1]]])
+    empty = [torch.zeros(0, 3), torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, 3)]
+    out = rasterize(*empty, torch.eye(4)[None], k, 8, 8, background=[0.2, 0.3, 0.4], backend="torch")
+    assert torch.allclose(out["rgb"], torch.tensor([0.2, 0.3, 0.4]).expand(1, 8, 8, 3))
+    assert out["alpha"].abs().max() == 0 and out["depth"].abs().max() == 0
+
+
 def test_culling_behind_camera_and_outside_image():
     means = torch.tensor([[0.0, 0.0, -2.0], [0.0, 0.0, 0.005], [50.0, 0.0, 2.0]])
     quats = torch.tensor([[1.0, 0, 0, 0]] * 3)

@@ -51,6 +51,14 @@ def test_window_attention_equals_brute_force_per_window(window, shift):
     assert window_partition(x, window, shift) is part  # cached
 
 
+def test_empty_tensor_window_attention():
+    from voxforge.sparse import SparseTensor
+
+    x = SparseTensor(torch.zeros(0, 4, dtype=torch.int32), torch.zeros(0, 16), spatial_shape=(4, 4, 4))
+    layer = SparseSelfAttention(16, 2, attn_mode="swin", window_size=2)
+    assert layer(x).shape == (0, 16)
+
+
 def test_window_covering_grid_equals_full_attention():
     x = random_sparse(batch=2, shape=(4, 4, 4))
     q, k, v = _qkv(x.num_points, seed=2)

@@ -419,10 +419,8 @@ def rasterize_torch(
         )
     elif colors.ndim == 2:
         colors = colors[None].expand(cams, -1, -1)
-    feats = torch.cat([colors, proj.depths[..., None]], dim=-1).reshape(
-        cams * n, -1
-    )  # colour + depth channels
-    dim = feats.shape[-1]
+    dim = colors.shape[-1] + 1  # colour channels + depth
+    feats = torch.cat([colors, proj.depths[..., None]], dim=-1).reshape(cams * n, dim)
 
     if tile_size is None:
         tile_size = _adaptive_tile_size(proj.radii)

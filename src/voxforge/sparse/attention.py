@@ -80,7 +80,10 @@ def window_partition(
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=x.device)
         window_index = torch.repeat_interleave(torch.arange(window_keys.numel(), device=x.device), counts)
-        return WindowPartition(order, inverse, VarLen.from_seqlens(counts), window_index[inverse])
+        layout = VarLen.from_seqlens(
+            counts if counts.numel() else [0], device=x.device
+        )  # no voxels: one empty window
+        return WindowPartition(order, inverse, layout, window_index[inverse])
 
     return x._cached(("window_partition", w, s), build)
 
@@ -126,6 +129,8 @@ def sparse_window_attention(
         return out[partition.inverse]
     if backend not in ("auto", "torch"):
         raise UserError(f"attention backend '{backend}': expected one of auto, torch, flash_attn")
+    if q.shape[0] == 0:
+        return v.new_zeros(0, v.shape[1], v.shape[2])
     lens = partition.layout.seqlens
     starts = partition.layout.cu_seqlens[:-1].long()
     by_len = torch.argsort(lens, descending=True)
