@@ -150,9 +150,8 @@ def test_settings_that_cannot_work_stop_before_any_work(tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_device_matches_cpu(prepared, tmp_path):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     root, _ = prepared
     summary = prepare(root / "src", tmp_path / "gpu", PrepareConfig(**{**TINY, "device": "cuda"}))
     assert summary["failures"] == {}
