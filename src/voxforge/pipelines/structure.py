@@ -177,12 +177,19 @@ def encode_dataset(
     out = Path(out)
     folder = out / "latents"
     folder.mkdir(parents=True, exist_ok=True)
-    source = {"vae_run": str(Path(vae_run).resolve()), "checkpoint_step": info.step, "ema": bool(ema)}
+    source = {
+        "kind": "ss",
+        "vae_run": str(Path(vae_run).resolve()),
+        "checkpoint_step": info.step,
+        "ema": bool(ema),
+    }
     manifest_path = out / LATENTS_MANIFEST
     if manifest_path.is_file():
         previous = json.loads(manifest_path.read_text())
         if {k: previous.get(k) for k in source} != source:
-            log(f"{out}: written by another VAE checkpoint; encoding every asset again")
+            log(
+                f"{out}: written by another VAE checkpoint (or not structure latents); encoding every asset again"
+            )
             for stale in folder.glob("*.npz"):
                 stale.unlink()
     todo = [i for i in ids if not (folder / f"{i}.npz").is_file()]

@@ -1,0 +1,175 @@
+"""`voxforge generate TARGET ...`: inference from trained runs.
+
+Parser scheme: the first positional argument names what to generate, each target being a
+sub-command with its own options:
+
+    voxforge generate structure --model FLOW_RUN --image IMG [--image IMG2 ...] --out DIR
+    voxforge generate asset ...        (stage 2, image → 3D asset; added by its own module)
+
+`TARGETS` maps a target name to "module:register"; `register(subparsers)` adds the target's
+sub-parser and sets `func=`, exactly like a top-level command module. A new target is one
+line here and one module; targets whose module is absent in a checkout are skipped.
+
+`generate structure` writes into DIR: `structure.npz` (occupied voxels `coords [N, 3]` in
+the DESIGN grid plus `resolution`), the voxel boundary mesh as `structure.glb` and
+`structure.ply`, `preview.png` (the condition images, then four views of the voxels), and
+`generation.json` (inputs and sampler settings, for reproduction). Several `--image`s are
+views of one object, combined by `--mode stochastic` (default) or `multidiffusion`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+TARGETS = {
+    "structure": "voxforge.commands.generate:register_structure",
+    "asset": "voxforge.commands.generate_asset:register",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate from trained runs (structure: image(s) -> occupied voxels)",
+        description="Generate with trained models. The first argument names the target.",
+    )
+    targets = p.add_subparsers(dest="target", metavar="TARGET")
+    for spec in TARGETS.values():
+        module_name, function = spec.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name == module_name:
+                continue
+            raise
+        getattr(module, function)(targets)
+    p.set_defaults(func=lambda args: _missing_target(p))
+
+
+def _missing_target(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def register_structure(targets: argparse._SubParsersAction) -> None:
+    p = targets.add_parser(
+        "structure",
+        help="image(s) -> occupied voxels (.npz), voxel mesh (.glb, .ply) and a preview",
+        description="Sample the sparse structure of an object from one or more images of it with a trained "
+        "ss_flow run (and the ss_vae run it was trained on). Images: RGBA with a transparent background, or "
+        "an object on a plain background, which is removed.",
+    )
+    p.add_argument("--model", required=True, metavar="FLOW_RUN", help="run folder of an ss_flow training")
+    p.add_argument(
+        "--image", required=True, action="append", metavar="IMG", help="condition image; repeat for views"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
+    p.add_argument("--cfg", type=float, default=7.5, help="guidance scale w in v_u + w (v_c - v_u); 1 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--mode", choices=("stochastic", "multidiffusion"), default="stochastic", help="several images"
+    )
+    p.add_argument("--sampler", choices=("euler", "heun"), default="euler")
+    p.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        default=(0.5, 1.0),
+        metavar=("LO", "HI"),
+        help="guide only for t in [LO, HI] (default 0.5 1.0)",
+    )
+    p.add_argument(
+        "--time-shift", type=float, default=3.0, help="time-grid shift, > 1 spends more steps at high noise"
+    )
+    p.add_argument("--vae", metavar="VAE_RUN", help="ss_vae run (default: the one recorded by the flow run)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
+    p.set_defaults(func=run_structure)
+
+
+def run_structure(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from voxforge.errors import UserError
+    from voxforge.flow import SamplerConfig
+    from voxforge.pipelines.structure import StructurePipeline, load_condition_image
+    from voxforge.representations.voxels import render_previews, save_voxels, voxel_mesh
+    from voxforge.train.distributed import resolve_device
+
+    lo, hi = args.guidance_interval
+    problems = [
+        (args.steps < 1, f"--steps must be >= 1, got {args.steps}"),
+        (args.cfg < 0, f"--cfg must be >= 0, got {args.cfg}"),
+        (not 0 <= lo <= hi <= 1, f"--guidance-interval needs 0 <= LO <= HI <= 1, got {lo} {hi}"),
+        (args.time_shift <= 0, f"--time-shift must be > 0, got {args.time_shift}"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise UserError(message)
+    sampler = SamplerConfig(
+        method=args.sampler,
+        steps=args.steps,
+        cfg_scale=args.cfg,
+        guidance_interval=(lo, hi),
+        time_shift=args.time_shift,
+    )
+    start = time.perf_counter()
+    device = resolve_device(args.device)
+    pipeline = StructurePipeline.from_runs(args.model, vae_run=args.vae, device=device, ema=not args.raw)
+    images = torch.stack([load_condition_image(path, pipeline.image_size) for path in args.image])
+    coords = pipeline.generate(images, seed=args.seed, sampler=sampler, mode=args.mode)
+    seconds = time.perf_counter() - start
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    resolution = pipeline.resolution
+    save_voxels(out / "structure.npz", coords, resolution)
+    written = ["structure.npz"]
+    if len(coords):
+        mesh = voxel_mesh(coords, resolution)
+        mesh.export(out / "structure.glb")
+        mesh.export(out / "structure.ply")
+        written += ["structure.glb", "structure.ply"]
+    else:
+        print("voxforge generate: warning: the sampled structure is empty; no mesh written", file=sys.stderr)
+    size = 192
+    thumbs = [
+        np.asarray(
+            Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).resize(
+                (size, size)
+            )
+        )
+        for img in images
+    ]
+    preview = np.concatenate([*thumbs, render_previews(coords, resolution, size=size)], axis=1)
+    Image.fromarray(preview).save(out / "preview.png")
+    written.append("preview.png")
+    record = {
+        "model": str(Path(args.model).resolve()),
+        "images": [str(Path(p).resolve()) for p in args.image],
+        "mode": args.mode,
+        "seed": args.seed,
+        "sampler": {
+            k: getattr(sampler, k)
+            for k in ("method", "steps", "cfg_scale", "guidance_interval", "time_shift")
+        },
+        "resolution": resolution,
+        "voxels": int(len(coords)),
+        "seconds": round(seconds, 3),
+        "device": str(device),
+    }
+    (out / "generation.json").write_text(json.dumps(record, indent=1))
+    written.append("generation.json")
+    print(
+        f"voxforge generate: {len(coords)} voxels at {resolution}³ in {seconds:.1f} s -> {out} ({', '.join(written)})",
+        file=sys.stderr,
+    )
+    return 0
