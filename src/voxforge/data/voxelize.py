@@ -28,20 +28,22 @@ How it is fast and still exact:
 
 1. *Tight windows.* Inside open3d's window the bounding-box test passes on a contiguous
    run of indices; `_windows` finds its end with the exact float64 test, which removes
-   about two thirds of open3d's candidates without changing any decision.
-2. *Separable, certified tests.* Each separating axis gives a margin that is linear in the
-   box centre. The nine edge axes read two coordinates only, so their margins live on 2-D
-   slices ([y, z], [x, z], [x, y]); only the plane margin and the final minimum are 3-D.
-   Triangles are grouped by window shape and evaluated densely with the triangle axis
-   last (long contiguous inner loops). These margins use a different operation order
-   than open3d, so a voxel is decided here only when its margin is further than `_TOL`
-   (1e-10, thousands of times the float64 rounding error of coordinates in [-0.5, 0.5])
-   from zero.
-3. *Exact fallback.* The few undecided (triangle, voxel) pairs go through
-   `tribox_open3d`, a transcription of tribox3 that repeats open3d's operations in
-   open3d's order (vertices minus the box centre, edges from the shifted vertices, the
-   same two vertices per edge-axis test, the same dot-product order), so IEEE float64
-   rounds identically and the decision is open3d's own.
+   about two thirds of open3d's candidates without changing any decision. Windows of
+   large triangles are cut into tiles, and tiles the triangle's plane misses are dropped.
+2. *Separable, certified tests.* Each separating axis gives a violation that is linear in
+   the box centre. The nine edge axes read two coordinates only, so their violations live
+   on 2-D slices ([y, z], [x, z], [x, y]); only the plane test and the final maximum are
+   3-D. Windows are grouped by their sorted (axis-permuted: the test is symmetric) and
+   bucketed shape and evaluated densely with the triangle axis last (long contiguous
+   inner loops). These violations use a different operation order than open3d, so a
+   voxel is decided here only when its violation is further than `_TOL` (1e-10, about a
+   million times the float64 rounding error of coordinates in [-0.5, 0.5]) from zero.
+3. *Exact fallback.* The few undecided (triangle, voxel) pairs -- geometry lying exactly
+   on grid planes, degenerate triangles -- go through `tribox_open3d`, a transcription of
+   tribox3 that repeats open3d's operations in open3d's order (vertices minus the box
+   centre, edges from the shifted vertices, the same two vertices per edge-axis test, the
+   same dot-product order), so IEEE float64 rounds identically and the decision is
+   open3d's own.
 
 The same code runs on numpy (CPU default) and on torch tensors on any device (GPU speed);
 a test keeps the two identical.
@@ -62,8 +64,9 @@ _CLIP = 0.5 - 1e-6
 _TOL = 1e-10
 # Dense 3-D window elements per kernel call: keeps temporaries cache-sized.
 _CHUNK_ELEMENTS = 1 << 15
-# Windows wider than this per axis are split into tiles (bounds the number of shapes).
+# Windows of more than _MAX_CELLS voxels are split into tiles of at most _TILE per axis.
 _TILE = 4
+_MAX_CELLS = 64
 _MAX_RESOLUTION = 4096
 
 
@@ -217,15 +220,27 @@ def _tile(tv: np.ndarray, tid: np.ndarray, start: np.ndarray, stop: np.ndarray, 
     return tid[row][keep], vstart[:, keep], vstop[:, keep]
 
 
+_BUCKETS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64], dtype=np.int16)
+
+
+def _bucket(size: np.ndarray) -> np.ndarray:
+    """Round a window side up to a few values (ratio <= 1.5): fewer shapes, little padding."""
+    return _BUCKETS[np.searchsorted(_BUCKETS, size)]
+
+
 def _plan(tv: np.ndarray, start: np.ndarray, stop: np.ndarray, resolution: int) -> _Plan:
     """Tile big windows, order each window's axes by size, group equal shapes.
 
-    The certified test is symmetric under a permutation of the axes, so after sorting
-    there are at most 20 shapes (sizes 1..4) whatever the mesh: few kernel calls, no padding.
+    Windows of more than `_MAX_CELLS` voxels are cut into tiles of at most `_TILE` per axis
+    (and tiles away from the triangle's plane dropped), so the dense work of a large
+    triangle grows with its area, not its bounding box. The certified test is symmetric
+    under a permutation of the axes, so windows are grouped by their sorted shape, the
+    largest sides padded up to `_BUCKETS` (padding is masked by `stop`): a few dozen
+    kernel calls at most, whatever the mesh.
     """
     sizes = stop - start
     live = (sizes[0] > 0) & (sizes[1] > 0) & (sizes[2] > 0)
-    big = live & ((sizes[0] > _TILE) | (sizes[1] > _TILE) | (sizes[2] > _TILE))
+    big = live & (sizes[0] * sizes[1] * sizes[2] > _MAX_CELLS)
     small = np.nonzero(live & ~big)[0]
     tid, vstart, vstop = small, start[:, small], stop[:, small]
     if big.any():
@@ -234,27 +249,36 @@ def _plan(tv: np.ndarray, start: np.ndarray, stop: np.ndarray, resolution: int) 
         tid = np.concatenate([tid, tiled[0]])
         vstart = np.concatenate([vstart, tiled[1]], 1)
         vstop = np.concatenate([vstop, tiled[2]], 1)
-    s0, s1, s2 = vstop - vstart
+    s0, s1, s2 = (vstop - vstart).astype(np.int16)
+    # Group by the sorted, bucketed window shape (a small key: radix sort), then reorder once.
+    high = np.maximum(np.maximum(s0, s1), s2)
+    low = np.minimum(np.minimum(s0, s1), s2)
+    b_high, b_mid, b_low = _bucket(high), _bucket(s0 + s1 + s2 - high - low), _bucket(low)
+    key = (np.searchsorted(_BUCKETS, b_high) * len(_BUCKETS) + np.searchsorted(_BUCKETS, b_mid)) * len(
+        _BUCKETS
+    ) + np.searchsorted(_BUCKETS, b_low)
+    order = np.argsort(key.astype(np.int16), kind="stable")
+    key, tid = key[order], tid[order]
+    b_high, b_mid, b_low = b_high[order], b_mid[order], b_low[order]
+    vstart, vstop = vstart[:, order], vstop[:, order]
+    s0, s1, s2 = s0[order], s1[order], s2[order]
     # Stable descending rank of each axis, then its inverse: perm[kernel axis] = axis.
-    one = np.int64(1)
-    ranks = (one * (s1 > s0) + (s2 > s0), one * (s0 >= s1) + (s2 > s1), one * (s0 >= s2) + (s1 >= s2))
+    ranks = (
+        (s1 > s0).astype(np.int8) + (s2 > s0),
+        (s0 >= s1).astype(np.int8) + (s2 > s1),
+        (s0 >= s2).astype(np.int8) + (s1 >= s2),
+    )
     perm = np.empty((3, len(tid)), dtype=np.int64)
-    cols = np.arange(len(tid))
-    for axis, rank in enumerate(ranks):
-        perm[rank, cols] = axis
+    for k in range(3):
+        perm[k] = (ranks[1] == k) * 1 + (ranks[2] == k) * 2
     vstart = np.take_along_axis(vstart, perm, 0)
     vstop = np.take_along_axis(vstop, perm, 0)
-    vsize = vstop - vstart
-    key = (vsize[0] * (_TILE + 1) + vsize[1]) * (_TILE + 1) + vsize[2]
-    order = np.argsort(key, kind="stable")
-    tid, key = tid[order], key[order]
-    vstart, vstop, perm, vsize = vstart[:, order], vstop[:, order], perm[:, order], vsize[:, order]
     groups = []
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(key)) + 1, [len(key)]]).astype(np.int64)
     for begin, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         if end <= begin:
             continue
-        shape = (int(vsize[0, begin]), int(vsize[1, begin]), int(vsize[2, begin]))
+        shape = (int(b_high[begin]), int(b_mid[begin]), int(b_low[begin]))
         step = max(1, _CHUNK_ELEMENTS // (shape[0] * shape[1] * shape[2]))
         groups.extend((shape, b, min(b + step, end)) for b in range(begin, end, step))
     return _Plan(tid, vstart, vstop, perm, groups)
@@ -287,18 +311,17 @@ def _coefficients(xp: Any, v: Any, resolution: int) -> dict[str, Any]:
         coef[f"normal{a}"] = normal[a]
     coef["plane_mid"] = normal[0] * centroid[0] + normal[1] * centroid[1] + normal[2] * centroid[2]
     coef["plane_half"] = (abs(normal[0]) + abs(normal[1]) + abs(normal[2])) * h
+    stack = np.stack if xp is np else xp.stack
     for family, ((first, second), (src1, src2), (sign1, sign2)) in enumerate(_FAMILIES):
-        shift = normal[family] / 6
-        width = abs(normal[family]) / 2
-        for e_index, edge in enumerate((e0, e1, e2)):
-            a1, a2 = sign1 * edge[src1], sign2 * edge[src2]
-            reach = abs(a1) + abs(a2)
-            tag = f"{family}{e_index}"
-            coef["a1_" + tag] = a1
-            coef["a2_" + tag] = a2
-            coef["mid" + tag] = a1 * centroid[first] + a2 * centroid[second] + shift
-            # tribox3 passes a null axis (edge parallel to the coordinate axis) exactly.
-            coef["half" + tag] = xp.where(reach == 0, inf, width + reach * h)
+        # The three edges of a family are stacked on a leading axis: [3, M].
+        a1 = sign1 * stack([e0[src1], e1[src1], e2[src1]])
+        a2 = sign2 * stack([e0[src2], e1[src2], e2[src2]])
+        reach = abs(a1) + abs(a2)
+        coef[f"a1_{family}"] = a1
+        coef[f"a2_{family}"] = a2
+        coef[f"mid{family}"] = a1 * centroid[first] + a2 * centroid[second] + normal[family] / 6
+        # tribox3 passes a null axis (edge parallel to the coordinate axis) exactly.
+        coef[f"half{family}"] = xp.where(reach == 0, inf, abs(normal[family]) / 2 + reach * h)
     return coef
 
 
@@ -333,14 +356,11 @@ def _window_kernel(
         centre.append(c)
     violation = []
     for family, ((first, second), _, _) in enumerate(_FAMILIES):
-        worst = None
-        for e_index in range(3):
-            tag = f"{family}{e_index}"
-            q_first = coef["a1_" + tag] * centre[first] - coef["mid" + tag]  # [n_first, T]
-            q_second = coef["a2_" + tag] * centre[second]  # [n_second, T]
-            viol = abs(q_first[:, None, :] + q_second[None, :, :]) - coef["half" + tag]
-            worst = viol if worst is None else xp.maximum(worst, viol)
-        violation.append(worst)
+        # All three edges at once: [3 edges, n_first, n_second, T].
+        q_first = coef[f"a1_{family}"][:, None, :] * centre[first] - coef[f"mid{family}"][:, None, :]
+        q_second = coef[f"a2_{family}"][:, None, :] * centre[second]
+        viol = abs(q_first[:, :, None, :] + q_second[:, None, :, :]) - coef[f"half{family}"][:, None, None, :]
+        violation.append(viol.amax(0) if xp is not np else viol.max(0))
     v12, v02, v01 = violation
     # Fold the exact one-axis tests in: an index failing one is a certain miss.
     v12 = xp.where(inside[1][:, None, :] & inside[2][None, :, :], v12, inf)
@@ -371,24 +391,30 @@ def _occupied_keys(xp: Any, tv: Any, plan: _Plan, resolution: int) -> list:
     strides = to_xp(r ** (2 - plan.perm))  # [3, M] key stride of each kernel axis
     gathered = tv[:, perm, tid]  # [3 vertex, 3 kernel axis, M]
     coef = _coefficients(xp, [[gathered[k, a] for a in range(3)] for k in range(3)], r)
-    stack = np.stack if xp is np else xp.stack
-    keys = []
+    row = xp.arange(len(plan.tid)) if xp is np else xp.arange(len(plan.tid), device=tv.device)
+    keys, unsure_keys, unsure_rows = [], [], []
     for shape, begin, end in plan.groups:
-        part = {name: value[begin:end] for name, value in coef.items()}
+        part = {name: value[..., begin:end] for name, value in coef.items()}
         sure, unsure, (i0, i1, i2) = _window_kernel(
             xp, part, start[:, begin:end], stop[:, begin:end], shape, r
         )
         st = strides[:, begin:end]
-        for mask, exact in ((sure, False), (unsure, True)):
-            a, b, c, t = mask.nonzero() if xp is np else mask.nonzero(as_tuple=True)
-            if len(t) == 0:
-                continue
-            key = i0[a, t] * st[0, t] + i1[b, t] * st[1, t] + i2[c, t] * st[2, t]
-            if exact:
-                ijk = (key // (r * r), (key // r) % r, key % r)
-                centres = stack([c0 + _as_f64(xp, n) * voxel_size for n in ijk])
-                key = key[tribox_open3d(xp, tv[:, :, tid[begin:end][t]], centres, voxel_size / 2)]
-            keys.append(key)
+        # Dense keys of the window, then one boolean selection (cheaper than gathers).
+        key = (i0 * st[0])[:, None, None, :] + (i1 * st[1])[None, :, None, :] + (i2 * st[2])[None, None, :, :]
+        keys.append(key[sure])
+        if unsure.any():
+            unsure_keys.append(key[unsure])
+            shape4 = (shape[0], shape[1], shape[2], end - begin)
+            broadcast = np.broadcast_to if xp is np else (lambda x, size: x.expand(size))
+            unsure_rows.append(broadcast(row[begin:end].reshape(1, 1, 1, -1), shape4)[unsure])
+    if unsure_keys:
+        # One exact pass over every undecided (triangle, voxel) pair.
+        cat = np.concatenate if xp is np else xp.cat
+        key, rows = cat(unsure_keys), cat(unsure_rows)
+        ijk = (key // (r * r), (key // r) % r, key % r)
+        stack = np.stack if xp is np else xp.stack
+        centres = stack([c0 + _as_f64(xp, n) * voxel_size for n in ijk])
+        keys.append(key[tribox_open3d(xp, tv[:, :, tid[rows]], centres, voxel_size / 2)])
     return keys
 
 
