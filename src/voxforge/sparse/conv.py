@@ -159,18 +159,32 @@ def _compute_dtype(x: SparseTensor) -> torch.dtype:
     return x.dtype
 
 
+@functools.lru_cache(maxsize=64)
+def _spconv_layer(cin: int, cout: int, kernel_size: int, dilation: int) -> Any:
+    """A weightless spconv SubMConv3d per shape (building one allocates and inits a weight)."""
+    layer = _spconv_module().SubMConv3d(
+        cin,
+        cout,
+        kernel_size,
+        dilation=dilation,
+        bias=False,
+        indice_key=f"voxforge_subm{kernel_size}_{dilation}",
+    )
+    del layer.weight  # each call sets ours, so gradients reach our parameter
+    layer.weight = None
+    return layer
+
+
 def _spconv_conv(x: SparseTensor, weight: Tensor, dilation: int, dtype: torch.dtype) -> Tensor:
     spconv = _spconv_module()
-    cout, cin, k = weight.shape[0], weight.shape[1], weight.shape[2]
-    layer = spconv.SubMConv3d(
-        cin, cout, k, dilation=dilation, bias=False, indice_key=f"voxforge_subm{k}_{dilation}"
-    )
-    del layer.weight  # use ours, in spconv's [Cout, k, k, k, Cin] layout, so gradients reach it
-    layer.weight = weight.permute(0, 2, 3, 4, 1).contiguous().to(dtype)
+    layer = _spconv_layer(weight.shape[1], weight.shape[0], weight.shape[2], dilation)
     sp = spconv.SparseConvTensor(x.feats.to(dtype), x.coords, list(x.spatial_shape), x.batch_size)
-    indice_dict = x.cache.setdefault("spconv_indice_dict", {})
-    sp.indice_dict = indice_dict  # spconv fills it on first use; later convs of this level reuse the pairs
-    return layer(sp).features
+    sp.indice_dict = x.cache.setdefault("spconv_indice_dict", {})  # index pairs shared by the level's convs
+    layer.weight = weight.permute(0, 2, 3, 4, 1).contiguous().to(dtype)  # spconv's [Cout, k, k, k, Cin]
+    try:
+        return layer(sp).features
+    finally:
+        layer.weight = None
 
 
 def sparse_conv3d(
