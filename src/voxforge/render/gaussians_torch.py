@@ -46,8 +46,9 @@ Memory bounds and early termination
   little more than their front layers.
 - Each slice is an autograd function with a hand-written backward (`_CompositeSlice`): it
   keeps only its inputs (the gathered per-pair parameters, O(pairs)), rebuilds the
-  O(pixels × pairs) terms in backward and applies the compositing derivatives directly. Peak memory is O(pairs + pixels + one slice) for forward and backward alike —
-  256² with 32k Gaussians trains in about 100 MiB on a laptop CPU (benchmarks/bench_gaussian_raster.py).
+  O(pixels × pairs) terms in backward and applies the compositing derivatives directly.
+  Peak memory is O(pairs + pixels + one slice) for forward and backward alike: 256² with
+  32k Gaussians trains in about 140 MiB on a CPU (benchmarks/bench_gaussian_raster.py).
 
 Runs in the dtype of its inputs (float64 for gradcheck); `voxforge.render.gaussians` is the
 public entry that fences autocast and casts to fp32.
