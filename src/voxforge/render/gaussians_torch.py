@@ -42,8 +42,8 @@ Memory bounds and early termination
   lists are processed in depth slices of at most `max_slice` Gaussians that carry the
   transmittance. A slice never holds more than `max_chunk_elements` (pixel × Gaussian)
   entries. Between slices, tiles whose pixels have all stopped (T ≤ 1e-4) leave the chunk —
-  gsplat's early termination at tile granularity, exact, and the reason opaque surfaces cost
-  little more than their front layers.
+  gsplat's early termination at tile granularity (exact): the Gaussians behind fully covered
+  tiles are never evaluated.
 - Each slice is an autograd function with a hand-written backward (`_CompositeSlice`): it
   keeps only its inputs (the gathered per-pair parameters, O(pairs)), rebuilds the
   O(pixels × pairs) terms in backward and applies the compositing derivatives directly.
