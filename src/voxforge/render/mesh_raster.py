@@ -145,22 +145,25 @@ def _project(
 
 @dataclass
 class TriangleSetup:
-    """Screen-space planes of each triangle, evaluated at pixel centres.
+    """Screen-space planes of the triangles that can cover a pixel centre, in one view.
 
     A quantity q with coefficients (base, dx, dy) has the value
     ``base + dx * (col - col0) + dy * (row - row0)`` at pixel (col, row): barycentrics and
     1/z are affine in screen space, so one setup per triangle makes the per-pixel work a
-    few additions. Coefficients are computed in float64 relative to the triangle's first
-    covered pixel, so evaluating them in float32 keeps errors near 1e-7.
+    few additions. Coefficients are computed relative to the triangle's first candidate
+    pixel centre, so float32 keeps them accurate to ~1e-7 of the triangle. Only triangles
+    in front of the camera whose bounding box holds a pixel centre get a row (most faces
+    of a dense mesh cover none), so arrays are [Fv] with `ids` their triangle indices.
     """
 
-    bary: Tensor  # [F, 3, 3] (barycentric, base/dx/dy)
-    inv_z: Tensor  # [F, 3] base/dx/dy of 1/z
-    col0: Tensor  # [F] int64 first candidate column
-    col1: Tensor  # [F] int64 last candidate column
-    row0: Tensor  # [F]
-    row1: Tensor  # [F]
-    valid: Tensor  # [F] bool: in front of the camera, non-degenerate, on screen
+    ids: Tensor  # [Fv] int64 triangle index of each row
+    row: Tensor  # [F] int64 row of each triangle, -1 when it covers no pixel centre
+    bary: Tensor  # [3, 3, Fv] (barycentric, base/dx/dy, row) -- rows last: long inner loops
+    inv_z: Tensor  # [3, Fv] base/dx/dy of 1/z
+    col0: Tensor  # [Fv] int64 first candidate column
+    col1: Tensor  # [Fv] int64 last candidate column
+    row0: Tensor  # [Fv]
+    row1: Tensor  # [Fv]
 
 
 def setup_triangles(
@@ -172,25 +175,53 @@ def setup_triangles(
     *,
     near: float = 1e-3,
 ) -> TriangleSetup:
-    p = pix.double()[faces]  # [F, 3, 2]
-    fz = z.double()[faces]  # [F, 3]
-    col0 = torch.ceil(p[..., 0].amin(1) - 0.5).clamp(min=0)
-    col1 = torch.floor(p[..., 0].amax(1) - 0.5).clamp(max=width - 1)
-    row0 = torch.ceil(p[..., 1].amin(1) - 0.5).clamp(min=0)
-    row1 = torch.floor(p[..., 1].amax(1) - 0.5).clamp(max=height - 1)
-    ox, oy = col0 + 0.5, row0 + 0.5  # the first candidate pixel centre
-    x, y = p[..., 0], p[..., 1]
-    area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (y[:, 1] - y[:, 0]) * (x[:, 2] - x[:, 0])
-    ok = (fz.amin(1) > near) & (area.abs() > 1e-9) & (col1 >= col0) & (row1 >= row0) & torch.isfinite(area)
-    safe_area = torch.where(ok, area, torch.ones_like(area))
-    planes = []
+    device = pix.device
+    count = len(faces)
+    # Vertex-major gathers ([3, F], contiguous rows) are several times faster than [F, 3].
+    corner = faces.T.reshape(-1)
+    px = torch.index_select(pix[:, 0].contiguous(), 0, corner).view(3, count)
+    py = torch.index_select(pix[:, 1].contiguous(), 0, corner).view(3, count)
+    fz = torch.index_select(z.contiguous(), 0, corner).view(3, count)
+    # Candidate pixels: centres (c + 0.5) inside the bounding box, widened by 1e-3 px so
+    # float32 rounding can only add candidates (the edge test decides), never drop one.
+    col0 = torch.ceil(torch.minimum(torch.minimum(px[0], px[1]), px[2]) - 0.501).clamp(min=0)
+    col1 = torch.floor(torch.maximum(torch.maximum(px[0], px[1]), px[2]) - 0.499).clamp(max=width - 1)
+    row0 = torch.ceil(torch.minimum(torch.minimum(py[0], py[1]), py[2]) - 0.501).clamp(min=0)
+    row1 = torch.floor(torch.maximum(torch.maximum(py[0], py[1]), py[2]) - 0.499).clamp(max=height - 1)
+    ok = (torch.minimum(torch.minimum(fz[0], fz[1]), fz[2]) > near) & (col1 >= col0) & (row1 >= row0)
+    ok &= torch.isfinite(px[0] + px[1] + px[2] + py[0] + py[1] + py[2])
+    ids = torch.nonzero(ok).squeeze(1)
+    col0, col1, row0, row1 = (v[ids] for v in (col0, col1, row0, row1))
+    # Vertices relative to the first candidate pixel centre: small numbers, so float32
+    # edge functions stay accurate to ~1e-7 of the triangle's size.
+    x = px[:, ids] - (col0 + 0.5)
+    y = py[:, ids] - (row0 + 0.5)
+    zz = fz[:, ids]
+    area = (x[1] - x[0]) * (y[2] - y[0]) - (y[1] - y[0]) * (x[2] - x[0])
+    keep = area.abs() > 1e-6
+    if not bool(keep.all()):
+        ids, x, y, zz, area = ids[keep], x[:, keep], y[:, keep], zz[:, keep], area[keep]
+        col0, col1, row0, row1 = col0[keep], col1[keep], row0[keep], row1[keep]
+    inv_area = 1.0 / area
+    bases, dxs, dys = [], [], []
     for j, k in ((1, 2), (2, 0), (0, 1)):  # barycentric of vertex i sits opposite edge (j, k)
-        ex, ey = x[:, k] - x[:, j], y[:, k] - y[:, j]
-        base = ex * (oy - y[:, j]) - ey * (ox - x[:, j])
-        planes.append(torch.stack([base, -ey, ex], 1) / safe_area[:, None])
-    bary = torch.stack(planes, 1)  # [F, 3, 3]
-    inv_z = (bary / torch.where(ok[:, None], fz, torch.ones_like(fz))[..., None]).sum(1)
-    return TriangleSetup(bary.float(), inv_z.float(), col0.long(), col1.long(), row0.long(), row1.long(), ok)
+        ex = (x[k] - x[j]) * inv_area
+        ey = (y[k] - y[j]) * inv_area
+        bases.append(ey * x[j] - ex * y[j])
+        dxs.append(-ey)
+        dys.append(ex)
+    inv_zv = 1.0 / zz  # [3, Fv]
+    inv_z = torch.stack(
+        [
+            bases[0] * inv_zv[0] + bases[1] * inv_zv[1] + bases[2] * inv_zv[2],
+            dxs[0] * inv_zv[0] + dxs[1] * inv_zv[1] + dxs[2] * inv_zv[2],
+            dys[0] * inv_zv[0] + dys[1] * inv_zv[1] + dys[2] * inv_zv[2],
+        ]
+    )  # [3, Fv]
+    planes = torch.stack([torch.stack([b, dx, dy]) for b, dx, dy in zip(bases, dxs, dys)])  # [3, 3, Fv]
+    row = torch.full((len(faces),), -1, dtype=torch.int64, device=device)
+    row[ids] = torch.arange(len(ids), device=device)
+    return TriangleSetup(ids, row, planes, inv_z, col0.long(), col1.long(), row0.long(), row1.long())
 
 
 def _bucket(size: Tensor) -> Tensor:
@@ -215,21 +246,15 @@ def rasterize(
     zbuf = torch.full((height * width,), _EMPTY_KEY, dtype=torch.int64, device=pix.device)
     if len(faces):
         setup = setup or setup_triangles(pix, z, faces, width, height, near=near)
-        ids = torch.nonzero(setup.valid).squeeze(1)
-        if len(ids):
-            bw = _bucket((setup.col1 - setup.col0 + 1)[ids])
-            bh = _bucket((setup.row1 - setup.row0 + 1)[ids])
-            key = bh * 65536 + bw
-            order = torch.argsort(key, stable=True)
-            ids, key = ids[order], key[order]
-            uniq, counts = torch.unique_consecutive(key, return_counts=True)
-            begin = 0
-            for k, count in zip(uniq.tolist(), counts.tolist()):
+        if len(setup.ids):
+            key = _bucket(setup.row1 - setup.row0 + 1) * 65536 + _bucket(setup.col1 - setup.col0 + 1)
+            # Few distinct bins: one mask per bin is cheaper than sorting all rows.
+            for k in torch.unique(key).tolist():
+                rows = torch.nonzero(key == k).squeeze(1)
                 h_bin, w_bin = k // 65536, k % 65536
                 step = max(1, _CHUNK // (h_bin * w_bin))
-                for s in range(begin, begin + count, step):
-                    _raster_chunk(zbuf, ids[s : min(s + step, begin + count)], h_bin, w_bin, setup, width)
-                begin += count
+                for begin in range(0, len(rows), step):
+                    _raster_chunk(zbuf, rows[begin : begin + step], h_bin, w_bin, setup, width)
     empty = zbuf == _EMPTY_KEY
     tri = torch.where(empty, -1, zbuf & 0xFFFFFFFF)
     depth = torch.where(empty, 0, zbuf >> 32).to(torch.int32).view(torch.float32)
@@ -244,33 +269,38 @@ _INSIDE_EPS = 1e-5
 def _raster_chunk(
     zbuf: Tensor, sel: Tensor, h_bin: int, w_bin: int, setup: TriangleSetup, width: int
 ) -> None:
-    """Evaluate T triangles over [T, h_bin, w_bin] candidate pixels and update the z-buffer."""
+    """Evaluate T triangles over [h_bin, w_bin, T] candidate pixels and update the z-buffer.
+
+    The triangle axis is last so every broadcast has a long contiguous inner loop.
+    """
     device = zbuf.device
-    dcol = torch.arange(w_bin, device=device)
-    drow = torch.arange(h_bin, device=device)
+    dcol = torch.arange(w_bin, device=device)[:, None]  # [w, 1]
+    drow = torch.arange(h_bin, device=device)[:, None]  # [h, 1]
     col0, row0 = setup.col0[sel], setup.row0[sel]
-    outside_col = (col0[:, None] + dcol) > setup.col1[sel][:, None]  # [T, w] padding
-    outside_row = (row0[:, None] + drow) > setup.row1[sel][:, None]  # [T, h]
-    coef = setup.bary[sel]  # [T, 3, 3]
+    cols = col0 + dcol  # [w, T]
+    rows = row0 + drow  # [h, T]
+    coef = setup.bary[:, :, sel]  # [3, 3, T]
     fx, fy = dcol.float(), drow.float()
     worst = None
     for i in range(3):
-        along_x = coef[:, i, 1, None] * fx  # [T, w]
-        along_y = coef[:, i, 0, None] + coef[:, i, 2, None] * fy  # [T, h]
+        along_x = coef[i, 1] * fx  # [w, T]
+        along_y = coef[i, 0] + coef[i, 2] * fy  # [h, T]
         if i == 0:  # padding columns/rows can never be inside
-            along_x = along_x.masked_fill(outside_col, -math.inf)
-            along_y = along_y.masked_fill(outside_row, -math.inf)
-        value = along_y[:, :, None] + along_x[:, None, :]  # [T, h, w]
+            along_x = along_x.masked_fill(cols > setup.col1[sel], -math.inf)
+            along_y = along_y.masked_fill(rows > setup.row1[sel], -math.inf)
+        value = along_y[:, None, :] + along_x[None, :, :]  # [h, w, T]
         worst = value if worst is None else torch.minimum(worst, value)
-    t, i, j = torch.nonzero(worst >= -_INSIDE_EPS, as_tuple=True)
-    inv_z = setup.inv_z[sel]
-    inv_depth = inv_z[t, 0] + inv_z[t, 1] * j + inv_z[t, 2] * i
-    depth = 1.0 / inv_depth
-    good = torch.isfinite(depth) & (depth > 0)
-    t, i, j, depth = t[good], i[good], j[good], depth[good]
-    pixel = (row0[t] + i) * width + col0[t] + j
-    keys = (depth.view(torch.int32).to(torch.int64) << 32) | sel[t]
-    zbuf.scatter_reduce_(0, pixel, keys, reduce="amin", include_self=True)
+    inside = worst >= -_INSIDE_EPS
+    # Everything else densely too, then one boolean selection (cheaper than gathers).
+    inv_z = setup.inv_z[:, sel]
+    inv_depth = (inv_z[0] + inv_z[2] * fy)[:, None, :] + (inv_z[1] * fx)[None, :, :]
+    inside &= inv_depth > 0
+    depth = (1.0 / inv_depth[inside]).contiguous()
+    pixel = (rows * width)[:, None, :] + cols[None, :, :]
+    ids = setup.ids[sel].expand(h_bin, w_bin, -1)
+    good = torch.isfinite(depth)
+    keys = (depth.view(torch.int32).to(torch.int64) << 32) | ids[inside]
+    zbuf.scatter_reduce_(0, pixel[inside][good], keys[good], reduce="amin", include_self=True)
 
 
 def _pixel_barycentrics(
@@ -280,10 +310,11 @@ def _pixel_barycentrics(
     width = tri.shape[1]
     flat = torch.nonzero(tri.reshape(-1) >= 0).squeeze(1)
     t = tri.reshape(-1)[flat]
-    coef = setup.bary[t]  # [N, 3, 3]
-    dcol = (flat % width - setup.col0[t]).to(coef.dtype)[:, None]
-    drow = (flat // width - setup.row0[t]).to(coef.dtype)[:, None]
-    screen = coef[..., 0] + coef[..., 1] * dcol + coef[..., 2] * drow  # [N, 3]
+    r = setup.row[t]
+    coef = setup.bary[:, :, r]  # [3, 3, N]
+    dcol = (flat % width - setup.col0[r]).to(coef.dtype)
+    drow = (flat // width - setup.row0[r]).to(coef.dtype)
+    screen = (coef[:, 0] + coef[:, 1] * dcol + coef[:, 2] * drow).T  # [N, 3]
     persp = screen / z[faces[t]]
     return flat, t, persp / persp.sum(1, keepdim=True)
 
