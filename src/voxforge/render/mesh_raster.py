@@ -232,6 +232,57 @@ def _bucket(size: Tensor) -> Tensor:
     return torch.where(big, (size + 127) // 128 * 128, steps[index.clamp(max=len(steps) - 1)])
 
 
+@dataclass
+class _Windows:
+    """Candidate pixel rectangles, each tied to a setup row (a triangle or a tile of one)."""
+
+    row: Tensor  # [W] setup row
+    c0: Tensor  # [W] first column
+    r0: Tensor  # [W] first row
+    c1: Tensor  # [W] last column
+    r1: Tensor  # [W] last row
+
+
+def _windows(setup: TriangleSetup) -> _Windows:
+    """One window per triangle; bounding boxes wider or taller than `_TILE` pixels become
+    tiles of `_TILE` x `_TILE`, and tiles that lie outside one of the triangle's edges are
+    dropped: long slivers and large diagonal triangles then cost their area, not their
+    bounding box, and there are at most 64 window shapes (few kernel calls)."""
+    rows = torch.arange(len(setup.ids), device=setup.ids.device)
+    h = setup.row1 - setup.row0 + 1
+    w = setup.col1 - setup.col0 + 1
+    big = (h > _TILE) | (w > _TILE)
+    if not bool(big.any()):
+        return _Windows(rows, setup.col0, setup.row0, setup.col1, setup.row1)
+    small = ~big
+    parts = [
+        _Windows(rows[small], setup.col0[small], setup.row0[small], setup.col1[small], setup.row1[small])
+    ]
+    brow = rows[big]
+    th = (h[big] + _TILE - 1) // _TILE
+    tw = (w[big] + _TILE - 1) // _TILE
+    count = th * tw
+    row = torch.repeat_interleave(brow, count)
+    first = torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+    offset = torch.arange(len(row), device=row.device) - first
+    tw_rep = torch.repeat_interleave(tw, count)
+    r0 = setup.row0[row] + (offset // tw_rep) * _TILE
+    c0 = setup.col0[row] + (offset % tw_rep) * _TILE
+    r1 = torch.minimum(r0 + _TILE - 1, setup.row1[row])
+    c1 = torch.minimum(c0 + _TILE - 1, setup.col1[row])
+    # Largest value of each barycentric over the tile's pixel centres (affine: at a corner).
+    coef = setup.bary[:, :, row]  # [3, 3, n]
+    dx0 = (c0 - setup.col0[row]).float()
+    dx1 = (c1 - setup.col0[row]).float()
+    dy0 = (r0 - setup.row0[row]).float()
+    dy1 = (r1 - setup.row0[row]).float()
+    reach = coef[:, 0] + torch.maximum(coef[:, 1] * dx0, coef[:, 1] * dx1)
+    reach = reach + torch.maximum(coef[:, 2] * dy0, coef[:, 2] * dy1)  # [3, n]
+    keep = (reach >= -_INSIDE_EPS).all(0)
+    parts.append(_Windows(row[keep], c0[keep], r0[keep], c1[keep], r1[keep]))
+    return _Windows(*(torch.cat([getattr(p, f) for p in parts]) for f in ("row", "c0", "r0", "c1", "r1")))
+
+
 def rasterize(
     pix: Tensor,  # [Vt, 2] float32 pixel coordinates
     z: Tensor,  # [Vt] float32 camera-space depth
@@ -247,14 +298,17 @@ def rasterize(
     if len(faces):
         setup = setup or setup_triangles(pix, z, faces, width, height, near=near)
         if len(setup.ids):
-            key = _bucket(setup.row1 - setup.row0 + 1) * 65536 + _bucket(setup.col1 - setup.col0 + 1)
-            # Few distinct bins: one mask per bin is cheaper than sorting all rows.
+            win = _windows(setup)
+            key = _bucket(win.r1 - win.r0 + 1) * 65536 + _bucket(win.c1 - win.c0 + 1)
+            # Few distinct bins: one mask per bin is cheaper than sorting all windows.
             for k in torch.unique(key).tolist():
-                rows = torch.nonzero(key == k).squeeze(1)
+                sel = torch.nonzero(key == k).squeeze(1)
                 h_bin, w_bin = k // 65536, k % 65536
                 step = max(1, _CHUNK // (h_bin * w_bin))
-                for begin in range(0, len(rows), step):
-                    _raster_chunk(zbuf, rows[begin : begin + step], h_bin, w_bin, setup, width)
+                for begin in range(0, len(sel), step):
+                    part = sel[begin : begin + step]
+                    chunk = _Windows(win.row[part], win.c0[part], win.r0[part], win.c1[part], win.r1[part])
+                    _raster_chunk(zbuf, chunk, h_bin, w_bin, setup, width)
     empty = zbuf == _EMPTY_KEY
     tri = torch.where(empty, -1, zbuf & 0xFFFFFFFF)
     depth = torch.where(empty, 0, zbuf >> 32).to(torch.int32).view(torch.float32)
@@ -264,40 +318,42 @@ def rasterize(
 # Inclusion tolerance on barycentrics: a pixel centre on a shared edge must land in at least
 # one of the two triangles whatever the float32 rounding (errors are ~1e-7 by construction).
 _INSIDE_EPS = 1e-5
+_TILE = 16
 
 
 def _raster_chunk(
-    zbuf: Tensor, sel: Tensor, h_bin: int, w_bin: int, setup: TriangleSetup, width: int
+    zbuf: Tensor, win: _Windows, h_bin: int, w_bin: int, setup: TriangleSetup, width: int
 ) -> None:
-    """Evaluate T triangles over [h_bin, w_bin, T] candidate pixels and update the z-buffer.
+    """Evaluate T windows over [h_bin, w_bin, T] candidate pixels and update the z-buffer.
 
-    The triangle axis is last so every broadcast has a long contiguous inner loop.
+    The window axis is last so every broadcast has a long contiguous inner loop.
     """
     device = zbuf.device
     dcol = torch.arange(w_bin, device=device)[:, None]  # [w, 1]
     drow = torch.arange(h_bin, device=device)[:, None]  # [h, 1]
-    col0, row0 = setup.col0[sel], setup.row0[sel]
-    cols = col0 + dcol  # [w, T]
-    rows = row0 + drow  # [h, T]
-    coef = setup.bary[:, :, sel]  # [3, 3, T]
-    fx, fy = dcol.float(), drow.float()
+    row = win.row
+    cols = win.c0 + dcol  # [w, T]
+    rows = win.r0 + drow  # [h, T]
+    coef = setup.bary[:, :, row]  # [3, 3, T]
+    inv_z = setup.inv_z[:, row]  # [3, T]
+    fx = dcol.float() + (win.c0 - setup.col0[row]).float()  # [w, T] offsets from the plane origin
+    fy = drow.float() + (win.r0 - setup.row0[row]).float()  # [h, T]
     worst = None
     for i in range(3):
         along_x = coef[i, 1] * fx  # [w, T]
         along_y = coef[i, 0] + coef[i, 2] * fy  # [h, T]
         if i == 0:  # padding columns/rows can never be inside
-            along_x = along_x.masked_fill(cols > setup.col1[sel], -math.inf)
-            along_y = along_y.masked_fill(rows > setup.row1[sel], -math.inf)
+            along_x = along_x.masked_fill(cols > win.c1, -math.inf)
+            along_y = along_y.masked_fill(rows > win.r1, -math.inf)
         value = along_y[:, None, :] + along_x[None, :, :]  # [h, w, T]
         worst = value if worst is None else torch.minimum(worst, value)
     inside = worst >= -_INSIDE_EPS
     # Everything else densely too, then one boolean selection (cheaper than gathers).
-    inv_z = setup.inv_z[:, sel]
     inv_depth = (inv_z[0] + inv_z[2] * fy)[:, None, :] + (inv_z[1] * fx)[None, :, :]
     inside &= inv_depth > 0
     depth = (1.0 / inv_depth[inside]).contiguous()
     pixel = (rows * width)[:, None, :] + cols[None, :, :]
-    ids = setup.ids[sel].expand(h_bin, w_bin, -1)
+    ids = setup.ids[row].expand(h_bin, w_bin, -1)
     good = torch.isfinite(depth)
     keys = (depth.view(torch.int32).to(torch.int64) << 32) | ids[inside]
     zbuf.scatter_reduce_(0, pixel[inside][good], keys[good], reduce="amin", include_self=True)
