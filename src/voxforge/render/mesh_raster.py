@@ -7,16 +7,16 @@
 Design (nvdiffrast's split, in plain PyTorch so it runs on any device and can be made
 differentiable later):
 
-1. `rasterize` -> per pixel the nearest triangle and its depth. Triangles are binned by
-   the size of their screen bounding box (powers of two per axis) and each bin is
-   evaluated densely over [T, h, w] candidate pixels in chunks. A candidate inside the
-   triangle (edge functions, pixel centres at (col + 0.5, row + 0.5), touching counts)
-   writes the key ``float_bits(z) << 32 | triangle`` into an int64 z-buffer with
-   `scatter_reduce(amin)`: positive float32 bit patterns order like the floats, so the
-   minimum key is the nearest surface, ties broken by the lower triangle index --
-   deterministic, no atomics races. Edge functions are evaluated with each edge's end
-   points in a canonical (vertex index) order, so two triangles sharing an edge compute
-   exactly opposite values there and no pixel falls through the crack.
+1. `rasterize` -> per pixel the nearest triangle and its depth. `setup_triangles` turns
+   each triangle that can cover a pixel centre into screen-space planes (barycentrics and
+   1/z are affine in screen space). Candidate pixels are the bounding box, cut into 16x16
+   tiles (tiles outside an edge dropped) when it is larger; windows are grouped by size
+   and evaluated densely, window axis last, in chunks. A candidate inside the triangle
+   (pixel centres at (col + 0.5, row + 0.5), touching counts, with a 1e-5 barycentric
+   tolerance so a pixel centre on a shared edge never falls through) writes the key
+   ``float_bits(z) << 32 | triangle`` into an int64 z-buffer with `scatter_reduce(amin)`:
+   positive float32 bit patterns order like the floats, so the minimum key is the nearest
+   surface, ties broken by the lower triangle index -- deterministic, no atomic races.
 2. `barycentrics` recomputes the winning triangle's perspective-correct barycentrics per
    pixel (a differentiable function of the vertices), and `interpolate` blends vertex
    attributes with them.
