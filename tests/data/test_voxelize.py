@@ -167,7 +167,6 @@ def test_torch_backend_matches_numpy(shared_meshes):
 @pytest.mark.gpu
 def test_torch_backend_on_cuda_matches_numpy(shared_meshes):
     import torch
-    import trimesh
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
@@ -176,7 +175,6 @@ def test_torch_backend_on_cuda_matches_numpy(shared_meshes):
         got = voxelize_torch(torch.from_numpy(vertices), torch.from_numpy(faces), 64, device="cuda")
         assert got.device.type == "cuda"
         np.testing.assert_array_equal(got.cpu().numpy(), expected, err_msg=str(path))
-    del trimesh
 
 
 def open3d_voxelize(vertices: np.ndarray, faces: np.ndarray, resolution: int) -> set[tuple[int, int, int]]:
