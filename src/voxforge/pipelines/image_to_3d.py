@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,21 +42,22 @@ __all__ = [
     "GenerationResult",
     "ImageTo3DPipeline",
     "SLatPipeline",
-    "SLatSampling",
+    "default_slat_sampler",
     "resolve_model_dir",
 ]
 
 
-@dataclass
-class SLatSampling:
-    """Sampler settings of the SLat flow (TRELLIS's defaults for this stage)."""
+def default_slat_sampler(**overrides: Any) -> Any:
+    """TRELLIS's sampler settings for this stage: 25 Euler steps, guidance 3 for t in [0.5, 1],
+    time grid shifted by 3."""
+    from voxforge.flow import SamplerConfig
 
-    steps: int = 25
-    cfg_scale: float = 3.0  # v = v_u + cfg_scale (v_c - v_u); 1 = no guidance
-    guidance_interval: tuple[float, float] = (0.5, 1.0)
-    time_shift: float = 3.0
-    method: Literal["euler", "heun"] = "euler"
-    mode: Literal["stochastic", "multidiffusion"] = "stochastic"
+    settings = {"steps": 25, "cfg_scale": 3.0, "guidance_interval": (0.5, 1.0), "time_shift": 3.0}
+    settings.update(overrides)
+    return SamplerConfig(**settings)
+
+
+MultiImageMode = Literal["stochastic", "multidiffusion"]
 
 
 class _Views:
@@ -171,38 +172,33 @@ class SLatPipeline:
         tokens: Tensor | None,  # [B, K, T, C] condition tokens, or None (unconditional)
         *,
         seed: int = 0,
-        settings: SLatSampling | None = None,
+        sampler: Any = None,  # voxforge.flow.SamplerConfig; None: default_slat_sampler()
+        mode: MultiImageMode = "stochastic",
     ):  # -> SparseTensor [N, C] in the VAE's latent space (rows sorted by batch, i, j, k)
-        from voxforge.flow import make_noise, sample
+        from voxforge.flow import make_noise, sample_from_config
 
-        settings = settings or SLatSampling()
+        sampler = sampler or default_slat_sampler()
+        if mode not in ("stochastic", "multidiffusion"):
+            raise UserError(f"multi-image mode '{mode}': expected stochastic or multidiffusion")
         template = self._structure(coords)
         batch = template.batch_size
         noise = make_noise((template.num_points, self.flow.cfg.in_channels), seed=seed).to(self.device)
         token_shape = tokens.shape[2:] if tokens is not None else (self.num_tokens, self.flow.context_dim)
-        null = _Views(torch.zeros(batch, 1, *token_shape, device=self.device), settings.mode)
+        null = _Views(torch.zeros(batch, 1, *token_shape, device=self.device), mode)
         if tokens is None:
-            cond, uncond, scale = null, None, 1.0
+            cond, uncond = null, None
+            sampler = replace(sampler, cfg_scale=1.0)
         else:
             if tokens.shape[0] != batch:
                 raise ValueError(f"{tokens.shape[0]} token sets for {batch} structures")
-            cond, uncond, scale = _Views(tokens.to(self.device), settings.mode), null, settings.cfg_scale
+            cond, uncond = _Views(tokens.to(self.device), mode), null
+        if sampler.guidance_rescale:
+            sampler = replace(sampler, guidance_rescale=0.0)  # not defined per asset on packed voxels
 
         def model_fn(x: Tensor, t: Tensor, views: _Views) -> Tensor:
             return self._velocity(template, x, t, views)
 
-        x0 = sample(
-            model_fn,
-            noise,
-            cond,
-            uncond,
-            steps=settings.steps,
-            cfg_scale=scale,
-            method=settings.method,
-            guidance_interval=tuple(settings.guidance_interval),
-            time_shift=settings.time_shift,
-            sigma_min=self.sigma_min,
-        )
+        x0 = sample_from_config(model_fn, noise, cond, uncond, sampler, sigma_min=self.sigma_min)
         return template.replace(self.flow.denormalize(x0.float()))
 
     @torch.no_grad()
@@ -281,8 +277,9 @@ class ImageTo3DPipeline:
         images: Tensor,  # [K, 3, S, S] K views of one object, [0, 1], premultiplied on black
         *,
         seed: int = 0,
-        structure_settings: Any = None,  # StructureSampling
-        slat_settings: SLatSampling | None = None,
+        structure_sampler: Any = None,  # SamplerConfig; None: the structure stage's defaults
+        slat_sampler: Any = None,  # SamplerConfig; None: default_slat_sampler()
+        mode: MultiImageMode = "stochastic",
     ) -> GenerationResult:
         timings: dict[str, float] = {}
 
@@ -295,7 +292,12 @@ class ImageTo3DPipeline:
         structure = self.structure
         tokens = timed("image_encoder", structure.image_tokens, images)[None]  # [1, K, T, C]
         ss_latents = timed(
-            "structure_flow", structure.sample_latents, tokens, seed=seed, settings=structure_settings
+            "structure_flow",
+            structure.sample_latents,
+            tokens,
+            seed=seed,
+            sampler=structure_sampler,
+            mode=mode,
         )
         coords = timed("structure_decode", structure.decode, ss_latents)[0]
         if len(coords) == 0:
@@ -310,7 +312,8 @@ class ImageTo3DPipeline:
             [coords],
             slat_tokens,
             seed=seed + 1,
-            settings=slat_settings,
+            sampler=slat_sampler,
+            mode=mode,
         )
         gaussians = timed("slat_decode", self.slat.decode, latents)[0]
         sorted_coords = latents.coords[:, 1:].cpu().numpy().astype(np.int64)

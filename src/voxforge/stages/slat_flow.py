@@ -212,7 +212,7 @@ class SLatFlowStage(Stage):
     # --- evaluation -------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, model: nn.Module, out_dir: Path | None = None) -> dict[str, float]:
-        from voxforge.pipelines.image_to_3d import SLatPipeline, SLatSampling
+        from voxforge.pipelines.image_to_3d import SLatPipeline
 
         _, eval_ids = self.split()
         if not eval_ids:
@@ -224,14 +224,6 @@ class SLatFlowStage(Stage):
             from voxforge.pipelines.encode_slat import load_slat_vae
 
             vae, vae_recipe, _ = load_slat_vae(self.manifest["vae_run"], device)
-        sampler = self.recipe.sampler
-        settings = SLatSampling(
-            steps=sampler.steps,
-            cfg_scale=sampler.cfg_scale,
-            guidance_interval=tuple(sampler.guidance_interval),
-            time_shift=sampler.time_shift,
-            method=sampler.method,
-        )
         pipeline = SLatPipeline(
             model, vae, frozen_encoder=self.frozen, sigma_min=self.recipe.flow.sigma_min, device=device
         )
@@ -241,10 +233,18 @@ class SLatFlowStage(Stage):
             item = dataset[index]
             tokens = pipeline.image_tokens(item["cond"][None])[None]  # [1, 1, T, C]
             latents = pipeline.sample_latents(
-                [item["coords"].numpy()], tokens, seed=self.recipe.train.seed + index, settings=settings
+                [item["coords"].numpy()],
+                tokens,
+                seed=self.recipe.train.seed + index,
+                sampler=self.recipe.sampler,
             )
             normalised = model.normalize(latents.feats).cpu()
-            sums["latent_mse"] += float((normalised - item["feats"]).pow(2).mean()) / len(dataset)
+            r = self.recipe.model.resolution
+            order = torch.argsort(
+                (item["coords"][:, 0] * r + item["coords"][:, 1]) * r + item["coords"][:, 2]
+            )
+            truth = item["feats"][order]  # the sampler's rows are sorted by voxel
+            sums["latent_mse"] += float((normalised - truth).pow(2).mean()) / len(dataset)
             if vae is not None:
                 scores, renders = self._render_scores(pipeline, latents, item["id"], vae_recipe, dataset)
                 for key, value in scores.items():
