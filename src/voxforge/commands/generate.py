@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             raise
         getattr(module, function)(targets)
     p.set_defaults(func=lambda args: _missing_target(p))
+    if "voxforge.commands.generate_asset" in sys.modules:  # `generate --model ...` = `generate asset ...`
+        sys.modules["voxforge.commands.generate_asset"].add_default_target(p)
 
 
 def _missing_target(parser: argparse.ArgumentParser) -> int:
