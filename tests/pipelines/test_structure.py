@@ -27,7 +27,7 @@ def test_plain_background_is_removed_from_the_border_inwards():
     rgb[18:22, 18:22] = 250  # enclosed background colour stays part of the object
     alpha = remove_plain_background(rgb)
     assert alpha[0, 0] == 0 and alpha[15, 15] == 255 and alpha[20, 20] == 255
-    assert (alpha > 0).sum() == 20 * 16
+    assert (alpha > 0).sum() == 18 * 14  # the object, one pixel in from its outline
     with pytest.raises(UserError, match="transparent background"):
         remove_plain_background(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
     with pytest.raises(UserError, match="no object"):
@@ -36,7 +36,7 @@ def test_plain_background_is_removed_from_the_border_inwards():
 
 def test_condition_image_with_and_without_alpha_match(tmp_path):
     rgba = np.zeros((64, 64, 4), dtype=np.uint8)
-    rgba[16:48, 20:44] = (40, 160, 60, 255)
+    rgba[17:47, 21:43] = (40, 160, 60, 255)  # the RGB object below, one pixel in
     Image.fromarray(rgba).save(tmp_path / "a.png")
     rgb = np.full((64, 64, 3), 255, dtype=np.uint8)
     rgb[16:48, 20:44] = (40, 160, 60)

@@ -6,7 +6,7 @@ import torch
 from tests.stages.ss_helpers import VAE_OVERRIDES, prepared_dataset, stage1_artefacts
 from voxforge.config.recipe import load_recipe
 from voxforge.errors import ConfigError, UserError
-from voxforge.stages.ss_vae import OccupancyAugment, SSVAEStage, split_ids, yaw_symmetry
+from voxforge.stages.ss_vae import OccupancyAugment, SSVAEStage, cube_symmetry, split_ids, yaw_symmetry
 from voxforge.train.engine import train
 
 
@@ -56,6 +56,10 @@ def test_yaw_symmetries_keep_y_and_are_deterministic_per_epoch(tmp_path_factory)
     assert yaw_symmetry(grid, 2)[0, 0, 1, 0] == 1  # mirror z
     assert yaw_symmetry(grid, 4)[0, 3, 1, 0] == 1  # swap x, z
     assert {tuple(torch.nonzero(yaw_symmetry(grid, c))[0, 2:3].tolist()) for c in range(8)} == {(1,)}
+
+    point = torch.zeros(1, 6, 6, 6)
+    point[0, 0, 1, 2] = 1  # coordinates in three different mirror classes: an orbit of 48
+    assert len({tuple(torch.nonzero(cube_symmetry(point, c))[0, 1:].tolist()) for c in range(48)}) == 48
 
     class Fixed:
         def __init__(self):

@@ -12,7 +12,10 @@ evaluates generation on them.
 Augmentation (`data.augment`): `yaw` applies one of the 8 grid symmetries that keep +Y up
 (mirror x, mirror z, swap x and z), drawn from (seed, epoch, index) as the engine's resume
 rules ask; `none` trains on the grids as they are. Prepared assets stand upright, so these
-transforms stay inside the data distribution while multiplying the shapes seen.
+transforms stay inside the data distribution while multiplying the shapes seen. `cube`
+draws from all 48 symmetries of the grid (axis permutations and mirrors): the autoencoder
+is local, and seeing surfaces in every orientation is what carries a VAE trained on a few
+upright shapes over to meshes in arbitrary poses.
 
 Evaluation (`on_sample`, `on_train_end`): mean IoU, precision and recall of the decoded
 posterior mean on the held-out assets (threshold: logit 0), plus a preview PNG of ground
@@ -34,14 +37,24 @@ from voxforge.errors import ConfigError, UserError
 from voxforge.models.ss_vae import SSVAE, SSVAEConfig, occupancy_metrics, ss_vae_loss
 from voxforge.stages.base import EpochAware, Stage
 
-__all__ = ["SSVAEDataConfig", "SSVAEStage", "OccupancyAugment", "evaluate_reconstruction", "split_ids"]
+__all__ = [
+    "OccupancyAugment",
+    "SSVAEDataConfig",
+    "SSVAEStage",
+    "cube_symmetry",
+    "evaluate_reconstruction",
+    "split_ids",
+    "yaw_symmetry",
+]
 
 
 @dataclass
 class SSVAEDataConfig:
     path: str = option("", help="folder written by `voxforge data prepare` (with voxels at model.resolution)")
     eval_assets: int = option(8, ge=0, help="held-out assets (first ids in sorted order) for evaluation")
-    augment: Literal["none", "yaw"] = option("yaw", help="yaw: the 8 grid symmetries that keep +Y up")
+    augment: Literal["none", "yaw", "cube"] = option(
+        "yaw", help="yaw: the 8 grid symmetries that keep +Y up; cube: all 48 symmetries of the cube"
+    )
     eval_batch_size: int = option(8, ge=1)
 
 
@@ -64,8 +77,20 @@ def yaw_symmetry(grid: Tensor, code: int) -> Tensor:  # [..., X, Y, Z], code in 
     return grid
 
 
+_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def cube_symmetry(grid: Tensor, code: int) -> Tensor:  # [..., X, Y, Z], code in [0, 48)
+    """Symmetry `code` of the cube: axis permutation code // 8, then mirrors by the bits of code % 8."""
+    lead = grid.ndim - 3
+    perm = _PERMUTATIONS[code // 8]
+    grid = grid.permute(*range(lead), *(lead + a for a in perm))
+    flips = [lead + axis for axis in range(3) if (code % 8) >> axis & 1]
+    return grid.flip(flips) if flips else grid
+
+
 class OccupancyAugment(EpochAware, torch.utils.data.Dataset):
-    """Wraps an `OccupancyDataset`: items {"occupancy": [1, R, R, R]}, optionally yaw-augmented."""
+    """Wraps an `OccupancyDataset`: items {"occupancy": [1, R, R, R]}, optionally augmented."""
 
     def __init__(self, base: Any, augment: str, seed: int):
         self.base, self.augment, self.seed = base, augment, seed
@@ -79,9 +104,13 @@ class OccupancyAugment(EpochAware, torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         occupancy = self.base[index]["occupancy"]
-        if self.augment == "yaw":
-            code = int(np.random.default_rng([self.seed, self.epoch, index, 11]).integers(8))
-            occupancy = yaw_symmetry(occupancy, code).contiguous()
+        if self.augment != "none":
+            rng = np.random.default_rng([self.seed, self.epoch, index, 11])
+            if self.augment == "yaw":
+                occupancy = yaw_symmetry(occupancy, int(rng.integers(8)))
+            else:
+                occupancy = cube_symmetry(occupancy, int(rng.integers(48)))
+            occupancy = occupancy.contiguous()
         return {"occupancy": occupancy}
 
 

@@ -1,0 +1,164 @@
+"""Structure flow transformer on CPU: training throughput in fp32 vs bf16, against the matmul peak,
+and sampling latency per structure for the tiny recipe.
+
+Measured in one run:
+1. the CPU's matmul peak in fp32 and bf16 (square matmuls, best of repeats);
+2. training steps (forward + backward + AdamW) of `SSFlowTransformer` at a base-size config
+   (DiT-B: width 768, 12 blocks, 12 heads; 8³ latent tokens; 65 condition tokens), fp32 and
+   bf16 autocast; FLOPs counted by `torch.utils.flop_counter` on one step; prints tokens/s,
+   achieved TFLOP/s and its ratio to the measured peak of the same dtype, and bf16 / fp32;
+3. sampling latency of one structure with the tiny recipes (ss_flow_tiny + ss_vae_tiny
+   decoder, 25 Euler steps, guidance on t in [0.5, 1], random weights: the cost does not
+   depend on them), at batch 1 and amortised over a batch of 16.
+
+    python benchmarks/bench_dit.py [--width 768 --depth 12 --heads 12 --resolution 8 --batch 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from voxforge.config.recipe import load_recipe
+from voxforge.models.ss_flow import SSFlowConfig, SSFlowTransformer
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up: oneDNN kernel selection, allocator
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_peak(dtype: torch.dtype, n: int, repeats: int) -> float:  # FLOP/s
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / best_time(lambda: a @ b, repeats)
+
+
+def training_step(cfg: SSFlowConfig, batch: int, context_tokens: int, precision: str):
+    torch.manual_seed(0)
+    model = SSFlowTransformer(cfg, context_dim=cfg.width)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    r = cfg.resolution
+    x = torch.randn(batch, cfg.in_channels, r, r, r)
+    t = torch.rand(batch)
+    context = torch.randn(batch, context_tokens, cfg.width)
+    target = torch.randn_like(x)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            pred = model(x, t, context)
+        loss = (pred.float() - target).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return model, step
+
+
+def count_flops(step) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
+def sampling_latency(batch: int, steps: int, repeats: int) -> float:  # seconds per structure
+    from voxforge.flow import make_noise, sample
+    from voxforge.models.ss_flow import StructureFlowModel
+    from voxforge.models.ss_vae import SSVAE
+
+    flow_recipe, vae_recipe = load_recipe("ss_flow_tiny"), load_recipe("ss_vae_tiny")
+    torch.manual_seed(0)
+    flow = StructureFlowModel(flow_recipe.model, flow_recipe.image_encoder).eval()
+    vae = SSVAE(vae_recipe.model).eval()
+    cfg = flow_recipe.model
+    images = torch.rand(batch, 3, flow_recipe.image_encoder.image_size, flow_recipe.image_encoder.image_size)
+
+    @torch.no_grad()
+    def run() -> None:
+        context = flow.encode_images(images)
+        null = torch.zeros_like(context)
+        noise = make_noise((batch, cfg.in_channels, cfg.resolution, cfg.resolution, cfg.resolution), seed=0)
+        latents = sample(
+            lambda x, t, c: flow(x, t, context=c),
+            noise,
+            context,
+            null,
+            steps=steps,
+            cfg_scale=3.0,
+            guidance_interval=(0.5, 1.0),
+            time_shift=3.0,
+        )
+        vae.decode(latents)
+
+    return best_time(run, repeats) / batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--depth", type=int, default=12)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--resolution", type=int, default=8, help="latent grid side (tokens = r^3 / p^3)")
+    parser.add_argument("--patch", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--context-tokens", type=int, default=65)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--sample-steps", type=int, default=25)
+    parser.add_argument("--skip-sampling", action="store_true")
+    args = parser.parse_args()
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    peaks = {
+        "fp32": matmul_peak(torch.float32, args.matmul_size, args.repeats),
+        "bf16": matmul_peak(torch.bfloat16, args.matmul_size, args.repeats),
+    }
+    for name, peak in peaks.items():
+        print(f"matmul peak {name}: {peak / 1e9:.2f} GFLOP/s ({args.matmul_size}^3)")
+    print(f"matmul peak bf16 / fp32: {peaks['bf16'] / peaks['fp32']:.2f}x")
+
+    cfg = SSFlowConfig(
+        resolution=args.resolution,
+        in_channels=8,
+        patch_size=args.patch,
+        width=args.width,
+        depth=args.depth,
+        heads=args.heads,
+        attention_backend="torch",
+    )
+    tokens = args.batch * cfg.tokens
+    results = {}
+    for precision in ("fp32", "bf16"):
+        model, step = training_step(cfg, args.batch, args.context_tokens, precision)
+        flops = count_flops(step)
+        seconds = best_time(step, args.repeats)
+        results[precision] = seconds
+        achieved = flops / seconds
+        params = sum(p.numel() for p in model.parameters())
+        print(
+            f"train {precision}: {params / 1e6:.1f} M params, {tokens} tokens/step, {seconds:.3f} s/step, "
+            f"{tokens / seconds:.1f} tokens/s, {flops / 1e12:.3f} TFLOP/step, {achieved / 1e12:.4f} TFLOP/s "
+            f"= {achieved / peaks[precision]:.1%} of the {precision} matmul peak"
+        )
+    print(f"train bf16 / fp32 speed: {results['fp32'] / results['bf16']:.2f}x")
+
+    if not args.skip_sampling:
+        one = sampling_latency(1, args.sample_steps, args.repeats)
+        many = sampling_latency(16, args.sample_steps, max(1, args.repeats - 1))
+        print(
+            f"sampling (ss_flow_tiny + ss_vae_tiny decode, {args.sample_steps} steps): {one:.3f} s/structure at batch 1"
+        )
+        print(f"sampling at batch 16: {many:.3f} s/structure ({one / many:.1f}x faster per structure)")
+
+
+if __name__ == "__main__":
+    main()
