@@ -94,8 +94,8 @@ class Demo:
         tmp.write_text(json.dumps(self.state, indent=1))
         tmp.replace(self.state_path)
 
-    def step(self, name: str, action, done: bool = False) -> Any:
-        """Run `action` unless `done`; log and record its wall time when it ran."""
+    def step(self, name: str, action, *, done: bool = False, worked=lambda result: True) -> Any:
+        """Run `action` unless `done`; record its wall time when it did work (not a resume check)."""
         if done:
             print(f"voxforge demo: {name}: already done", file=sys.stderr)
             return None
@@ -103,9 +103,12 @@ class Demo:
         start = time.perf_counter()
         result = action()
         seconds = time.perf_counter() - start
-        self.state["seconds"][name] = round(seconds, 1)
-        self.save_state()
-        print(f"voxforge demo: {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+        if worked(result) or name not in self.state["seconds"]:
+            self.state["seconds"][name] = round(seconds, 1)
+            self.save_state()
+            print(f"voxforge demo: {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+        else:
+            print(f"voxforge demo: {name}: already done", file=sys.stderr, flush=True)
         return result
 
     # --- steps ------------------------------------------------------------------------------
@@ -120,6 +123,15 @@ class Demo:
             return False
         doc = json.loads(labels.read_text())
         return doc.get("num") == self.plan.num_assets and doc.get("seed") == self.plan.seed
+
+    def prepare_done(self) -> bool:
+        from voxforge.data import PreparedDataset
+
+        root = self.data / "prepared"
+        if not list(root.glob("manifest*.sqlite")):
+            return False
+        required = ("cond", f"voxels_{self.plan.resolution}")
+        return len(PreparedDataset(root).ids(require=required)) >= self.plan.num_assets
 
     def prepare(self) -> dict[str, Any]:
         from voxforge.data.prepare import PrepareConfig, prepare
@@ -183,11 +195,11 @@ class Demo:
             ],
         )
 
-    def evaluation(self) -> dict[str, Any]:
+    def evaluation(self) -> tuple[dict[str, Any], bool]:
         """The flow stage's final evaluation (held-out assets), recomputed only if missing."""
         path = self.runs / "ss_flow" / "eval_generation.json"
         if path.is_file():
-            return json.loads(path.read_text())
+            return json.loads(path.read_text()), False
         from voxforge.config.recipe import load_recipe
         from voxforge.pipelines.structure import StructurePipeline, evaluate_generation
         from voxforge.stages.ss_vae import split_ids
@@ -206,9 +218,9 @@ class Demo:
             out_dir=run / "samples" / "final",
         )
         path.write_text(json.dumps(result, indent=1))
-        return result
+        return result, True
 
-    def examples(self) -> list[dict[str, Any]]:
+    def examples(self) -> tuple[list[dict[str, Any]], bool]:
         """`voxforge generate structure` on held-out condition views: one image, and two in each mode."""
         from PIL import Image
 
@@ -221,7 +233,7 @@ class Demo:
         _, eval_ids = split_ids(ids, self.plan.eval_assets)
         inputs = self.out / "examples" / "inputs"
         inputs.mkdir(parents=True, exist_ok=True)
-        made = []
+        made, generated = [], False
         cases: list[tuple[str, list[Path], str]] = []
         for n, asset in enumerate(eval_ids[:2]):
             views = sorted((data.asset_dir(asset) / "cond").glob("[0-9]*.png"))
@@ -252,11 +264,12 @@ class Demo:
                 ]
                 if cli_main(argv) != 0:
                     raise RuntimeError(f"voxforge generate failed for the example {name}")
+                generated = True
             record = json.loads((target / "generation.json").read_text())
             made.append(
                 {"name": name, "mode": mode, "voxels": record["voxels"], "seconds": record["seconds"]}
             )
-        return made
+        return made, generated
 
     # --- report -----------------------------------------------------------------------------
     def report(self, vae: dict[str, Any], generation: dict[str, Any], examples: list[dict[str, Any]]) -> dict:
@@ -335,13 +348,17 @@ class Demo:
 
     def run(self) -> dict[str, Any]:
         self.load_state()
+
+        def trained(result: Any) -> bool:
+            return result.reason != "already_complete"
+
         self.step("synth", self.synth, done=self.synth_done())
-        self.step("prepare", self.prepare)
-        self.step("train ss_vae", self.train_vae)
-        self.step("encode", self.encode)
-        self.step("train ss_flow", self.train_flow)
-        generation = self.step("evaluate", self.evaluation)
-        examples = self.step("generate examples", self.examples)
+        self.step("prepare", self.prepare, done=self.prepare_done())
+        self.step("train ss_vae", self.train_vae, worked=trained)
+        self.step("encode", self.encode, worked=lambda summary: summary["encoded"] > 0)
+        self.step("train ss_flow", self.train_flow, worked=trained)
+        generation, _ = self.step("evaluate", self.evaluation, worked=lambda result: result[1])
+        examples, _ = self.step("generate examples", self.examples, worked=lambda result: result[1])
         vae = json.loads((self.runs / "ss_vae" / "final_metrics.json").read_text())
         return self.report(vae, generation, examples)
 

@@ -304,7 +304,7 @@ class StructurePipeline:
         self.latent_mean = torch.tensor(latent_mean, dtype=torch.float32, device=self.device).view(shape)
         self.latent_std = torch.tensor(latent_std, dtype=torch.float32, device=self.device).view(shape)
         self.sigma_min = sigma_min
-        self.image_size = (frozen_encoder or flow.image_encoder).image_size
+        self.image_size = self._encoder().image_size
         self.resolution = vae.cfg.resolution
 
     @classmethod
@@ -351,9 +351,10 @@ class StructurePipeline:
     # --- pieces ------------------------------------------------------------------------------
     @torch.no_grad()
     def image_tokens(self, images: Tensor) -> Tensor:  # [N, 3, S, S] in [0, 1] -> [N, T, C]
-        images = images.to(self.device)
-        encoder = self.frozen_encoder or self.flow.image_encoder
-        return encoder(images).float()
+        return self._encoder()(images.to(self.device)).float()
+
+    def _encoder(self) -> Any:
+        return self.frozen_encoder if self.frozen_encoder is not None else self.flow.image_encoder
 
     def _model_fn(self, x: Tensor, t: Tensor, views: _Views) -> Tensor:
         tokens = views.tokens  # [B, K, T, C]
