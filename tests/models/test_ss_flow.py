@@ -24,9 +24,11 @@ def _unzero(model):
                 p.add_(torch.randn_like(p) * 0.02)
 
 
-@pytest.mark.parametrize("pos_embed, patch", [("ape", 1), ("rope", 1), ("both", 2)])
-def test_shapes_and_every_parameter_gets_gradient(pos_embed, patch):
-    model = StructureFlowModel(_cfg(pos_embed=pos_embed, patch_size=patch), ENC)
+@pytest.mark.parametrize(
+    "pos_embed, patch, pooled", [("ape", 1, False), ("rope", 1, True), ("both", 2, False)]
+)
+def test_shapes_and_every_parameter_gets_gradient(pos_embed, patch, pooled):
+    model = StructureFlowModel(_cfg(pos_embed=pos_embed, patch_size=patch, pooled_cond=pooled), ENC)
     _unzero(model)
     x, t, images = torch.randn(2, 3, 4, 4, 4), torch.rand(2), torch.rand(2, 3, 16, 16)
     out = model(x, t, images=images)

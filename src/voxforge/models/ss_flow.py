@@ -11,6 +11,12 @@ choice for this stage); `rope` rotates queries and keys by the coordinates inste
 absolute information enters the residual stream); `both` does both. Either works for a
 fixed grid; rope is the one that carries over to the sparse stage-2 tokens.
 
+`pooled_cond` (off in the TRELLIS recipe, which conditions through cross-attention only)
+adds an MLP of the mean condition token to the timestep embedding that drives every
+block's adaLN modulation, as SD3 does with its pooled text embedding. A global summary
+reaching every block directly is what lets a small model trained for minutes on a CPU pick
+up the image (class, proportions) before cross-attention has learnt where to look.
+
 `StructureFlowModel` is what the stage trains: the denoiser plus, when the image encoder
 trains jointly (the built-in ViT), that encoder, so both sit behind one forward call (as
 DDP requires). Frozen encoders (DINOv2) stay outside, and their tokens arrive through
@@ -50,6 +56,9 @@ class SSFlowConfig:
     qk_norm: bool = option(True, help="RMSNorm on queries and keys per head")
     pos_embed: Literal["ape", "rope", "both"] = option("ape", help="absolute sin-cos, 3-D rotary, or both")
     rope_theta: float = option(10000.0, gt=0.0)
+    pooled_cond: bool = option(
+        False, help="also add the mean condition token (through an MLP) to the timestep embedding"
+    )
     attention_backend: Literal["auto", "torch", "flash_attn"] = option("auto")
     grad_checkpoint: bool = option(False, help="recompute blocks in backward (saves memory)")
 
@@ -79,6 +88,12 @@ class SSFlowTransformer(nn.Module):
         token_dim = cfg.in_channels * cfg.patch_size**3
         grid = cfg.resolution // cfg.patch_size
         self.t_embedder = TimestepEmbedder(cfg.width)
+        if cfg.pooled_cond:
+            self.pooled_embedder = nn.Sequential(
+                nn.Linear(context_dim, cfg.width), nn.SiLU(), nn.Linear(cfg.width, cfg.width)
+            )
+        else:
+            self.pooled_embedder = None
         self.input_layer = nn.Linear(token_dim, cfg.width)
         coords = grid_coords(grid).float()  # [L, 3]
         self.register_buffer("coords", coords, persistent=False)
@@ -126,6 +141,8 @@ class SSFlowTransformer(nn.Module):
             h = h + self.pos.to(h.dtype)
         rope = self.rope(self.coords) if self.rope is not None else None
         cond = self.t_embedder(t)  # [B, width]
+        if self.pooled_embedder is not None:
+            cond = cond + self.pooled_embedder(context.mean(dim=1).to(cond.dtype))
         context = context.to(h.dtype)
         for block in self.blocks:
             if cfg.grad_checkpoint and torch.is_grad_enabled():
