@@ -152,10 +152,10 @@ class SLatViewDataset(EpochAware, torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.features[index]
         train, held = self.view_indices(item["id"])
-        pool = train if self.split == "train" else held
+        pool = {"train": train, "heldout_views": held, "all_views": train + held}[self.split]
         if not pool:
             raise UserError(
-                f"asset {item['id']} has no {self.split} views (holdout_every={self.cfg.holdout_every})"
+                f"asset {item['id']} has no views for {self.split} (holdout_every={self.cfg.holdout_every})"
             )
         count = self.cfg.views_per_item if self.split == "train" else self.cfg.eval_views
         rng = np.random.default_rng([self.features.seed, self.epoch, index, 7])
