@@ -13,8 +13,9 @@ from voxforge.models.image_encoders import (
 )
 
 
-def test_vit_tokens_shape_gradients_and_resize():
-    cfg = ImageEncoderConfig(image_size=32, patch_size=8, width=32, depth=2, heads=4)
+@pytest.mark.parametrize("stem", ["conv", "patch"])
+def test_vit_tokens_shape_gradients_and_resize(stem):
+    cfg = ImageEncoderConfig(image_size=32, patch_size=8, width=32, depth=2, heads=4, stem=stem)
     enc = build_image_encoder(cfg)
     assert isinstance(enc, ViTEncoder) and enc.trainable
     images = torch.rand(2, 3, 48, 48)  # resized to 32 inside
@@ -87,3 +88,6 @@ def test_config_checks_patch_multiples():
         from_dict(ImageEncoderConfig, {"kind": "dinov2", "image_size": 64})
     with pytest.raises(ConfigError, match="patch_size"):
         from_dict(ImageEncoderConfig, {"image_size": 30, "patch_size": 8})
+    with pytest.raises(ConfigError, match="power-of-two"):
+        from_dict(ImageEncoderConfig, {"image_size": 36, "patch_size": 6})
+    assert from_dict(ImageEncoderConfig, {"image_size": 36, "patch_size": 6, "stem": "patch"}).patch_size == 6

@@ -23,6 +23,7 @@ toolkit's condition images are).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 
 from voxforge.config.core import ConfigValueError, option
 from voxforge.errors import MissingDependencyError, UserError
-from voxforge.nn.norms import LayerNorm32
+from voxforge.nn.norms import GroupNorm32, LayerNorm32
 from voxforge.nn.transformer import TransformerBlock
 
 __all__ = ["DinoV2Encoder", "ImageEncoder", "ImageEncoderConfig", "ViTEncoder", "build_image_encoder"]
@@ -49,6 +50,9 @@ class ImageEncoderConfig:
     )
     # built-in ViT
     patch_size: int = option(8, ge=1)
+    stem: Literal["conv", "patch"] = option(
+        "conv", help="conv: stride-2 3x3 convolutions down to the patch grid; patch: one linear patchify"
+    )
     width: int = option(128, ge=8)
     depth: int = option(4, ge=1)
     heads: int = option(4, ge=1)
@@ -65,6 +69,10 @@ class ImageEncoderConfig:
                 )
             if self.width % self.heads:
                 raise ConfigValueError("heads", f"width {self.width} is not divisible by {self.heads} heads")
+            if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
+                raise ConfigValueError(
+                    "stem", f"a conv stem needs a power-of-two patch_size, got {self.patch_size}"
+                )
         elif self.image_size % 14:
             raise ConfigValueError(
                 "image_size", f"DINOv2 needs a multiple of its patch size 14, got {self.image_size}"
@@ -89,6 +97,29 @@ class ImageEncoder(nn.Module):
         return images
 
 
+class ConvStem(nn.Module):
+    """[B, 3, S, S] -> [B, width, S/p, S/p] by log2(p) stride-2 3x3 convs (GroupNorm, SiLU), then 1x1."""
+
+    def __init__(self, width: int, patch_size: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        levels = patch_size.bit_length() - 1
+        channels = 3
+        for level in range(levels):
+            out = max(8, width >> (levels - 1 - level))
+            layers += [
+                nn.Conv2d(channels, out, 3, stride=2, padding=1),
+                GroupNorm32(math.gcd(8, out), out),
+                nn.SiLU(),
+            ]
+            channels = out
+        layers.append(nn.Conv2d(channels, width, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.layers(images)
+
+
 class ViTEncoder(ImageEncoder):
     """A small ViT trained from scratch with the model it conditions."""
 
@@ -99,7 +130,10 @@ class ViTEncoder(ImageEncoder):
         self.image_size, self.out_dim = cfg.image_size, cfg.width
         grid = cfg.image_size // cfg.patch_size
         self.num_tokens = grid * grid + 1
-        self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
+        if cfg.stem == "conv":
+            self.patch_embed: nn.Module = ConvStem(cfg.width, cfg.patch_size)
+        else:
+            self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
         self.summary_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.randn(1, self.num_tokens, cfg.width) * 0.02)
         self.blocks = nn.ModuleList(
