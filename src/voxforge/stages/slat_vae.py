@@ -335,6 +335,8 @@ class SLatVAEStage(Stage):
             if not ids or (split == "heldout_views" and not cfg.holdout_every):
                 continue
             dataset = SLatViewDataset(data, ids, cfg, resolution, self.recipe.train.seed, split=split)
+            if split == "heldout_views" and not dataset.view_indices(ids[0])[1]:
+                continue  # fewer views than holdout_every: nothing held out
             sums = {"psnr": 0.0, "ssim": 0.0}
             for index in range(len(dataset)):
                 batch = collate_views([dataset[index]])
