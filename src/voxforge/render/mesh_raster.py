@@ -225,11 +225,8 @@ def setup_triangles(
 
 
 def _bucket(size: Tensor) -> Tensor:
-    """Round window sizes up to a few values (ratio <= 1.5) so triangles share kernel calls."""
-    steps = torch.tensor([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256], device=size.device)
-    index = torch.searchsorted(steps, size)
-    big = index >= len(steps)
-    return torch.where(big, (size + 127) // 128 * 128, steps[index.clamp(max=len(steps) - 1)])
+    """Round window sides (<= _TILE) up to a power of two: at most 25 window shapes."""
+    return torch.pow(2, torch.ceil(torch.log2(size.float())).clamp(min=0)).long()
 
 
 @dataclass
@@ -326,7 +323,8 @@ def _raster_chunk(
 ) -> None:
     """Evaluate T windows over [h_bin, w_bin, T] candidate pixels and update the z-buffer.
 
-    The window axis is last so every broadcast has a long contiguous inner loop.
+    The window axis is last so every broadcast has a long contiguous inner loop; the three
+    barycentric planes and the 1/z plane are evaluated together as [4, h, w, T].
     """
     device = zbuf.device
     dcol = torch.arange(w_bin, device=device)[:, None]  # [w, 1]
@@ -334,23 +332,17 @@ def _raster_chunk(
     row = win.row
     cols = win.c0 + dcol  # [w, T]
     rows = win.r0 + drow  # [h, T]
-    coef = setup.bary[:, :, row]  # [3, 3, T]
-    inv_z = setup.inv_z[:, row]  # [3, T]
+    planes = torch.cat([setup.bary[:, :, row], setup.inv_z[None, :, row]])  # [4, 3, T]
     fx = dcol.float() + (win.c0 - setup.col0[row]).float()  # [w, T] offsets from the plane origin
     fy = drow.float() + (win.r0 - setup.row0[row]).float()  # [h, T]
-    worst = None
-    for i in range(3):
-        along_x = coef[i, 1] * fx  # [w, T]
-        along_y = coef[i, 0] + coef[i, 2] * fy  # [h, T]
-        if i == 0:  # padding columns/rows can never be inside
-            along_x = along_x.masked_fill(cols > win.c1, -math.inf)
-            along_y = along_y.masked_fill(rows > win.r1, -math.inf)
-        value = along_y[:, None, :] + along_x[None, :, :]  # [h, w, T]
-        worst = value if worst is None else torch.minimum(worst, value)
-    inside = worst >= -_INSIDE_EPS
+    along_x = planes[:, 1, None, :] * fx  # [4, w, T]
+    along_y = planes[:, 0, None, :] + planes[:, 2, None, :] * fy  # [4, h, T]
+    along_x[0].masked_fill_(cols > win.c1, -math.inf)  # padding columns/rows are never inside
+    along_y[0].masked_fill_(rows > win.r1, -math.inf)
+    values = along_y[:, :, None, :] + along_x[:, None, :, :]  # [4, h, w, T]
+    inv_depth = values[3]
+    inside = (values[:3].amin(0) >= -_INSIDE_EPS) & (inv_depth > 0)
     # Everything else densely too, then one boolean selection (cheaper than gathers).
-    inv_depth = (inv_z[0] + inv_z[2] * fy)[:, None, :] + (inv_z[1] * fx)[None, :, :]
-    inside &= inv_depth > 0
     depth = (1.0 / inv_depth[inside]).contiguous()
     pixel = (rows * width)[:, None, :] + cols[None, :, :]
     ids = setup.ids[row].expand(h_bin, w_bin, -1)
