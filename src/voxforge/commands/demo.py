@@ -366,7 +366,10 @@ class Demo:
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
-    report = Demo(out, plan, args.device).run()
+    demo = Demo(out, plan, args.device)
+    from voxforge.pipelines.demo_stage2 import run_stage2  # stage 2: SLat, image -> 3D, exports
+
+    report = run_stage2(demo, demo.run(), quick=args.quick)
     v, g = report["vae_heldout"], report["generation_heldout"]
     print(
         f"voxforge demo: VAE held-out IoU {v.get('iou', float('nan')):.3f}; generation IoU conditional "
