@@ -19,6 +19,7 @@ Rules a stage follows so that resume is exact and distribution is transparent:
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,7 +36,7 @@ class EpochAware:
         self.epoch = epoch
 
 
-class Stage:
+class Stage(abc.ABC):
     """Base class of trainable stages; subclasses set `name` and `sections`."""
 
     name: ClassVar[str] = ""
@@ -48,11 +49,13 @@ class Stage:
         self.device = device
 
     # --- building -------------------------------------------------------------------
+    @abc.abstractmethod
     def build_model(self) -> nn.Module:
-        raise NotImplementedError(f"stage '{self.name}' must implement build_model")
+        """The single-device model, fp32 parameters (the engine moves and wraps it)."""
 
+    @abc.abstractmethod
     def build_dataset(self) -> torch.utils.data.Dataset:
-        raise NotImplementedError(f"stage '{self.name}' must implement build_dataset")
+        """A map-style dataset; items are batched by `collate`."""
 
     def collate(self, items: list[Any]) -> Any:
         return torch.utils.data.default_collate(items)
@@ -62,9 +65,9 @@ class Stage:
         return None
 
     # --- training -------------------------------------------------------------------
+    @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """Return the scalar loss of one micro-batch and extra metrics to log."""
-        raise NotImplementedError(f"stage '{self.name}' must implement loss")
 
     def batch_size_of(self, batch: Any) -> int:
         """Samples in a batch (for samples/s); override for unusual batch structures."""
