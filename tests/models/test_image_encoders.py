@@ -89,5 +89,5 @@ def test_config_checks_patch_multiples():
     with pytest.raises(ConfigError, match="patch_size"):
         from_dict(ImageEncoderConfig, {"image_size": 30, "patch_size": 8})
     with pytest.raises(ConfigError, match="power-of-two"):
-        from_dict(ImageEncoderConfig, {"image_size": 36, "patch_size": 6})
-    assert from_dict(ImageEncoderConfig, {"image_size": 36, "patch_size": 6, "stem": "patch"}).patch_size == 6
+        from_dict(ImageEncoderConfig, {"image_size": 36, "patch_size": 6, "stem": "conv"})
+    assert from_dict(ImageEncoderConfig, {"image_size": 36, "patch_size": 6}).stem == "patch"
