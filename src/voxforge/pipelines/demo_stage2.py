@@ -58,11 +58,11 @@ QUICK_STAGE2 = Stage2Plan(
     export_size=64,
 )
 FULL_STAGE2 = Stage2Plan(
-    train_assets=36,
+    train_assets=32,
     views=16,
     image_size=64,
-    vae_steps=240,
-    flow_steps=300,
+    vae_steps=160,
+    flow_steps=160,
     sample_steps=12,
     eval_limit=4,
     frames=36,
@@ -122,6 +122,8 @@ class Stage2Demo:
                 f"data.path={self.prepared}",
                 f"data.eval_assets={self.demo.plan.eval_assets}",
                 f"data.eval_views={4 if steps >= 50 else 2}",
+                "data.holdout_every=4",
+                f"data.eval_limit={self.plan.eval_limit}",
                 f"train.batch_size={min(2, self.plan.train_assets)}",
                 f"train.max_steps={steps}",
                 f"train.checkpoint_every={max(1, steps // 2)}",
@@ -150,6 +152,7 @@ class Stage2Demo:
                 f"data.latents={self.data / 'slat_latents'}",
                 f"data.eval_assets={self.demo.plan.eval_assets}",  # the held-out set of every model
                 "data.eval_views=2",
+                f"data.eval_limit={self.plan.eval_limit}",
                 f"train.batch_size={min(4, self.plan.train_assets)}",
                 f"train.max_steps={steps}",
                 f"train.checkpoint_every={max(1, steps // 2)}",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class SLatFlowDataConfig:
     prepared: str = option("", help="prepared dataset for condition images (default: the one encoded)")
     eval_assets: int = option(4, ge=0, help="held-out assets (first ids in sorted order, as every stage)")
     eval_views: int = option(4, ge=1, help="feature views rendered per held-out asset for PSNR/SSIM")
+    eval_limit: int = option(8, ge=1, help="held-out assets scored by the sample/final hooks (at most)")
 
 
 def _manifest(cfg: SLatFlowDataConfig) -> dict[str, Any]:
@@ -152,11 +154,11 @@ class SLatFlowStage(Stage):
         info = {
             "vae_run": self.manifest["vae_run"],
             "latents": str(Path(self.recipe.data.latents).resolve()),
-            "prepared": self.recipe.data.prepared or self.manifest["prepared"],
+            "prepared": str(Path(self.recipe.data.prepared or self.manifest["prepared"]).resolve()),
             "extractor": self.manifest.get("extractor"),
         }
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / f".{SLAT_INFO}.tmp"
+        tmp = self.run_dir / f".{SLAT_INFO}.tmp{os.getpid()}"  # every rank writes the same content
         tmp.write_text(json.dumps(info, indent=1))
         tmp.replace(self.run_dir / SLAT_INFO)
         return model
@@ -218,7 +220,7 @@ class SLatFlowStage(Stage):
         if not eval_ids:
             return {}
         device = next(model.parameters()).device
-        dataset = self._dataset(eval_ids)
+        dataset = self._dataset(eval_ids[: self.recipe.data.eval_limit])
         vae = None
         if Path(self.manifest["vae_run"]).is_dir():
             from voxforge.pipelines.encode_slat import load_slat_vae
@@ -281,8 +283,14 @@ class SLatFlowStage(Stage):
         return {"psnr": metrics["psnr"], "ssim": metrics["ssim"]}, (truth, renders[0].cpu())
 
     def on_sample(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
-        return self.evaluate(model, out_dir)
+        scores = self.evaluate(model, out_dir)
+        self._last_eval = (step, scores)  # the engine samples at the last step, then calls on_train_end
+        return scores
 
     def on_train_end(self, model: nn.Module, step: int) -> dict[str, float]:
-        out_dir = self.run_dir / "samples" / f"step_{step:08d}"
-        return {f"eval_{k}": v for k, v in self.evaluate(model, out_dir).items()}
+        last = getattr(self, "_last_eval", None)
+        if last is not None and last[0] == step:  # same step, same EMA weights: reuse
+            scores = last[1]
+        else:
+            scores = self.evaluate(model, self.run_dir / "samples" / f"step_{step:08d}")
+        return {f"eval_{k}": v for k, v in scores.items()}

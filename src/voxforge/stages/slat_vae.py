@@ -57,6 +57,7 @@ class SLatDataConfig:
     background: Literal["random", "white", "black"] = option("random")
     eval_assets: int = option(4, ge=0, help="held-out assets (first ids in sorted order, as every stage)")
     eval_views: int = option(4, ge=1, help="views scored per evaluated asset")
+    eval_limit: int = option(8, ge=1, help="held-out assets scored by the sample/final hooks (at most)")
 
     def __post_init__(self):
         if self.holdout_every == 1:
@@ -328,8 +329,8 @@ class SLatVAEStage(Stage):
         scores: dict[str, float] = {}
         panels = []
         groups = [
-            ("views", train_ids[: max(cfg.eval_assets, 2)], "heldout_views"),
-            ("assets", eval_ids, "all_views"),
+            ("views", train_ids[: cfg.eval_limit], "heldout_views"),
+            ("assets", eval_ids[: cfg.eval_limit], "all_views"),
         ]
         for prefix, ids, split in groups:
             if not ids or (split == "heldout_views" and not cfg.holdout_every):
@@ -354,11 +355,17 @@ class SLatVAEStage(Stage):
         return scores
 
     def on_sample(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
-        return self.evaluate(model, out_dir)
+        scores = self.evaluate(model, out_dir)
+        self._last_eval = (step, scores)  # the engine samples at the last step, then calls on_train_end
+        return scores
 
     def on_train_end(self, model: nn.Module, step: int) -> dict[str, float]:
-        out_dir = self.run_dir / "samples" / f"step_{step:08d}"
-        return {f"eval_{k}": v for k, v in self.evaluate(model, out_dir).items()}
+        last = getattr(self, "_last_eval", None)
+        if last is not None and last[0] == step:  # same step, same EMA weights: reuse
+            scores = last[1]
+        else:
+            scores = self.evaluate(model, self.run_dir / "samples" / f"step_{step:08d}")
+        return {f"eval_{k}": v for k, v in scores.items()}
 
 
 def save_comparison(path: Path, panels: list[tuple[Tensor, Tensor]]) -> None:
