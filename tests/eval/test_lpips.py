@@ -24,7 +24,7 @@ def test_lpips_loads_its_own_layout_and_measures_distances(tmp_path):
     path = tmp_path / "lpips_vgg.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     loaded = load_lpips(path)
-    x = torch.rand(2, 32, 32, 3)
+    x = torch.rand(2, 16, 16, 3)
     y = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
     torch.testing.assert_close(loaded(x, y), model(x, y))
     assert torch.allclose(loaded(x, x), torch.zeros(2), atol=1e-6)
@@ -48,7 +48,7 @@ def test_lpips_loads_torchvision_vgg_plus_linear_layers_from_a_folder(tmp_path):
     torch.save(vgg, tmp_path / "vgg16-397923af.pth")
     torch.save({k: v for k, v in state.items() if k.startswith("lin")}, tmp_path / "vgg.pth")
     loaded = load_lpips(tmp_path)
-    x, y = torch.rand(1, 24, 24, 3), torch.rand(1, 24, 24, 3)
+    x, y = torch.rand(1, 16, 16, 3), torch.rand(1, 16, 16, 3)
     torch.testing.assert_close(loaded(x, y), model(x, y))
 
 

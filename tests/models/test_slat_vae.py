@@ -82,7 +82,8 @@ def test_gaussian_parameters_stay_bounded_whatever_the_weights():
         for p in model.decoder.parameters():
             p.normal_(0, 3.0)  # wild weights: raw outputs far outside the useful range
     x = _batch()
-    gaussians = model.decode(model.encode(x))
+    with torch.no_grad():
+        gaussians = model.decode(model.encode(x))
     voxel, head = 1 / R, cfg.head
     for rows, g in zip(x.layout, gaussians):
         centres = voxel_centers(x.coords[rows, 1:], R).repeat_interleave(4, 0)
