@@ -196,19 +196,19 @@ def encode_dataset(
             )
             for stale in folder.glob("*.npz"):
                 stale.unlink()
-    todo = [i for i in ids if not (folder / f"{i}.npz").is_file()]
+    pending = [i for i in ids if not (folder / f"{i}.npz").is_file()]
     start = time.perf_counter()
-    if todo:
-        dataset = OccupancyDataset(data, resolution=cfg.resolution, ids=todo)
+    if pending:
+        dataset = OccupancyDataset(data, resolution=cfg.resolution, ids=pending)
         with torch.no_grad():
-            for first in range(0, len(todo), batch_size):
-                chunk = list(range(first, min(len(todo), first + batch_size)))
+            for first in range(0, len(pending), batch_size):
+                chunk = list(range(first, min(len(pending), first + batch_size)))
                 grids = torch.stack([dataset[i]["occupancy"] for i in chunk]).to(device)
                 latents = vae.encode(grids).float().cpu().numpy()
                 for i, latent in zip(chunk, latents):
-                    target = folder / f"{todo[i]}.npz"
+                    target = folder / f"{pending[i]}.npz"
                     _write_atomic(target, lambda p, z=latent: np.savez(p.open("wb"), latent=z))
-                log(f"encoded {min(len(todo), first + batch_size)}/{len(todo)}")
+                log(f"encoded {min(len(pending), first + batch_size)}/{len(pending)}")
     # per-channel statistics over every latent (new and kept)
     total = np.zeros(cfg.latent_channels, np.float64)
     total_sq = np.zeros(cfg.latent_channels, np.float64)
@@ -233,8 +233,8 @@ def encode_dataset(
     }
     _write_atomic(manifest_path, lambda p: p.write_text(json.dumps(manifest, indent=1)))
     return {
-        "encoded": len(todo),
-        "kept": len(ids) - len(todo),
+        "encoded": len(pending),
+        "kept": len(ids) - len(pending),
         "total": len(ids),
         "seconds": time.perf_counter() - start,
     }
