@@ -117,14 +117,14 @@ def main() -> None:
     parser.add_argument("--skip-sampling", action="store_true")
     args = parser.parse_args()
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     peaks = {
         "fp32": matmul_peak(torch.float32, args.matmul_size, args.repeats),
         "bf16": matmul_peak(torch.bfloat16, args.matmul_size, args.repeats),
     }
     for name, peak in peaks.items():
-        print(f"matmul peak {name}: {peak / 1e9:.2f} GFLOP/s ({args.matmul_size}^3)")
-    print(f"matmul peak bf16 / fp32: {peaks['bf16'] / peaks['fp32']:.2f}x")
+        print(f"matmul peak {name}: {peak / 1e9:.2f} GFLOP/s ({args.matmul_size}^3)", flush=True)
+    print(f"matmul peak bf16 / fp32: {peaks['bf16'] / peaks['fp32']:.2f}x", flush=True)
 
     cfg = SSFlowConfig(
         resolution=args.resolution,
@@ -147,17 +147,22 @@ def main() -> None:
         print(
             f"train {precision}: {params / 1e6:.1f} M params, {tokens} tokens/step, {seconds:.3f} s/step, "
             f"{tokens / seconds:.1f} tokens/s, {flops / 1e12:.3f} TFLOP/step, {achieved / 1e12:.4f} TFLOP/s "
-            f"= {achieved / peaks[precision]:.1%} of the {precision} matmul peak"
+            f"= {achieved / peaks[precision]:.1%} of the {precision} matmul peak",
+            flush=True,
         )
-    print(f"train bf16 / fp32 speed: {results['fp32'] / results['bf16']:.2f}x")
+    print(f"train bf16 / fp32 speed: {results['fp32'] / results['bf16']:.2f}x", flush=True)
 
     if not args.skip_sampling:
         one = sampling_latency(1, args.sample_steps, args.repeats)
         many = sampling_latency(16, args.sample_steps, max(1, args.repeats - 1))
         print(
-            f"sampling (ss_flow_tiny + ss_vae_tiny decode, {args.sample_steps} steps): {one:.3f} s/structure at batch 1"
+            f"sampling (ss_flow_tiny + ss_vae_tiny decode, {args.sample_steps} steps): {one:.3f} s/structure at batch 1",
+            flush=True,
         )
-        print(f"sampling at batch 16: {many:.3f} s/structure ({one / many:.1f}x faster per structure)")
+        print(
+            f"sampling at batch 16: {many:.3f} s/structure ({one / many:.1f}x faster per structure)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ QUICK = DemoPlan(
     num_assets=44, eval_assets=8, cond_views=4, image_size=96, vae_steps=60, flow_steps=80, eval_steps=10
 )
 FULL = DemoPlan(
-    num_assets=330, eval_assets=16, cond_views=8, image_size=128, vae_steps=400, flow_steps=900, eval_steps=25
+    num_assets=330, eval_assets=16, cond_views=8, image_size=128, vae_steps=600, flow_steps=700, eval_steps=25
 )
 
 
