@@ -19,10 +19,11 @@ class ConfigError(UserError):
 class MissingDependencyError(UserError):
     """An optional dependency is needed for the requested feature."""
 
-    def __init__(self, package: str, extra: str, feature: str):
+    def __init__(self, package: str, extra: str, feature: str, alternative: str = ""):
         super().__init__(
             f"{feature} needs the optional package '{package}'. "
             f"Install it with: pip install 'voxforge[{extra}]'  (or: pip install {package})"
+            + (f", or {alternative}" if alternative else "")
         )
         self.package = package
         self.extra = extra

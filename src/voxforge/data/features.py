@@ -107,7 +107,10 @@ class DINOv2Extractor:
             import transformers
         except ImportError:
             raise MissingDependencyError(
-                "transformers", "dino", "DINOv2 features (--features dinov2)"
+                "transformers",
+                "dino",
+                "DINOv2 features (--features dinov2)",
+                alternative="use `--features rgb`, the built-in extractor that needs no weights",
             ) from None
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.environ.get(
             "TRANSFORMERS_OFFLINE", "0"

@@ -187,7 +187,12 @@ def load_dinov2(name: str, *, local_files_only: bool = False) -> nn.Module:
     try:
         import transformers
     except ImportError:
-        raise MissingDependencyError("transformers", "dino", "the DINOv2 image encoder") from None
+        raise MissingDependencyError(
+            "transformers",
+            "dino",
+            "the DINOv2 image encoder",
+            alternative="use the built-in encoder (image_encoder.kind=vit)",
+        ) from None
     try:
         model = transformers.AutoModel.from_pretrained(name, local_files_only=local_files_only)
     except (OSError, ValueError) as err:
