@@ -1,7 +1,8 @@
-"""`voxforge demo [--quick]`: the whole stage-1 pipeline on built-in data, with a report.
+"""`voxforge demo [--quick]`: the whole image → 3D pipeline on built-in data, with a report.
 
-synth → prepare → train ss_vae → encode → train ss_flow → evaluate on held-out assets →
-`voxforge generate structure` examples → `report.md` + `report.json`.
+Stage 1 (this module): synth → prepare → train ss_vae → encode → train ss_flow → evaluate on
+held-out assets → `voxforge generate structure` examples → `report.md` + `report.json`; then
+stage 2 (`voxforge.pipelines.demo_stage2`) adds SLat VAE / flow, image → 3D and exports.
 
 Design:
 - Every step goes through the same public code a user runs (`data.synth`, `data.prepare`,
@@ -18,8 +19,9 @@ Design:
   Generation IoU is reported for conditional samples and, from the same noise, for
   unconditional ones, plain and yaw-aligned (synth objects have a random yaw that a single
   view does not reveal).
-- Budgets (2 CPU cores): `--quick` about 3 minutes (CI smoke test, numbers only indicative),
-  the full demo about 15 minutes.
+- Budgets (2 idle CPU cores, measured): `--quick` 1 min 40 s for both stages (CI smoke test,
+  numbers only indicative); the full demo 14 min 39 s, of which stage 1 took 10 min 54 s
+  (limits: 3, 20 and 15 minutes). Stage 2 is `voxforge.pipelines.demo_stage2`.
 """
 
 from __future__ import annotations
@@ -57,12 +59,14 @@ FULL = DemoPlan(
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run synth -> prepare -> SS-VAE -> encode -> SS-flow -> generate, and write a report",
-        description="End-to-end stage-1 demo on the built-in synthetic dataset (about 15 minutes on 2 CPU "
-        "cores; --quick about 3). Re-run the same command to resume after an interruption.",
+        help="image -> 3D on built-in data: synth, prepare, train all four models, generate, report",
+        description="End-to-end image -> 3D demo on the built-in synthetic dataset: synth -> prepare -> "
+        "SS-VAE -> encode -> SS-flow -> SLat-VAE -> SLat-flow -> held-out evaluation and exports, with a "
+        "report (about 15 minutes on 2 CPU cores, stage 1 about 11; --quick under 2). Re-run the same "
+        "command to resume after an interruption.",
     )
     p.add_argument("--out", default=None, help="output folder (default: runs/demo, or runs/demo-quick)")
-    p.add_argument("--quick", action="store_true", help="a smaller, faster run for CI (about 3 minutes)")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run for CI (under 2 minutes)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.set_defaults(func=run)
 
