@@ -12,6 +12,10 @@ Measured in one run:
    depend on them), at batch 1 and amortised over a batch of 16.
 
     python benchmarks/bench_dit.py [--width 768 --depth 12 --heads 12 --resolution 8 --batch 2]
+
+On a CPU without native bf16 matmul (bf16 peak under a quarter of fp32, e.g. AVX2 only), a bf16
+step of the base model would take many minutes: the base model is then measured in fp32 and
+the bf16 / fp32 ratio at a small config (`--small-width/--small-depth`); `--force-bf16` insists.
 """
 
 from __future__ import annotations
@@ -35,9 +39,19 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def matmul_peak(dtype: torch.dtype, n: int, repeats: int) -> float:  # FLOP/s
+def matmul_peak(dtype: torch.dtype, n: int, repeats: int) -> tuple[float, int]:  # FLOP/s, size used
+    """Best square-matmul rate; the size shrinks (halving) while one product would take over 2 s,
+    so a CPU without native bf16 (where bf16 runs at about 1 GFLOP/s) still finishes."""
+    while n > 256:
+        a = torch.randn(256, 256, dtype=dtype)
+        start = time.perf_counter()
+        a @ a
+        estimate = (time.perf_counter() - start) * (n / 256) ** 3
+        if estimate <= 2.0:
+            break
+        n //= 2
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / best_time(lambda: a @ b, repeats)
+    return 2 * n**3 / best_time(lambda: a @ b, repeats), n
 
 
 def training_step(cfg: SSFlowConfig, batch: int, context_tokens: int, precision: str):
@@ -115,18 +129,25 @@ def main() -> None:
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--sample-steps", type=int, default=25)
     parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument(
+        "--force-bf16", action="store_true", help="bf16 at base size even without native bf16"
+    )
+    parser.add_argument("--small-width", type=int, default=256)
+    parser.add_argument("--small-depth", type=int, default=4)
     args = parser.parse_args()
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    peaks = {
-        "fp32": matmul_peak(torch.float32, args.matmul_size, args.repeats),
-        "bf16": matmul_peak(torch.bfloat16, args.matmul_size, args.repeats),
-    }
-    for name, peak in peaks.items():
-        print(f"matmul peak {name}: {peak / 1e9:.2f} GFLOP/s ({args.matmul_size}^3)", flush=True)
-    print(f"matmul peak bf16 / fp32: {peaks['bf16'] / peaks['fp32']:.2f}x", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}",
+        flush=True,
+    )
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peaks[name], n = matmul_peak(dtype, args.matmul_size, args.repeats)
+        print(f"matmul peak {name}: {peaks[name] / 1e9:.2f} GFLOP/s ({n}^3)", flush=True)
+    print(f"matmul peak bf16 / fp32: {peaks['bf16'] / peaks['fp32']:.3f}x", flush=True)
 
-    cfg = SSFlowConfig(
+    base = SSFlowConfig(
         resolution=args.resolution,
         in_channels=8,
         patch_size=args.patch,
@@ -135,22 +156,45 @@ def main() -> None:
         heads=args.heads,
         attention_backend="torch",
     )
-    tokens = args.batch * cfg.tokens
-    results = {}
-    for precision in ("fp32", "bf16"):
-        model, step = training_step(cfg, args.batch, args.context_tokens, precision)
-        flops = count_flops(step)
-        seconds = best_time(step, args.repeats)
-        results[precision] = seconds
-        achieved = flops / seconds
-        params = sum(p.numel() for p in model.parameters())
+    configs = [("base", base, ("fp32", "bf16"))]
+    if peaks["bf16"] < 0.25 * peaks["fp32"] and not args.force_bf16:
+        # No native bf16 matmul (no AVX512-BF16 / AMX): a bf16 step of the base model would take
+        # many minutes. Measure fp32 at base size, and the fp32-vs-bf16 ratio at a small size.
+        small = SSFlowConfig(
+            **{
+                **base.__dict__,
+                "width": args.small_width,
+                "depth": args.small_depth,
+                "heads": max(1, args.small_width // 64),
+            }
+        )
+        configs = [("base", base, ("fp32",)), ("small", small, ("fp32", "bf16"))]
         print(
-            f"train {precision}: {params / 1e6:.1f} M params, {tokens} tokens/step, {seconds:.3f} s/step, "
-            f"{tokens / seconds:.1f} tokens/s, {flops / 1e12:.3f} TFLOP/step, {achieved / 1e12:.4f} TFLOP/s "
-            f"= {achieved / peaks[precision]:.1%} of the {precision} matmul peak",
+            f"bf16 matmul is {peaks['fp32'] / peaks['bf16']:.0f}x slower than fp32 on this CPU: bf16 "
+            f"training is measured at width {args.small_width}, depth {args.small_depth} "
+            "(--force-bf16 measures it at base size)",
             flush=True,
         )
-    print(f"train bf16 / fp32 speed: {results['fp32'] / results['bf16']:.2f}x", flush=True)
+    for label, cfg, precisions in configs:
+        tokens = args.batch * cfg.tokens
+        results = {}
+        for precision in precisions:
+            model, step = training_step(cfg, args.batch, args.context_tokens, precision)
+            flops = count_flops(step)
+            repeats = args.repeats if precision == "fp32" or peaks["bf16"] >= 0.25 * peaks["fp32"] else 1
+            seconds = best_time(step, repeats)
+            results[precision] = seconds
+            achieved = flops / seconds
+            params = sum(p.numel() for p in model.parameters())
+            print(
+                f"train {label} (width {cfg.width}, depth {cfg.depth}) {precision}: {params / 1e6:.1f} M params, "
+                f"{tokens} tokens/step, {seconds:.3f} s/step, {tokens / seconds:.1f} tokens/s, "
+                f"{flops / 1e12:.4f} TFLOP/step, {achieved / 1e12:.4f} TFLOP/s "
+                f"= {achieved / peaks[precision]:.1%} of the {precision} matmul peak",
+                flush=True,
+            )
+        if len(results) == 2:
+            print(f"train {label} bf16 / fp32 speed: {results['fp32'] / results['bf16']:.3f}x", flush=True)
 
     if not args.skip_sampling:
         one = sampling_latency(1, args.sample_steps, args.repeats)

@@ -165,6 +165,7 @@ class Demo:
             [
                 f"data.path={self.data / 'prepared'}",
                 f"data.eval_assets={p.eval_assets}",
+                "data.augment=yaw",  # upright synthetic assets only: the 8 yaw symmetries learn faster
                 f"train.max_steps={p.vae_steps}",
                 f"train.checkpoint_every={max(1, p.vae_steps // 3)}",
                 "train.sample_every=0",
