@@ -48,8 +48,15 @@ def test_micro_demo_writes_a_report_and_resumes(tmp_path, capsys):
         Demo(out, other, "cpu").run()
 
 
-@pytest.mark.slow
 def test_quick_demo_command(tmp_path):
-    assert main(["demo", "--quick", "--out", str(tmp_path / "quick")]) == 0
-    report = json.loads((tmp_path / "quick" / "report.json").read_text())
-    assert report["vae_heldout"]["iou"] > 0.1
+    """The CI plan end to end through the CLI: both stages, a report, every export."""
+    out = tmp_path / "quick"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["plan"]["vae_steps"] == 60 and report["vae_heldout"]["iou"] > 0.1
+    stage2 = report["stage2"]
+    assert stage2["slat_vae_heldout"]["views_psnr"] > 12.0  # 17.7 dB when measured
+    assert stage2["image_to_3d_heldout"]["assets"] >= 1
+    for name in ("asset.ply", "asset.glb", "asset.mp4", "asset.gif"):
+        assert (out / "examples" / "image_to_3d" / name).is_file()
+    assert "# Stage 2" in (out / "report.md").read_text()

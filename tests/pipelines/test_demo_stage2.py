@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from voxforge.commands.demo import Demo, DemoPlan
 from voxforge.pipelines.demo_stage2 import Stage2Plan, run_stage2
 
@@ -25,7 +23,6 @@ MICRO2 = Stage2Plan(
 )
 
 
-@pytest.mark.slow
 def test_micro_demo_with_stage2_reports_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     demo = Demo(out, MICRO, "cpu")

@@ -101,7 +101,6 @@ def test_pipeline_runs_every_step_then_skips_them_all(tiny_model):
     assert time.perf_counter() - start < 120  # nothing trained again (a loose bound: no retraining)
 
 
-@pytest.mark.slow
 def test_pipeline_continues_only_the_stage_whose_schedule_grew(tiny_model):
     out, _ = tiny_model
     longer = {**tiny_spec().stages["slat_flow"], "train": {"max_steps": 3, "batch_size": 2, **QUIET}}
@@ -166,7 +165,6 @@ def test_generate_writes_every_export(tiny_model, tmp_path):
         assert len(structure["coords"]) == record["voxels"]
 
 
-@pytest.mark.slow
 def test_generate_named_runs_same_seed_same_asset(tiny_model, tmp_path):
     from voxforge.representations.gaussians import load_ply
 
