@@ -197,7 +197,7 @@ def test_tiny_fit_lowers_the_rendering_loss():
         optim.zero_grad()
         loss.backward()
         optim.step()
-        return float(loss)
+        return float(loss.detach())
 
     first = step()
     for _ in range(12):
