@@ -47,6 +47,7 @@ class Stage(abc.ABC):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.device = device
+        self._evaluated: tuple[int, Any] | None = None
 
     # --- building -------------------------------------------------------------------
     @abc.abstractmethod
@@ -89,3 +90,19 @@ class Stage(abc.ABC):
     def on_train_end(self, model: nn.Module, step: int) -> dict[str, float] | None:
         """Called once when training reaches max_steps; return final metrics (or None)."""
         return None
+
+    def evaluate_once(self, model: nn.Module, step: int) -> Any:
+        """The stage's `evaluate(model, out_dir)` at most once per step, into the step's
+        `samples/` folder.
+
+        The engine samples at the last step and then calls `on_train_end` with the same (EMA)
+        weights; stages that evaluate in both hooks route them through here, so the final
+        evaluation runs once and its previews land in one folder.
+        """
+        if self._evaluated is not None and self._evaluated[0] == step:
+            return self._evaluated[1]
+        out_dir = self.run_dir / "samples" / f"step_{step:08d}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result = self.evaluate(model, out_dir)  # type: ignore[attr-defined]
+        self._evaluated = (step, result)
+        return result

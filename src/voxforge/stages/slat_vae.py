@@ -355,16 +355,10 @@ class SLatVAEStage(Stage):
         return scores
 
     def on_sample(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
-        scores = self.evaluate(model, out_dir)
-        self._last_eval = (step, scores)  # the engine samples at the last step, then calls on_train_end
-        return scores
+        return self.evaluate_once(model, step)
 
     def on_train_end(self, model: nn.Module, step: int) -> dict[str, float]:
-        last = getattr(self, "_last_eval", None)
-        if last is not None and last[0] == step:  # same step, same EMA weights: reuse
-            scores = last[1]
-        else:
-            scores = self.evaluate(model, self.run_dir / "samples" / f"step_{step:08d}")
+        scores = self.evaluate_once(model, step)
         return {f"eval_{k}": v for k, v in scores.items()}
 
 

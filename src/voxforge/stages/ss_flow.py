@@ -228,14 +228,13 @@ class SSFlowStage(Stage):
         )
 
     def on_sample(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float] | None:
-        result = self.evaluate(model, out_dir)
+        result = self.evaluate_once(model, step)
         if result is None:
             return None
         return {k: result[k] for k in ("iou", "iou_uncond", "yaw_iou", "yaw_iou_uncond")}
 
     def on_train_end(self, model: nn.Module, step: int) -> dict[str, float] | None:
-        out_dir = self.run_dir / "samples" / f"step_{step:08d}"
-        result = self.evaluate(model, out_dir)
+        result = self.evaluate_once(model, step)
         if result is None:
             return None
         (self.run_dir / "eval_generation.json").write_text(json.dumps(result, indent=1))

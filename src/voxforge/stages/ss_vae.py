@@ -191,7 +191,8 @@ class SSVAEStage(Stage):
             )
         return self._eval_set
 
-    def on_sample(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float] | None:
+    def evaluate(self, model: nn.Module, out_dir: Path) -> dict[str, float] | None:
+        """Held-out IoU / precision / recall, and `reconstructions.png` in `out_dir`."""
         dataset = self.eval_dataset()
         if not len(dataset):
             return None
@@ -199,15 +200,12 @@ class SSVAEStage(Stage):
         write_comparison(out_dir / "reconstructions.png", pairs[:6], self.model_cfg.resolution)
         return metrics
 
+    def on_sample(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float] | None:
+        return self.evaluate_once(model, step)
+
     def on_train_end(self, model: nn.Module, step: int) -> dict[str, float] | None:
-        dataset = self.eval_dataset()
-        if not len(dataset):
-            return None
-        metrics, pairs = evaluate_reconstruction(model, dataset, self.device, self.data_cfg.eval_batch_size)
-        out_dir = self.run_dir / "samples" / f"step_{step:08d}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_comparison(out_dir / "reconstructions.png", pairs[:6], self.model_cfg.resolution)
-        return {f"eval_{k}": v for k, v in metrics.items()}
+        metrics = self.evaluate_once(model, step)
+        return None if metrics is None else {f"eval_{k}": v for k, v in metrics.items()}
 
 
 def write_comparison(
