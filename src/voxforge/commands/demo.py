@@ -150,12 +150,28 @@ class Demo:
         )
         return prepare(self.data / "synth", self.data / "prepared", config)
 
-    def train(self, recipe_name: str, run: Path, overrides: list[str]) -> Any:
+    def train(
+        self,
+        recipe_name: str,
+        run: Path,
+        overrides: list[str],
+        *,
+        steps: int,
+        checkpoints: int,
+        max_warmup: int,
+    ) -> Any:
+        """Train a built-in recipe for `steps` (`checkpoints` checkpoints, no periodic samples)."""
         from voxforge.config.recipe import load_recipe
         from voxforge.train.engine import train
 
         common = ["train.progress=false", "train.tensorboard=false", f"train.device={self.device}"]
-        return train(load_recipe(recipe_name, common + overrides), run)
+        schedule = [
+            f"train.max_steps={steps}",
+            f"train.checkpoint_every={max(1, steps // checkpoints)}",
+            "train.sample_every=0",
+            f"optim.warmup_steps={min(max_warmup, steps // 5)}",
+        ]
+        return train(load_recipe(recipe_name, common + overrides + schedule), run)
 
     def train_vae(self) -> Any:
         p = self.plan
@@ -166,11 +182,10 @@ class Demo:
                 f"data.path={self.data / 'prepared'}",
                 f"data.eval_assets={p.eval_assets}",
                 "data.augment=yaw",  # upright synthetic assets only: the 8 yaw symmetries learn faster
-                f"train.max_steps={p.vae_steps}",
-                f"train.checkpoint_every={max(1, p.vae_steps // 3)}",
-                "train.sample_every=0",
-                f"optim.warmup_steps={min(20, p.vae_steps // 5)}",
             ],
+            steps=p.vae_steps,
+            checkpoints=3,
+            max_warmup=20,
         )
 
     def encode(self) -> dict[str, Any]:
@@ -192,12 +207,11 @@ class Demo:
             [
                 f"data.latents={self.data / 'ss_latents'}",
                 f"data.eval_assets={p.eval_assets}",
-                f"train.max_steps={p.flow_steps}",
-                f"train.checkpoint_every={max(1, p.flow_steps // 3)}",
-                "train.sample_every=0",
-                f"optim.warmup_steps={min(30, p.flow_steps // 5)}",
                 f"sampler.steps={p.eval_steps}",
             ],
+            steps=p.flow_steps,
+            checkpoints=3,
+            max_warmup=30,
         )
 
     def evaluation(self) -> tuple[dict[str, Any], bool]:

@@ -125,11 +125,10 @@ class Stage2Demo:
                 "data.holdout_every=4",
                 f"data.eval_limit={self.plan.eval_limit}",
                 f"train.batch_size={min(2, self.plan.train_assets)}",
-                f"train.max_steps={steps}",
-                f"train.checkpoint_every={max(1, steps // 2)}",
-                "train.sample_every=0",
-                f"optim.warmup_steps={min(20, steps // 5)}",
             ],
+            steps=steps,
+            checkpoints=2,
+            max_warmup=20,
         )
 
     def encode(self) -> dict[str, Any]:
@@ -144,7 +143,6 @@ class Stage2Demo:
         )
 
     def train_flow(self) -> Any:
-        steps = self.plan.flow_steps
         return self.demo.train(
             "slat_flow_tiny",
             self.runs / "slat_flow",
@@ -154,12 +152,11 @@ class Stage2Demo:
                 "data.eval_views=2",
                 f"data.eval_limit={self.plan.eval_limit}",
                 f"train.batch_size={min(4, self.plan.train_assets)}",
-                f"train.max_steps={steps}",
-                f"train.checkpoint_every={max(1, steps // 2)}",
-                "train.sample_every=0",
-                f"optim.warmup_steps={min(20, steps // 5)}",
                 f"sampler.steps={self.plan.sample_steps}",
             ],
+            steps=self.plan.flow_steps,
+            checkpoints=2,
+            max_warmup=20,
         )
 
     def samplers(self) -> tuple[Any, Any]:

@@ -22,7 +22,6 @@ pipeline); the feature width comes from the checkpoint when the recipe left it t
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,12 +73,6 @@ def load_slat_vae(
     return vae.to(device).eval(), recipe, info
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    tmp.replace(path)
-
-
 def read_slat_latent(path: str | Path) -> tuple[np.ndarray, np.ndarray]:  # coords [N, 3] int64, latent [N, C]
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -114,6 +107,7 @@ def encode_slat_dataset(
 ) -> dict[str, Any]:
     """Encode every prepared asset with features at the VAE's resolution (module docstring)."""
     from voxforge.data import PreparedDataset
+    from voxforge.data.steps import save_npz_atomic, write_bytes_atomic
     from voxforge.sparse.tensor import SparseTensor
 
     device = torch.device(device)
@@ -143,21 +137,18 @@ def encode_slat_dataset(
             log(f"{out}: written by another VAE checkpoint (or not SLat latents); encoding every asset again")
             for stale in folder.glob("*.npz"):
                 stale.unlink()
-    todo = [i for i in ids if not (folder / f"{i}.npz").is_file()]
+    pending = [i for i in ids if not (folder / f"{i}.npz").is_file()]
     start = time.perf_counter()
-    for n, asset in enumerate(todo, 1):
+    for n, asset in enumerate(pending, 1):
         coords, feats = data.features(asset, extractor, resolution)
         batch = torch.cat([torch.zeros(len(coords), 1, dtype=torch.long), torch.from_numpy(coords)], 1)
         x = SparseTensor(
             batch.to(device), torch.from_numpy(feats).to(device), spatial_shape=(resolution,) * 3
         )
         latent = vae.encode(x).feats.float().cpu().numpy()
-        _write_atomic(
-            folder / f"{asset}.npz",
-            lambda p, c=coords, z=latent: np.savez(p.open("wb"), coords=c.astype(np.uint16), latent=z),
-        )
-        if n % 10 == 0 or n == len(todo):
-            log(f"encoded {n}/{len(todo)}")
+        save_npz_atomic(folder / f"{asset}.npz", coords=coords.astype(np.uint16), latent=latent)
+        if n % 10 == 0 or n == len(pending):
+            log(f"encoded {n}/{len(pending)}")
     channels = recipe.model.latent_channels
     total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
     for asset in ids:
@@ -178,10 +169,10 @@ def encode_slat_dataset(
         "std": std.tolist(),
         "ids": ids,
     }
-    _write_atomic(manifest_path, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+    write_bytes_atomic(manifest_path, json.dumps(manifest, indent=1).encode())
     return {
-        "encoded": len(todo),
-        "kept": len(ids) - len(todo),
+        "encoded": len(pending),
+        "kept": len(ids) - len(pending),
         "total": len(ids),
         "seconds": time.perf_counter() - start,
     }

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -149,12 +148,6 @@ def load_vae(run: str | Path, device: torch.device | str = "cpu", ema: bool = Tr
     return vae.to(device).eval(), info
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    tmp.replace(path)
-
-
 def encode_dataset(
     vae_run: str | Path,
     prepared: str | Path,
@@ -167,6 +160,7 @@ def encode_dataset(
 ) -> dict[str, Any]:
     """Write `out/latents/<id>.npz` (key `latent`, [C, r, r, r] float32) and `out/latents.json`."""
     from voxforge.data import OccupancyDataset, PreparedDataset
+    from voxforge.data.steps import save_npz_atomic, write_bytes_atomic
 
     device = torch.device(device)
     vae, info = load_vae(vae_run, device, ema=ema)
@@ -207,7 +201,7 @@ def encode_dataset(
                 latents = vae.encode(grids).float().cpu().numpy()
                 for i, latent in zip(chunk, latents):
                     target = folder / f"{pending[i]}.npz"
-                    _write_atomic(target, lambda p, z=latent: np.savez(p.open("wb"), latent=z))
+                    save_npz_atomic(target, latent=latent)
                 log(f"encoded {min(len(pending), first + batch_size)}/{len(pending)}")
     # per-channel statistics over every latent (new and kept)
     total = np.zeros(cfg.latent_channels, np.float64)
@@ -231,7 +225,7 @@ def encode_dataset(
         "std": std.tolist(),
         "ids": ids,
     }
-    _write_atomic(manifest_path, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+    write_bytes_atomic(manifest_path, json.dumps(manifest, indent=1).encode())
     return {
         "encoded": len(pending),
         "kept": len(ids) - len(pending),

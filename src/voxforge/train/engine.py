@@ -243,11 +243,11 @@ class Trainer:
         self.info = info = init_distributed(cfg.device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         start_time = time.monotonic()
-        progress_stub = Progress(0, 0, enabled=False)
+        quiet_progress = Progress(0, 0, enabled=False)
         if info.is_main:
             for path in ckpt_io.clean_incomplete(self.run_dir):
-                progress_stub.write(f"voxforge: removed incomplete checkpoint {path} (interrupted save)")
-            _write_config(self.run_dir, self.recipe, progress_stub)
+                quiet_progress.write(f"voxforge: removed incomplete checkpoint {path} (interrupted save)")
+            _write_config(self.run_dir, self.recipe, quiet_progress)
         info.barrier()
         self._build(info)
         resumed = self._resume(info)
