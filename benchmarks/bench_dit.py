@@ -157,7 +157,8 @@ def main() -> None:
         attention_backend="torch",
     )
     configs = [("base", base, ("fp32", "bf16"))]
-    if peaks["bf16"] < 0.25 * peaks["fp32"] and not args.force_bf16:
+    native_bf16 = peaks["bf16"] >= 0.25 * peaks["fp32"]
+    if not native_bf16 and not args.force_bf16:
         # No native bf16 matmul (no AVX512-BF16 / AMX): a bf16 step of the base model would take
         # many minutes. Measure fp32 at base size, and the fp32-vs-bf16 ratio at a small size.
         small = SSFlowConfig(
@@ -181,7 +182,7 @@ def main() -> None:
         for precision in precisions:
             model, step = training_step(cfg, args.batch, args.context_tokens, precision)
             flops = count_flops(step)
-            repeats = args.repeats if precision == "fp32" or peaks["bf16"] >= 0.25 * peaks["fp32"] else 1
+            repeats = args.repeats if precision == "fp32" or native_bf16 else 1
             seconds = best_time(step, repeats)
             results[precision] = seconds
             achieved = flops / seconds
