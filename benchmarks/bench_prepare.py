@@ -138,11 +138,11 @@ def _baseline(asset: str, out: str, args: dict, queue) -> None:  # type: ignore[
     import open3d as o3d
 
     from voxforge.data.features import aggregate_features, get_extractor
+    from voxforge.data.gltf import load_glb
     from voxforge.data.steps import load_views
-    from voxforge.representations.mesh import TexturedMesh
 
     folder = Path(out) / "assets" / asset
-    vertices, faces = TexturedMesh.load_glb(folder / "mesh.glb").merged()
+    vertices, faces = load_glb(folder / "mesh.glb").merged()
     r = args["resolution"]
     began = time.perf_counter()
     mesh = o3d.geometry.TriangleMesh()

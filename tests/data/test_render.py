@@ -279,3 +279,24 @@ def test_blender_backend_agrees_with_torch_silhouettes(shared_meshes):
     a, b = blender_rgba[..., 3] > 127, torch_rgba[..., 3] > 127
     assert (a & b).sum() / (a | b).sum() > 0.95
     np.testing.assert_array_equal(blender_depth, torch_depth)
+
+
+def test_blender_dispatch_colours_from_blender_depth_from_torch(monkeypatch):
+    """`render_mesh` is the one dispatcher: Blender gives colours, the torch rasterizer depth."""
+    from voxforge.errors import MissingDependencyError
+    from voxforge.render import blender, mesh_raster
+
+    mesh, cams = TexturedMesh([quad()]), front_camera(16, 16)
+    monkeypatch.setattr(blender, "blender_available", lambda python=None: False)
+    with pytest.raises(MissingDependencyError, match=r"voxforge\[blender\]"):
+        render_mesh(mesh, cams, backend="blender")
+    seen = {}
+
+    def fake_blender(mesh_arg, cameras, **options):
+        seen.update(options, mesh=mesh_arg)
+        return np.full((len(cameras), cameras.height, cameras.width, 4), 7, np.uint8)
+
+    monkeypatch.setattr(mesh_raster, "render_blender_rgba", fake_blender)
+    rgba, depth = render_mesh(mesh, cams, backend="blender", samples=4)
+    assert (rgba == 7).all() and seen["samples"] == 4 and seen["mesh"] is mesh
+    np.testing.assert_array_equal(depth, render_mesh(mesh, cams)[1])

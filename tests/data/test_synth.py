@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 
+from voxforge.data.gltf import load_glb
 from voxforge.data.ingest import ingest_file
 from voxforge.data.synth import CLASSES, SynthConfig, make_object, procedural_texture, write_dataset
-from voxforge.representations.mesh import TexturedMesh
 
 
 def test_same_seed_same_bytes_and_labels(tmp_path):
@@ -43,7 +43,7 @@ def test_objects_are_normalized_coloured_and_labelled(tmp_path):
     write_dataset(tmp_path, SynthConfig(num=len(CLASSES) * 2, seed=7))
     styles = set()
     for path in sorted(tmp_path.glob("*.glb")):
-        mesh = TexturedMesh.load_glb(path)
+        mesh = load_glb(path)
         label = mesh.extras["voxforge_synth"]["class"]
         assert label in path.name
         lo, hi = mesh.bounds()

@@ -1,7 +1,8 @@
-"""PSNR and SSIM against direct NumPy references."""
+"""PSNR and SSIM against direct NumPy references and scikit-image (a dev-only dependency)."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -64,3 +65,56 @@ def test_psnr_values():
     assert gaussian_window(5).sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="differ"):
         psnr(x, y[:, :3])
+
+
+def _skimage_pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, reference, degraded) float64 images [H, W, C] in [0, 1]: noise, real photos."""
+    from PIL import Image, ImageFilter
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    noise = rng.random((40, 52, 3))
+    pairs = [
+        ("uniform noise", noise, np.clip(noise + 0.1 * rng.standard_normal(noise.shape), 0, 1)),
+        ("smallest window", noise[:11, :11], noise[:11, :11] ** 2),
+        ("one channel", noise[..., :1], np.clip(noise[..., :1] + 0.3, 0, 1)),
+    ]
+    for name, image in (("astronaut", data.astronaut()), ("chelsea", data.chelsea())):
+        photo = Image.fromarray(image).resize((image.shape[1] // 2, image.shape[0] // 2), Image.BILINEAR)
+        jpeg = io.BytesIO()
+        photo.save(jpeg, format="JPEG", quality=20)
+        degraded = {
+            "jpeg q20": Image.open(jpeg).convert("RGB"),
+            "blur": photo.filter(ImageFilter.GaussianBlur(1.5)),
+        }
+        for kind, other in degraded.items():
+            pairs.append((f"{name} {kind}", np.asarray(photo) / 255.0, np.asarray(other) / 255.0))
+    return pairs
+
+
+def test_ssim_and_psnr_match_scikit_image():
+    """The docstring's claim, checked against scikit-image (dev extra; float64 there, fp32 here)."""
+    metrics = pytest.importorskip("skimage.metrics")
+    for name, x, y in _skimage_pairs():
+        expected_ssim = metrics.structural_similarity(
+            x,
+            y,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+            channel_axis=-1,
+        )
+        expected_psnr = metrics.peak_signal_noise_ratio(x, y, data_range=1.0)
+        pred = torch.from_numpy(y[None]).float()
+        target = torch.from_numpy(x[None]).float()
+        assert float(ssim(pred, target)[0]) == pytest.approx(expected_ssim, abs=1e-5), name
+        assert float(psnr(pred, target)[0]) == pytest.approx(expected_psnr, abs=1e-4), name
+    # a batch scores each image on its own
+    _, x, y = _skimage_pairs()[0]
+    batch_pred = torch.from_numpy(np.stack([y, x])).float()
+    batch_target = torch.from_numpy(np.stack([x, x])).float()
+    torch.testing.assert_close(
+        ssim(batch_pred, batch_target)[0], ssim(batch_pred[:1], batch_target[:1])[0], atol=1e-6, rtol=0
+    )
+    assert float(ssim(batch_pred, batch_target)[1]) == pytest.approx(1.0, abs=1e-6)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from voxforge.data.gltf import load_glb, split_glb
 from voxforge.export import ExportConfig, export_asset, export_ply
 from voxforge.export.mesh import mesh_from_structure, occupancy_field, surface_nets, write_glb
 from voxforge.export.video import orbit_cameras, render_turntable, write_gif, write_mp4
@@ -127,19 +128,31 @@ def test_glb_opens_with_trimesh_and_is_coloured_from_the_gaussians(tmp_path):
     g = _two_colour_ball(600)
     mesh = mesh_from_structure(_ball_voxels(16), 16, g)
     path = write_glb(mesh, tmp_path / "m.glb")
-    loaded = trimesh.load(path, force="mesh")
-    assert len(loaded.faces) > 100
+    (loaded,) = trimesh.load_scene(path).geometry.values()
+    assert len(loaded.faces) == mesh.num_faces > 100
     loaded_merged = trimesh.Trimesh(loaded.vertices, loaded.faces, process=True)
     assert loaded_merged.is_watertight
-    colors = np.asarray(loaded.visual.vertex_colors)[:, :3].astype(float)
-    left = loaded.vertices[:, 0] < -0.1
-    right = loaded.vertices[:, 0] > 0.1
-    assert colors[left, 0].mean() > 150 and colors[left, 2].mean() < 100  # red half
-    assert colors[right, 2].mean() > 150 and colors[right, 0].mean() < 100  # blue half
     assert np.abs(loaded.bounds).max() <= 0.5  # in the normalized object frame
+    # trimesh keeps COLOR_0 as stored: glTF's linear space
+    linear = np.asarray(loaded.visual.vertex_attributes["color"])[:, :3]
+    left, right = loaded.vertices[:, 0] < -0.1, loaded.vertices[:, 0] > 0.1
+    assert linear[left, 0].mean() > 0.4 and linear[left, 2].mean() < 0.1  # red half
+    assert linear[right, 2].mean() > 0.4 and linear[right, 0].mean() < 0.1  # blue half
+    # voxforge's reader gives the sRGB colours back (the same writer as prepared assets)
+    part = load_glb(path).parts[0]
+    np.testing.assert_array_equal(part.vertices, mesh.parts[0].vertices)
+    np.testing.assert_allclose(part.vertex_colors, mesh.parts[0].vertex_colors, atol=1e-5)
+    srgb = part.vertex_colors[:, :3] * 255
+    left, right = part.vertices[:, 0] < -0.1, part.vertices[:, 0] > 0.1
+    assert srgb[left, 0].mean() > 150 and srgb[left, 2].mean() < 100  # red half
+    assert srgb[right, 2].mean() > 150 and srgb[right, 0].mean() < 100  # blue half
     # without a structure the mesh comes from the Gaussians' centres
     from_gaussians = mesh_from_structure(None, 16, g)
-    assert len(from_gaussians.faces) > 100
+    assert from_gaussians.num_faces > 100
+    # an empty structure gives an empty mesh that still writes a valid file
+    empty = write_glb(mesh_from_structure(np.zeros((0, 3), np.int64), 8), tmp_path / "empty.glb")
+    document, _ = split_glb(empty.read_bytes())  # the container checks pass
+    assert document["nodes"] == [] and document["meshes"] == []
 
 
 def test_glb_opens_in_blender(tmp_path):

@@ -76,6 +76,22 @@ def test_bad_backend_and_channels():
         SparseConv3d(3, 2)(random_sparse(channels=4))
 
 
+def test_spconv_hint_names_the_wheel_for_the_local_cuda(monkeypatch):
+    from voxforge.errors import MissingDependencyError
+    from voxforge.sparse import conv
+
+    assert conv.spconv_wheel("12.4") == "spconv-cu124"
+    assert conv.spconv_wheel("12.8") == "spconv-cu126"  # newest build of the same major version
+    assert conv.spconv_wheel("12.2") == "spconv-cu121"
+    assert conv.spconv_wheel("11.8") == "spconv-cu118"
+    assert conv.spconv_wheel(None) == "spconv-cu124" and conv.spconv_wheel("13.0") == "spconv-cu124"
+    monkeypatch.setattr(conv, "spconv_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "12.1")
+    with pytest.raises(MissingDependencyError, match="pip install spconv-cu121") as err:
+        sparse_conv3d(random_sparse(channels=2), torch.zeros(2, 2, 3, 3, 3), backend="spconv")
+    assert "voxforge[" not in str(err.value)  # no extra holds spconv
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not spconv_available(), reason="needs CUDA and spconv")
 def test_spconv_backend_matches_torch_values_and_gradients():

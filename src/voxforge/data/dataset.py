@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from voxforge.data.gltf import load_glb
 from voxforge.data.manifest import ManifestView, manifest_files
 from voxforge.errors import UserError
 from voxforge.representations.mesh import TexturedMesh
@@ -130,7 +131,7 @@ class PreparedDataset:
 
     # -- per-asset outputs ------------------------------------------------------------
     def textured_mesh(self, asset_id: str) -> TexturedMesh:
-        return TexturedMesh.load_glb(self.asset_dir(asset_id) / "mesh.glb")
+        return load_glb(self.asset_dir(asset_id) / "mesh.glb")
 
     def normalized_mesh(self, asset_id: str) -> Any:
         """The normalized mesh as a `trimesh.Trimesh` (texture colours sampled at vertices)."""

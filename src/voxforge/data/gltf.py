@@ -1,4 +1,4 @@
-"""A validating glTF 2.0 reader and a small GLB writer.
+"""A validating glTF 2.0 reader (`read_gltf`, `load_glb`).
 
 Why not trimesh's loader: ingest reads untrusted files, and every number in a glTF file can
 lie. This reader checks the GLB header and chunk lengths against the real byte count, every
@@ -13,15 +13,16 @@ The scene graph is flattened: each primitive instance becomes a `MeshPart` in ob
 with its node transform applied (mirroring transforms flip the winding back). UVs keep the glTF
 convention (v = 0 at the top of the image), which is voxforge's convention too.
 
-The writer stores one mesh per part, positions/indices/UVs/colours as tightly packed
-accessors, textures as embedded PNG, and `TexturedMesh.extras` in the asset's `extras`.
+The writer is `voxforge.representations.mesh.encode_glb` (`TexturedMesh.save_glb`): writing
+a trusted in-memory mesh needs none of the checks above, so it sits with the mesh type, below
+this layer, and `render` and `export` use it without importing `data`. The GLB container
+constants come from there too, so reader and writer agree on one definition.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import struct
 from pathlib import Path
@@ -31,16 +32,15 @@ import numpy as np
 
 from voxforge.data.safety import Limits, SourceReader, decode_image, url_path
 from voxforge.representations.mesh import (
+    CHUNK_BIN,
+    CHUNK_JSON,
+    GLB_MAGIC,
     AssetError,
     MeshPart,
     TexturedMesh,
     linear_to_srgb,
-    srgb_to_linear,
 )
 
-GLB_MAGIC = b"glTF"
-CHUNK_JSON = 0x4E4F534A
-CHUNK_BIN = 0x004E4942
 COMPONENT_DTYPES = {
     5120: np.dtype("<i1"),
     5121: np.dtype("<u1"),
@@ -131,9 +131,12 @@ class _Reader:
         path: Path | None,
         reader: SourceReader | None,
         limits: Limits,
+        warnings: list[tuple[str, str]] | None = None,
+        allow_bad_textures: bool = False,
     ):
         self.doc, self.binary, self.name = document, binary, name
         self.path, self.reader, self.limits = path, reader, limits
+        self.warnings, self.allow_bad_textures = warnings, allow_bad_textures
         self.buffers: dict[int, bytes] = {}
         self.images: dict[int, np.ndarray | None] = {}
         self.faces_so_far = 0
@@ -243,7 +246,12 @@ class _Reader:
 
     # -- materials ----------------------------------------------------------------
     def image(self, texture_index: Any) -> np.ndarray | None:
-        texture = self.item("textures", texture_index)
+        try:
+            texture = self.item("textures", texture_index)
+        except AssetError as err:
+            raise AssetError(
+                "unknown_texture", f"a material names texture {texture_index!r:.20}: {err}"
+            ) from None
         source = texture.get("source")
         extensions = texture.get("extensions") or {}
         for name in ("EXT_texture_webp", "MSFT_texture_dds", "KHR_texture_basisu"):
@@ -253,7 +261,12 @@ class _Reader:
             return None
         source = _int(source, "texture.source")
         if source not in self.images:
-            spec = self.item("images", source)
+            try:
+                spec = self.item("images", source)
+            except AssetError as err:
+                raise AssetError(
+                    "unknown_texture", f"textures[{texture_index}] names image {source}: {err}"
+                ) from None
             label = spec.get("name") or spec.get("uri") or f"images[{source}]"
             if "bufferView" in spec:
                 view = self.item("bufferViews", spec["bufferView"])
@@ -304,7 +317,26 @@ class _Reader:
                 @ np.array([[cos, -sin, 0], [sin, cos, 0], [0, 0, 1]])  # GLSL mat3 is column-major
                 @ np.diag([scale[0], scale[1], 1.0])
             )
-        return base, self.image(texture_info["index"]), texcoord, matrix
+        try:
+            texture = self.image(texture_info["index"])
+        except AssetError as err:
+            if not self.skip_texture(err):
+                raise
+            return base, None, 0, None
+        return base, texture, texcoord, matrix
+
+    def skip_texture(self, err: AssetError) -> bool:
+        """With a warnings list: a texture that is missing or unknown (or, if allowed, cannot be
+        decoded) is dropped with a warning and the material keeps its other settings."""
+        tolerated = {"missing_texture", "unknown_texture"} | (
+            {"bad_image"} if self.allow_bad_textures else set()
+        )
+        if self.warnings is None or err.reason not in tolerated:
+            return False
+        message = f"{self.name}: {err}; its material is used without the texture"
+        if (err.reason, message) not in self.warnings:
+            self.warnings.append((err.reason, message))
+        return True
 
     # -- geometry -----------------------------------------------------------------
     def primitive(self, prim: dict[str, Any], matrix: np.ndarray) -> MeshPart | None:
@@ -467,11 +499,16 @@ def read_gltf(
     path: Path | None = None,
     reader: SourceReader | None = None,
     limits: Limits | None = None,
+    warnings: list[tuple[str, str]] | None = None,
+    allow_bad_textures: bool = False,
 ) -> TexturedMesh:
     """Parse .glb or .gltf bytes into a flattened TexturedMesh (not normalized).
 
     `path` and `reader` are needed for .gltf files with external buffers or images; without
-    them only self-contained files load.
+    them only self-contained files load. With a `warnings` list, a texture that is missing
+    (`missing_texture`) or names no existing texture or image (`unknown_texture`) -- and with
+    `allow_bad_textures` one that cannot be decoded (`bad_image`) -- is left out and recorded
+    there as (reason, message); without one, these fail like every other problem.
     """
     limits = limits or Limits()
     if not data:
@@ -486,7 +523,16 @@ def read_gltf(
     version = str(asset.get("version", "")) if isinstance(asset, dict) else ""
     if not version.startswith("2."):
         raise AssetError("unsupported", f"{name}: glTF asset.version {version!r}; only 2.x is supported")
-    state = _Reader(document, binary, name=name, path=path, reader=reader, limits=limits)
+    state = _Reader(
+        document,
+        binary,
+        name=name,
+        path=path,
+        reader=reader,
+        limits=limits,
+        warnings=warnings,
+        allow_bad_textures=allow_bad_textures,
+    )
     parts = state.scene_parts()
     if not parts:
         if getattr(state, "non_triangle_vertices", 0):
@@ -496,98 +542,7 @@ def read_gltf(
     return TexturedMesh(parts=parts, extras=dict(extras))
 
 
-# ------------------------------------------------------------------------------------
-# writer
-
-
-class _Builder:
-    def __init__(self) -> None:
-        self.blob = bytearray()
-        self.views: list[dict[str, Any]] = []
-        self.accessors: list[dict[str, Any]] = []
-
-    def view(self, data: bytes, target: int | None = None) -> int:
-        while len(self.blob) % 4:
-            self.blob.append(0)
-        spec: dict[str, Any] = {"buffer": 0, "byteOffset": len(self.blob), "byteLength": len(data)}
-        if target is not None:
-            spec["target"] = target
-        self.blob.extend(data)
-        self.views.append(spec)
-        return len(self.views) - 1
-
-    def accessor(
-        self, array: np.ndarray, type_name: str, component: int, target: int, minmax: bool = False
-    ) -> int:
-        array = np.ascontiguousarray(array, dtype=COMPONENT_DTYPES[component])
-        spec: dict[str, Any] = {
-            "bufferView": self.view(array.tobytes(), target),
-            "componentType": component,
-            "count": int(array.shape[0]),
-            "type": type_name,
-        }
-        if minmax and len(array):
-            spec["min"] = array.min(0).reshape(-1).tolist()
-            spec["max"] = array.max(0).reshape(-1).tolist()
-        self.accessors.append(spec)
-        return len(self.accessors) - 1
-
-
-def write_glb(mesh: TexturedMesh) -> bytes:
-    """Serialize a TexturedMesh as GLB: one node and mesh per part, PNG textures embedded."""
-    from PIL import Image
-
-    builder = _Builder()
-    meshes, materials, textures, images, nodes = [], [], [], [], []
-    for index, part in enumerate(mesh.parts):
-        attributes = {"POSITION": builder.accessor(part.vertices, "VEC3", 5126, 34962, minmax=True)}
-        linear = np.concatenate([srgb_to_linear(part.base_color[:3]), part.base_color[3:]])
-        pbr: dict[str, Any] = {
-            "baseColorFactor": [float(v) for v in linear],
-            "metallicFactor": 0.0,
-            "roughnessFactor": 1.0,
-        }
-        if part.texture is not None and part.uv is not None:
-            png = io.BytesIO()
-            Image.fromarray(part.texture, "RGBA").save(png, format="PNG", compress_level=1)
-            images.append({"bufferView": builder.view(png.getvalue()), "mimeType": "image/png"})
-            textures.append({"source": len(images) - 1})
-            pbr["baseColorTexture"] = {"index": len(textures) - 1}
-            attributes["TEXCOORD_0"] = builder.accessor(part.uv, "VEC2", 5126, 34962)
-        if part.vertex_colors is not None:
-            colors = part.vertex_colors.copy()
-            colors[:, :3] = srgb_to_linear(colors[:, :3])
-            attributes["COLOR_0"] = builder.accessor(colors, "VEC4", 5126, 34962)
-        materials.append({"pbrMetallicRoughness": pbr, "doubleSided": True})
-        indices = builder.accessor(part.faces.reshape(-1, 1).astype(np.uint32), "SCALAR", 5125, 34963)
-        meshes.append({"primitives": [{"attributes": attributes, "indices": indices, "material": index}]})
-        nodes.append({"mesh": index})
-    document: dict[str, Any] = {
-        "asset": {"version": "2.0", "generator": "voxforge"},
-        "scene": 0,
-        "scenes": [{"nodes": list(range(len(nodes)))}],
-        "nodes": nodes,
-        "meshes": meshes,
-        "materials": materials,
-        "accessors": builder.accessors,
-        "bufferViews": builder.views,
-        "buffers": [{"byteLength": len(builder.blob)}],
-    }
-    if textures:
-        document["textures"] = textures
-        document["images"] = images
-    if mesh.extras:
-        document["asset"]["extras"] = mesh.extras
-    json_bytes = json.dumps(document, separators=(",", ":")).encode("utf-8")
-    json_bytes += b" " * (-len(json_bytes) % 4)
-    binary = bytes(builder.blob) + b"\x00" * (-len(builder.blob) % 4)
-    total = 12 + 8 + len(json_bytes) + 8 + len(binary)
-    return b"".join(
-        [
-            struct.pack("<4sII", GLB_MAGIC, 2, total),
-            struct.pack("<II", len(json_bytes), CHUNK_JSON),
-            json_bytes,
-            struct.pack("<II", len(binary), CHUNK_BIN),
-            binary,
-        ]
-    )
+def load_glb(path: str | Path, *, limits: Limits | None = None) -> TexturedMesh:
+    """Read a .glb (or self-contained .gltf) file, flattening its scene graph (not normalized)."""
+    path = Path(path)
+    return read_gltf(path.read_bytes(), name=str(path), limits=limits)

@@ -4,14 +4,18 @@ Images are `[B, H, W, C]` floats in [0, 1] (the layout `render_gaussians` return
 is also what the training losses take, so the metric reported on held-out views is the
 same function as the loss term trained on.
 
-- `psnr`: 10·log10(1 / MSE) per image (data range 1), averaged by the caller. An exact
-  match gives +inf; `max_db` caps it for logs that must stay finite.
+- `psnr`: 10·log10(1 / MSE) per image (data range 1), averaged by the caller; scikit-image's
+  `peak_signal_noise_ratio(data_range=1)`. An exact match gives +inf; `max_db` caps it for
+  logs that must stay finite.
 - `ssim`: Wang et al. 2004 with the usual constants (K1 = 0.01, K2 = 0.03, data range 1)
-  and an 11-tap Gaussian window of σ = 1.5, applied separably per channel. Like
-  scikit-image's `structural_similarity(gaussian_weights=True, use_sample_covariance=False)`
-  and the 3DGS training code, statistics are taken over "valid" windows only (no padding),
-  so image borders do not bias the score; images smaller than the window use a window
-  shrunk to the image.
+  and an 11-tap Gaussian window of σ = 1.5, applied separably per channel, the mean taken
+  over "valid" windows only (no padding), so image borders do not bias the score. This is
+  scikit-image's `structural_similarity(gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=1, channel_axis=-1)` (it filters with reflection
+  and then crops the 5-pixel border, which leaves the same windows) and the 3DGS training
+  code's definition; `tests/eval/test_image_metrics.py` checks both metrics against
+  scikit-image to 1e-5 (SSIM) and 1e-4 dB (PSNR). Images smaller than the window, which
+  scikit-image refuses, use a window shrunk to the image.
 
 Both disable autocast and compute in fp32 whatever the input dtype: the SSIM variances are
 differences of nearly equal numbers and lose all precision in bf16.

@@ -19,7 +19,9 @@ without one, from the Gaussians' centres), in three steps:
    `neighbors` nearest Gaussians (scipy's cKDTree), Gaussians below 1/255 opacity ignored.
 
 Coordinates are the DESIGN.md object frame (+Y up, the glTF convention), so the `.glb`
-opens upright in viewers and Blender. Written with trimesh (vertex colours as COLOR_0).
+opens upright in viewers and Blender. The result is a one-part `TexturedMesh` (sRGB vertex
+colours), written by voxforge's one GLB writer (`TexturedMesh.save_glb`: COLOR_0 in glTF's
+linear space), the same that writes prepared assets; `to_trimesh()` gives a trimesh object.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from voxforge.representations.gaussians import Gaussians
+from voxforge.representations.mesh import MeshPart, TexturedMesh
 
 __all__ = ["gaussian_vertex_colors", "mesh_from_structure", "occupancy_field", "surface_nets", "write_glb"]
 
@@ -155,10 +158,8 @@ def mesh_from_structure(
     upsample: int = 2,
     smooth: float = 1.0,
     neighbors: int = 8,
-):  # -> trimesh.Trimesh
-    """Structure voxels (and Gaussians for colour) -> a smooth coloured `trimesh.Trimesh`."""
-    import trimesh
-
+) -> TexturedMesh:
+    """Structure voxels (and Gaussians for colour) -> a smooth one-part mesh, sRGB vertex colours."""
     if coords is None:
         if gaussians is None:
             raise ValueError("mesh_from_structure needs voxel coordinates or Gaussians")
@@ -171,19 +172,16 @@ def mesh_from_structure(
     vertices, faces = surface_nets(field, 0.5)
     # grid point p of the upsampled field samples the centre of cell p: world = (p + 0.5) / (R s) - 0.5
     vertices = (vertices + 0.5) / (resolution * upsample) - 0.5
+    if len(faces) == 0:
+        return TexturedMesh(parts=[])
     colors = None
-    if gaussians is not None and len(vertices):
-        rgb = gaussian_vertex_colors(vertices, gaussians, neighbors)
-        colors = np.concatenate([np.round(rgb * 255), np.full((len(rgb), 1), 255)], axis=1).astype(np.uint8)
-    return trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=False)
+    if gaussians is not None:
+        colors = gaussian_vertex_colors(vertices, gaussians, neighbors)  # [V, 3]; alpha 1 added
+    return TexturedMesh(parts=[MeshPart(vertices, faces, vertex_colors=colors)])
 
 
-def write_glb(mesh, path: str | Path) -> Path:  # mesh: trimesh.Trimesh
-    """Write a `.glb` (binary glTF 2.0) that trimesh, Blender and web viewers open."""
+def write_glb(mesh: TexturedMesh, path: str | Path) -> Path:
+    """Write a `.glb` (binary glTF 2.0) that trimesh, Blender and web viewers open; atomic."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = mesh.export(file_type="glb")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return path
+    return mesh.save_glb(path)

@@ -1,6 +1,7 @@
 """Blender Cycles backend of `render_mesh`: high fidelity, and TRELLIS's own renderer.
 
     rgba, depth = render_mesh(mesh, cameras, backend="blender", samples=128)
+    rgba = render_blender_rgba(mesh, cameras, samples=128)   # the colours alone
 
 How it runs: the mesh is written as a GLB and the cameras as Blender camera-to-world
 matrices plus lens lengths (`Cameras.to_blender`), then `blender_script.py` renders them in
@@ -15,10 +16,11 @@ fork-safe, and its wheel pins numpy < 2). That process is, in order of preferenc
 Install: `pip install 'voxforge[blender]'` (the `bpy` wheel, ~370 MB, Python 3.11).
 
 Colours come from Cycles with TRELLIS's lights and render settings and the "Standard"
-view transform (so sRGB albedo stays sRGB under even light); depth comes from the torch
-rasterizer for the same cameras -- the geometry is identical and Cycles' Z pass would add
-nothing but another file format. Cameras must have a centred principal point (Blender's
-lens shift is not mapped).
+view transform (so sRGB albedo stays sRGB under even light). This module renders colours
+only: `render_mesh` (`voxforge.render.mesh_raster`, the one place that dispatches between
+backends and imports both) adds depth from the torch rasterizer for the same cameras -- the
+geometry is identical and Cycles' Z pass would add nothing but another file format. Cameras
+must have a centred principal point (Blender's lens shift is not mapped).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ import numpy as np
 
 from voxforge.errors import MissingDependencyError, UserError
 from voxforge.render.cameras import Cameras
+from voxforge.representations.mesh import TexturedMesh
 
-__all__ = ["blender_available", "render_blender", "BlenderError"]
+__all__ = ["BlenderError", "blender_available", "render_blender_rgba"]
 
 SCRIPT = Path(__file__).with_name("blender_script.py")
 
@@ -90,8 +93,8 @@ def _camera_payload(cameras: Cameras) -> dict[str, Any]:
     }
 
 
-def render_blender(
-    mesh: Any,  # TexturedMesh
+def render_blender_rgba(
+    mesh: TexturedMesh,
     cameras: Cameras,
     *,
     samples: int = 128,
@@ -100,11 +103,9 @@ def render_blender(
     threads: int = 0,
     python: str | None = None,
     timeout: float | None = None,
-) -> tuple[np.ndarray, np.ndarray]:  # rgba [V, H, W, 4] uint8, depth [V, H, W] float32
-    """Render with Blender Cycles in a subprocess (see the module docstring)."""
+) -> np.ndarray:  # rgba [V, H, W, 4] uint8, sRGB, straight alpha
+    """Colours rendered with Blender Cycles in a subprocess (see the module docstring)."""
     from PIL import Image
-
-    from voxforge.render.mesh_raster import render_mesh
 
     if not blender_available(python):
         raise MissingDependencyError("bpy", "blender", "Rendering with Blender (--renderer blender)")
@@ -138,8 +139,6 @@ def render_blender(
         if result.returncode != 0 or not (out / "done.json").is_file():
             tail = (result.stderr or result.stdout or "").strip().splitlines()[-5:]
             raise BlenderError(f"Blender failed (exit {result.returncode}): {' | '.join(tail)}")
-        rgba = np.stack(
+        return np.stack(
             [np.asarray(Image.open(out / f"{i:03d}.png").convert("RGBA")) for i in range(len(cameras))]
         )
-    _, depth = render_mesh(mesh, cameras, backend="torch")
-    return rgba, depth

@@ -37,8 +37,10 @@ Triangles with a vertex closer than `near` (default 1e-3) to the camera plane ar
 (no near-plane clipping: the data pipeline's cameras never come near the object).
 Rasterization always runs in float32 with autocast disabled (DESIGN: rasterizers are fp32).
 
-`backend="blender"` renders the same cameras with Blender Cycles through `bpy` (optional
-extra `voxforge[blender]`), see `voxforge.render.blender`.
+`backend="blender"` renders the colours of the same cameras with Blender Cycles through `bpy`
+(optional extra `voxforge[blender]`, see `voxforge.render.blender`) and the depth with the
+torch rasterizer. `render_mesh` is the one place that picks a backend: this module imports
+the Blender one, which imports nothing from here.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ import torch
 from torch import Tensor
 
 from voxforge.errors import UserError
+from voxforge.render.blender import render_blender_rgba
 from voxforge.render.cameras import Cameras
+from voxforge.representations.mesh import TexturedMesh
 
 __all__ = [
     "EMPTY_DEPTH",
@@ -93,7 +97,7 @@ class MeshBuffers:
     has_vertex_colors: bool = True
 
     @classmethod
-    def from_mesh(cls, mesh: Any, device: torch.device | str = "cpu") -> MeshBuffers:
+    def from_mesh(cls, mesh: TexturedMesh, device: torch.device | str = "cpu") -> MeshBuffers:
         verts, faces, part_ids, uvs, colors, bases, textures = [], [], [], [], [], [], []
         offset = 0
         for index, part in enumerate(mesh.parts):
@@ -512,7 +516,7 @@ def _to_uint8(rgba: Tensor) -> np.ndarray:
 
 
 def render_mesh(
-    mesh: Any,  # voxforge.representations.mesh.TexturedMesh
+    mesh: TexturedMesh,
     cameras: Cameras,
     *,
     backend: str = "auto",
@@ -521,7 +525,11 @@ def render_mesh(
     device: torch.device | str | None = None,
     **blender_options: Any,
 ) -> tuple[np.ndarray, np.ndarray]:  # rgba [V, H, W, 4] uint8, depth [V, H, W] float32
-    """Render `mesh` from every camera. See the module docstring for conventions."""
+    """Render `mesh` from every camera. See the module docstring for conventions.
+
+    `device` is the torch rasterizer's (for backend "blender", the one that renders depth);
+    `blender_options` go to `render_blender_rgba` (samples, device "CPU"/"GPU", ...).
+    """
     if backend not in MESH_BACKENDS:
         raise RenderError(
             f"unknown mesh renderer backend {backend!r}; choose from {', '.join(MESH_BACKENDS)}"
@@ -531,9 +539,9 @@ def render_mesh(
     if isinstance(supersample, bool) or not isinstance(supersample, int) or not 1 <= supersample <= 8:
         raise RenderError(f"supersample must be an integer in [1, 8], got {supersample!r}")
     if backend == "blender":
-        from voxforge.render.blender import render_blender
-
-        return render_blender(mesh, cameras, **blender_options)
+        rgba = render_blender_rgba(mesh, cameras, **blender_options)
+        _, depth = render_mesh(mesh, cameras, backend="torch", device=device)
+        return rgba, depth
     if blender_options:
         raise RenderError(f"options {sorted(blender_options)} only apply to backend='blender'")
     device = torch.device(device or "cpu")

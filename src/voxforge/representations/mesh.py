@@ -18,14 +18,21 @@ docs/data.md):
   (GL_REPEAT) outside [0, 1]. OBJ/trimesh UVs (origin bottom-left) are flipped on ingest.
 - Final surface colour = base_color * texture(uv) * vertex_color (each factor 1 if absent).
 
-`save_glb` / `load_glb` use voxforge's own glTF 2.0 codec (`voxforge.data.gltf`) rather than
-trimesh's, because ingest needs to validate every header and accessor of untrusted files, keep
-vertex colours and textures together, and convert colour spaces; `to_trimesh` gives users a
-merged trimesh object.
+GLB files: `encode_glb` / `TexturedMesh.save_glb` here are voxforge's one GLB writer (one
+node and mesh per part, tightly packed accessors, PNG textures embedded, `extras` in the
+asset's `extras`, colours converted to glTF's linear space); the export of generated meshes
+uses it too. Reading lives one layer up, in `voxforge.data.gltf` (`read_gltf`, `load_glb`):
+a reader of untrusted files needs the data layer's size limits and contained file access,
+and this module stays below `data` (data imports representations, never the reverse).
+voxforge's own codec rather than trimesh's keeps vertex colours and textures together and
+converts colour spaces; `to_trimesh` gives users a merged trimesh object.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,22 +155,14 @@ class TexturedMesh:
             raise AssetError("degenerate", "the mesh has zero extent (all vertices coincide)")
         return self.transformed(1.0 / extent, -(lo + hi) / 2.0 / extent)
 
-    def save_glb(self, path: str | Path) -> None:
-        """Write a binary glTF (textures embedded as PNG). Written atomically."""
-        from voxforge.data.gltf import write_glb
-
+    def save_glb(self, path: str | Path) -> Path:
+        """Write a binary glTF (textures embedded as PNG), atomically. Read it back with
+        `voxforge.data.gltf.load_glb`."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(write_glb(self))
+        tmp.write_bytes(encode_glb(self))
         tmp.replace(path)
-
-    @classmethod
-    def load_glb(cls, path: str | Path) -> TexturedMesh:
-        """Read a .glb (or self-contained .gltf) file, flattening its scene graph."""
-        from voxforge.data.gltf import read_gltf
-
-        path = Path(path)
-        return read_gltf(path.read_bytes(), name=str(path))
+        return path
 
     def to_trimesh(self) -> trimesh.Trimesh:
         """All parts merged into one trimesh mesh with per-vertex sRGB colours.
@@ -210,4 +209,110 @@ def linear_to_srgb(values: np.ndarray) -> np.ndarray:
     values = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)
     return np.where(values <= 0.0031308, values * 12.92, 1.055 * np.power(values, 1.0 / 2.4) - 0.055).astype(
         np.float32
+    )
+
+
+# ------------------------------------------------------------------------------------
+# GLB writer (the reader is `voxforge.data.gltf`)
+
+GLB_MAGIC = b"glTF"
+CHUNK_JSON = 0x4E4F534A
+CHUNK_BIN = 0x004E4942
+_FLOAT, _UINT32 = 5126, 5125  # glTF componentType codes
+_ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963  # bufferView targets
+
+
+class _Builder:
+    """The binary chunk of a GLB: 4-byte aligned buffer views and the accessors into them."""
+
+    def __init__(self) -> None:
+        self.blob = bytearray()
+        self.views: list[dict[str, Any]] = []
+        self.accessors: list[dict[str, Any]] = []
+
+    def view(self, data: bytes, target: int | None = None) -> int:
+        while len(self.blob) % 4:
+            self.blob.append(0)
+        spec: dict[str, Any] = {"buffer": 0, "byteOffset": len(self.blob), "byteLength": len(data)}
+        if target is not None:
+            spec["target"] = target
+        self.blob.extend(data)
+        self.views.append(spec)
+        return len(self.views) - 1
+
+    def accessor(
+        self, array: np.ndarray, type_name: str, component: int, target: int, minmax: bool = False
+    ) -> int:
+        dtype = np.dtype("<f4") if component == _FLOAT else np.dtype("<u4")
+        array = np.ascontiguousarray(array, dtype=dtype)
+        spec: dict[str, Any] = {
+            "bufferView": self.view(array.tobytes(), target),
+            "componentType": component,
+            "count": int(array.shape[0]),
+            "type": type_name,
+        }
+        if minmax and len(array):
+            spec["min"] = array.min(0).reshape(-1).tolist()
+            spec["max"] = array.max(0).reshape(-1).tolist()
+        self.accessors.append(spec)
+        return len(self.accessors) - 1
+
+
+def encode_glb(mesh: TexturedMesh) -> bytes:
+    """Serialize a TexturedMesh as GLB: one node and mesh per part, PNG textures embedded."""
+    from PIL import Image
+
+    builder = _Builder()
+    meshes, materials, textures, images, nodes = [], [], [], [], []
+    for index, part in enumerate(mesh.parts):
+        attributes = {"POSITION": builder.accessor(part.vertices, "VEC3", _FLOAT, _ARRAY_BUFFER, minmax=True)}
+        linear = np.concatenate([srgb_to_linear(part.base_color[:3]), part.base_color[3:]])
+        pbr: dict[str, Any] = {
+            "baseColorFactor": [float(v) for v in linear],
+            "metallicFactor": 0.0,
+            "roughnessFactor": 1.0,
+        }
+        if part.texture is not None and part.uv is not None:
+            png = io.BytesIO()
+            Image.fromarray(part.texture, "RGBA").save(png, format="PNG", compress_level=1)
+            images.append({"bufferView": builder.view(png.getvalue()), "mimeType": "image/png"})
+            textures.append({"source": len(images) - 1})
+            pbr["baseColorTexture"] = {"index": len(textures) - 1}
+            attributes["TEXCOORD_0"] = builder.accessor(part.uv, "VEC2", _FLOAT, _ARRAY_BUFFER)
+        if part.vertex_colors is not None:
+            colors = part.vertex_colors.copy()
+            colors[:, :3] = srgb_to_linear(colors[:, :3])
+            attributes["COLOR_0"] = builder.accessor(colors, "VEC4", _FLOAT, _ARRAY_BUFFER)
+        materials.append({"pbrMetallicRoughness": pbr, "doubleSided": True})
+        indices = builder.accessor(part.faces.reshape(-1, 1), "SCALAR", _UINT32, _ELEMENT_ARRAY_BUFFER)
+        meshes.append({"primitives": [{"attributes": attributes, "indices": indices, "material": index}]})
+        nodes.append({"mesh": index})
+    document: dict[str, Any] = {
+        "asset": {"version": "2.0", "generator": "voxforge"},
+        "scene": 0,
+        "scenes": [{"nodes": list(range(len(nodes)))}],
+        "nodes": nodes,
+        "meshes": meshes,
+        "materials": materials,
+        "accessors": builder.accessors,
+        "bufferViews": builder.views,
+        "buffers": [{"byteLength": len(builder.blob)}],
+    }
+    if textures:
+        document["textures"] = textures
+        document["images"] = images
+    if mesh.extras:
+        document["asset"]["extras"] = mesh.extras
+    json_bytes = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    json_bytes += b" " * (-len(json_bytes) % 4)
+    binary = bytes(builder.blob) + b"\x00" * (-len(builder.blob) % 4)
+    total = 12 + 8 + len(json_bytes) + 8 + len(binary)
+    return b"".join(
+        [
+            struct.pack("<4sII", GLB_MAGIC, 2, total),
+            struct.pack("<II", len(json_bytes), CHUNK_JSON),
+            json_bytes,
+            struct.pack("<II", len(binary), CHUNK_BIN),
+            binary,
+        ]
     )

@@ -124,6 +124,43 @@ class _GatherMatmulScatter(torch.autograd.Function):
         return grad_feats, grad_weight, None
 
 
+# spconv publishes one wheel per CUDA release (`spconv-cu118`, ...), none for CPU, so it can
+# sit in no extra: pip cannot pick the build that matches the local torch.
+SPCONV_CUDA_BUILDS = ((11, 8), (12, 0), (12, 1), (12, 4), (12, 6))
+
+
+def spconv_wheel(cuda_version: str | None) -> str:
+    """The spconv 2.x wheel for a CUDA version such as `torch.version.cuda` ("12.4").
+
+    The newest build not newer than that CUDA with the same major version (CUDA keeps minor
+    versions compatible); `spconv-cu124` when the version is unknown or has no build.
+    """
+    try:
+        major, minor = (int(part) for part in (cuda_version or "").split(".")[:2])
+    except ValueError:
+        return "spconv-cu124"
+    builds = [b for b in SPCONV_CUDA_BUILDS if b[0] == major and b <= (major, minor)]
+    build = max(builds) if builds else (12, 4)
+    return f"spconv-cu{build[0]}{build[1]}"
+
+
+class SpconvMissingError(MissingDependencyError):
+    """spconv is not in an extra (one wheel per CUDA version), so the hint names the wheel."""
+
+    def __init__(self) -> None:
+        cuda = torch.version.cuda
+        wheel = spconv_wheel(cuda)
+        builds = ", ".join(f"cu{a}{b}" for a, b in SPCONV_CUDA_BUILDS)
+        built_for = f"this torch is built for CUDA {cuda}" if cuda else "this torch has no CUDA"
+        UserError.__init__(
+            self,
+            "sparse conv backend 'spconv' needs the optional package spconv 2.x (CUDA only), one wheel "
+            f"per CUDA version ({builds}). Install the one for your CUDA: pip install {wheel}  "
+            f"({built_for}); or use backend 'auto' or 'torch'",
+        )
+        self.package, self.extra = wheel, ""
+
+
 @functools.cache
 def _spconv_module() -> Any:
     try:
@@ -141,7 +178,7 @@ def _pick_backend(backend: str, x: SparseTensor) -> str:
         raise UserError(f"sparse conv backend '{backend}': expected one of {', '.join(CONV_BACKENDS)}")
     if backend == "spconv":
         if not spconv_available():
-            raise MissingDependencyError("spconv", "gpu", "sparse conv backend 'spconv'")
+            raise SpconvMissingError()
         if x.device.type != "cuda":
             raise UserError(
                 f"sparse conv backend 'spconv' needs CUDA tensors (got {x.device}); use 'auto' or 'torch'"

@@ -29,8 +29,13 @@ class MetricsLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
-            except ImportError:
-                print("voxforge: tensorboard is not installed; writing metrics.jsonl only", file=sys.stderr)
+            except ImportError:  # an extra: metrics.jsonl holds the same numbers
+                print(
+                    "voxforge: TensorBoard events need the optional package 'tensorboard' "
+                    "(pip install 'voxforge[tensorboard]'); writing metrics.jsonl only. "
+                    "Set train.tensorboard=false to silence this.",
+                    file=sys.stderr,
+                )
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
