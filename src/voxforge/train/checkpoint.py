@@ -7,8 +7,11 @@ Layout of a run directory::
         ema_0.9999.safetensors     one file per EMA rate (a full state dict, loads like model)
         trainer_state.pt           optimizer, scheduler, scaler, clipper, counters, data position
         rng_rank0.pt ...           RNG states of every rank (torch, cuda, numpy, python)
-        meta.json                  step, wall time, world size, file list
-        COMMITTED                  written last: the directory counts only with it
+        meta.json                  step, wall time, world size, EMA rates
+        manifest.json              sha256 and size of every file above
+        COMMITTED                  written last (holds the manifest's sha256): the
+                                   directory counts only with it
+    RUN/checkpoints/damaged/       checkpoints that failed verification, moved aside
 
 Commit protocol (TRELLIS writes checkpoints in place, so a crash during a save corrupts
 the resume target; we never do): everything is written into `.tmp-step_XXXXXXXX/`, each
@@ -17,18 +20,31 @@ renamed to its final name and the parent directory is fsynced. A crash at any po
 leaves either the previous committed checkpoint untouched or a `.tmp-*` directory, which
 `clean_incomplete` removes on the next start. Nothing is ever unpickled: trainer state
 loads with `torch.load(weights_only=True)` and weights with safetensors.
+
+A committed checkpoint can still go bad later (a disk error, a truncated copy, a file
+swapped by hand). Resume therefore verifies before it trusts: every file against the
+manifest, then a full load into memory. Any failure (size, checksum, safetensors header,
+refused unpickling, missing file, bad JSON) raises `CheckpointDamaged`; resume moves such a
+checkpoint into `damaged/` (never deleted: `list_checkpoints`, pruning and
+`clean_incomplete` do not look there) and takes the newest one that verifies. Checkpoints
+of earlier versions have no manifest; for them "verifies" means "loads".
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
+import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +56,23 @@ from torch import nn
 from voxforge.errors import UserError
 
 MARKER = "COMMITTED"
+MANIFEST = "manifest.json"
+DAMAGED_DIR = "damaged"
+DAMAGED_NOTE = "DAMAGED.txt"  # written into a moved-aside checkpoint: why it was moved
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
+_MANIFEST_LINE = f"{MANIFEST} sha256 "
+
+
+class CheckpointDamaged(UserError):
+    """A file of a committed checkpoint is missing, changed since the commit, or unreadable."""
+
+    def __init__(self, path: Path, file: str, reason: str):
+        super().__init__(f"{Path(path) / file}: {reason}")
+        self.path, self.file, self.reason = Path(path), file, reason
+
+    @property
+    def summary(self) -> str:
+        return f"{self.file}: {self.reason}"
 
 
 @dataclass
@@ -49,6 +81,7 @@ class CheckpointInfo:
     path: Path
     time: float
     weights: dict[str, Path]  # "model" and "ema_<rate>" -> safetensors file
+    problem: str | None = None  # why meta.json cannot be read (the checkpoint is damaged)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,17 +118,24 @@ def list_checkpoints(run_dir: str | Path) -> list[CheckpointInfo]:
     found = []
     for child in root.iterdir():
         match = _STEP_DIR.match(child.name)
-        if not match or not (child / MARKER).is_file():
-            continue
-        try:
-            meta = json.loads((child / "meta.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        weights = {"model": child / "model.safetensors"}
-        for rate in meta.get("ema_rates", []):
-            weights[f"ema_{rate}"] = child / f"ema_{rate}.safetensors"
-        found.append(CheckpointInfo(int(match.group(1)), child, float(meta.get("time", 0.0)), weights))
+        if match and (child / MARKER).is_file():
+            found.append(_checkpoint_info(child, int(match.group(1))))
     return sorted(found, key=lambda c: c.step)
+
+
+def _checkpoint_info(path: Path, step: int) -> CheckpointInfo:
+    weights = {"model": path / "model.safetensors"}
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        rates = [float(r) for r in meta.get("ema_rates", [])]
+        wall = float(meta.get("time", 0.0))
+    except (OSError, ValueError, TypeError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return CheckpointInfo(step, path, 0.0, weights, problem=f"not readable ({_one_line(err)})")
+    for rate in rates:
+        weights[f"ema_{rate}"] = path / f"ema_{rate}.safetensors"
+    return CheckpointInfo(step, path, wall, weights)
 
 
 def latest_checkpoint(run_dir: str | Path) -> CheckpointInfo | None:
@@ -204,7 +244,15 @@ def save_checkpoint(
         _write_durable(tmp / "trainer_state.pt", lambda p: torch.save(trainer_state, p))
         meta = {"step": step, "time": time.time(), "world_size": world_size, "ema_rates": rates}
         _write_durable(tmp / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
-        _write_durable(tmp / MARKER, lambda p: p.write_text(f"{step}\n"))
+        files = {
+            f.name: {"sha256": _sha256(f), "bytes": f.stat().st_size}
+            for f in sorted(tmp.iterdir())
+            if f.is_file() and f.name not in (MANIFEST, MARKER)
+        }
+        manifest = json.dumps({"format": 1, "step": step, "files": files}, indent=1).encode()
+        _write_durable(tmp / MANIFEST, lambda p: p.write_bytes(manifest))
+        digest = hashlib.sha256(manifest).hexdigest()
+        _write_durable(tmp / MARKER, lambda p: p.write_text(f"{step}\n{_MANIFEST_LINE}{digest}\n"))
         _fsync_path(tmp)
         if final.exists():  # the same step saved again (e.g. final save after a periodic one)
             shutil.rmtree(final)
@@ -217,18 +265,252 @@ def save_checkpoint(
     return final
 
 
+# --- verifying --------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _one_line(err: BaseException) -> str:
+    """The informative line of an exception message (torch's unpickling errors span a page)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    noise = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    useful = [line for line in lines if not line.startswith(noise)]
+    text = (useful or lines or [type(err).__name__])[0]
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def read_manifest(ckpt: CheckpointInfo) -> dict[str, dict[str, Any]] | None:
+    """{file name: {"sha256", "bytes"}} recorded at commit; None for checkpoints of earlier
+    versions (no manifest). Raises CheckpointDamaged when the manifest itself is bad."""
+    path = ckpt.path
+    try:
+        marker = (path / MARKER).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointDamaged(path, MARKER, f"not readable ({_one_line(err)})") from None
+    expected = next(
+        (
+            line[len(_MANIFEST_LINE) :].strip()
+            for line in marker.splitlines()
+            if line.startswith(_MANIFEST_LINE)
+        ),
+        None,
+    )
+    if not (path / MANIFEST).is_file():
+        if expected is not None:
+            raise CheckpointDamaged(path, MANIFEST, "missing (the COMMITTED marker names it)")
+        return None
+    data = (path / MANIFEST).read_bytes()
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointDamaged(path, MANIFEST, "sha256 differs from the one in the COMMITTED marker")
+    try:
+        files = json.loads(data)["files"]
+        for entry in files.values():
+            if not (isinstance(entry["sha256"], str) and isinstance(entry["bytes"], int)):
+                raise TypeError("entries need a sha256 string and a byte count")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointDamaged(path, MANIFEST, f"not a checkpoint manifest ({_one_line(err)})") from None
+    return files
+
+
+def verify_checkpoint(ckpt: CheckpointInfo, *, full: bool = True) -> bool:
+    """Check the files of `ckpt` against its manifest; raise CheckpointDamaged on a mismatch.
+
+    `full=False` checks presence and sizes only (no reading: catches truncation and missing
+    files); `full=True` also hashes every file. Returns False for a checkpoint without a
+    manifest (earlier versions), which only a load can check (`load_checkpoint`).
+    """
+    if ckpt.problem:
+        raise CheckpointDamaged(ckpt.path, "meta.json", ckpt.problem)
+    files = read_manifest(ckpt)
+    if files is None:
+        return False
+    for name, entry in files.items():
+        path = ckpt.path / name
+        if not path.is_file():
+            raise CheckpointDamaged(ckpt.path, name, "missing (listed in the manifest)")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise CheckpointDamaged(
+                ckpt.path, name, f"{size} bytes, {entry['bytes']} when committed (truncated or overwritten)"
+            )
+    if full:
+        for name, entry in files.items():
+            if _sha256(ckpt.path / name) != entry["sha256"]:
+                raise CheckpointDamaged(ckpt.path, name, "sha256 differs from the one recorded at commit")
+    return True
+
+
+def quarantine(ckpt: CheckpointInfo | Path, reason: str) -> Path:
+    """Move a damaged checkpoint into `checkpoints/damaged/` (never deleted); returns its new path."""
+    path = ckpt.path if isinstance(ckpt, CheckpointInfo) else Path(ckpt)
+    root = path.parent / DAMAGED_DIR
+    root.mkdir(exist_ok=True)
+    dest, n = root / path.name, 1
+    while dest.exists():  # the same step damaged twice
+        n += 1
+        dest = root / f"{path.name}.{n}"
+    os.rename(path, dest)
+    with contextlib.suppress(OSError):  # the move is what matters; the note is a courtesy
+        (dest / DAMAGED_NOTE).write_text(reason + "\n")
+    _fsync_path(root)
+    _fsync_path(path.parent)
+    return dest
+
+
+def list_damaged(run_dir: str | Path) -> list[tuple[Path, str]]:
+    """Checkpoints moved aside by `quarantine`, with the recorded reason."""
+    root = checkpoint_root(run_dir) / DAMAGED_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for child in sorted(root.iterdir()):
+        if child.is_dir():
+            try:
+                reason = (child / DAMAGED_NOTE).read_text().strip()
+            except OSError:
+                reason = "reason not recorded"
+            found.append((child, reason))
+    return found
+
+
 # --- loading -----------------------------------------------------------------------------
 
 
+def _torch_load(directory: Path, name: str) -> Any:
+    path = directory / name
+    if not path.is_file():
+        raise CheckpointDamaged(directory, name, "missing")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointDamaged(directory, name, f"unpickling refused ({_one_line(err)})") from None
+    except Exception as err:  # truncated zip, bad pickle opcodes: torch raises many types
+        raise CheckpointDamaged(
+            directory, name, f"not readable ({type(err).__name__}: {_one_line(err)})"
+        ) from None
+
+
+def _safetensors_load(directory: Path, name: str) -> dict[str, torch.Tensor]:
+    path = directory / name
+    if not path.is_file():
+        raise CheckpointDamaged(directory, name, "missing")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises several types for corrupt files
+        raise CheckpointDamaged(
+            directory, name, f"not a readable safetensors file ({_one_line(err)})"
+        ) from None
+
+
 def load_trainer_state(ckpt: CheckpointInfo) -> dict[str, Any]:
-    return torch.load(ckpt.path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    state = _torch_load(ckpt.path, "trainer_state.pt")
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "optimizer" not in state:
+        raise CheckpointDamaged(ckpt.path, "trainer_state.pt", "not a trainer state (no step or optimizer)")
+    return state
 
 
 def load_rng_state(ckpt: CheckpointInfo, rank: int) -> dict[str, Any] | None:
-    path = ckpt.path / f"rng_rank{rank}.pt"
-    if not path.is_file():
+    if not (ckpt.path / f"rng_rank{rank}.pt").is_file():
+        return None  # e.g. resuming with more processes than the run was saved with
+    return _torch_load(ckpt.path, f"rng_rank{rank}.pt")
+
+
+@dataclass
+class LoadedCheckpoint:
+    """Every file of one checkpoint, read into memory and checked (see `load_checkpoint`)."""
+
+    info: CheckpointInfo
+    model: dict[str, torch.Tensor]
+    ema: dict[float, dict[str, torch.Tensor]]
+    trainer_state: dict[str, Any]
+    rng: dict[str, Any] | None
+    checksums: bool  # False: written by an earlier version, checked by loading only
+    damaged: list[tuple[Path, str]] = field(default_factory=list)  # newer ones moved aside
+
+
+def load_checkpoint(
+    ckpt: CheckpointInfo, *, rank: int = 0, ema_rates: Iterable[float] = (), verify: bool = True
+) -> LoadedCheckpoint:
+    """Verify `ckpt` (when `verify`) and load all it holds for `rank`; CheckpointDamaged on
+    any failure. EMA rates the checkpoint does not have are left out (EMA added on resume)."""
+    checksums = verify_checkpoint(ckpt) if verify else False
+    model = _safetensors_load(ckpt.path, "model.safetensors")
+    ema = {
+        rate: _safetensors_load(ckpt.path, f"ema_{rate}.safetensors")
+        for rate in ema_rates
+        if f"ema_{rate}" in ckpt.weights
+    }
+    trainer_state = load_trainer_state(ckpt)
+    rng = load_rng_state(ckpt, rank)
+    if verify and not checksums:  # no manifest: the other ranks' RNG files are checked by loading
+        for other in sorted(ckpt.path.glob("rng_rank*.pt")):
+            if other.name != f"rng_rank{rank}.pt":
+                _torch_load(ckpt.path, other.name)
+    return LoadedCheckpoint(ckpt, model, ema, trainer_state, rng, checksums)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def load_for_resume(
+    run_dir: str | Path,
+    *,
+    rank: int = 0,
+    ema_rates: Iterable[float] = (),
+    agree: Callable[[int], int] = lambda code: code,
+    warn: Callable[[str], None] = _say,
+) -> LoadedCheckpoint | None:
+    """The newest committed checkpoint of `run_dir` that verifies and loads, or None.
+
+    Rank 0 tries the checkpoints newest first; those that fail are moved into `damaged/`
+    (one line each through `warn`) once an older one has loaded. When none loads, nothing
+    is moved and a UserError lists why each failed. `agree(code)` hands rank 0's choice to
+    every rank (a step, -1 for "none", -2 for "failed"); the other ranks then load that step.
+    """
+    ema_rates = list(ema_rates)
+    picked: LoadedCheckpoint | None = None
+    failures: list[CheckpointDamaged] = []
+    if rank == 0:
+        candidates = list_checkpoints(run_dir)
+        for ckpt in reversed(candidates):
+            try:
+                picked = load_checkpoint(ckpt, rank=0, ema_rates=ema_rates)
+                break
+            except CheckpointDamaged as err:
+                failures.append(err)
+    code = picked.info.step if picked is not None else (-2 if failures else -1)
+    code = agree(code)
+    if code == -1:
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if code == -2:
+        if rank != 0:
+            raise UserError(f"{checkpoint_root(run_dir)}: no checkpoint can be resumed (see rank 0)")
+        reasons = "; ".join(f"{err.path.name}: {err.summary}" for err in failures)
+        raise UserError(
+            f"{checkpoint_root(run_dir)}: no checkpoint can be resumed, all {len(failures)} are damaged "
+            f"({reasons}); they were left in place. Move the checkpoints folder aside to start over"
+        )
+    if rank == 0:
+        assert picked is not None
+        for err in failures:
+            moved = quarantine(err.path, err.summary)
+            picked.damaged.append((moved, err.summary))
+            warn(
+                f"voxforge: checkpoint {err.path.name} is damaged ({err.summary}); "
+                f"moved to {moved}, resuming from {picked.info.path.name}"
+            )
+        return picked
+    path = checkpoint_root(run_dir) / f"step_{code:08d}"
+    try:  # rank 0 has verified every file in the manifest, this rank's RNG file included
+        return load_checkpoint(_checkpoint_info(path, code), rank=rank, ema_rates=ema_rates, verify=False)
+    except CheckpointDamaged as err:
+        raise UserError(f"rank {rank}: {err}") from None
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -241,29 +523,53 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: not a readable safetensors file ({err})") from None
 
 
+def _load_weights_verified(ckpt: CheckpointInfo, key: str) -> dict[str, torch.Tensor]:
+    """One weight file of `ckpt`, checked against the manifest first when there is one."""
+    path = ckpt.weights[key]
+    files = read_manifest(ckpt)
+    entry = (files or {}).get(path.name)
+    if entry is not None:
+        if not path.is_file():
+            raise CheckpointDamaged(ckpt.path, path.name, "missing (listed in the manifest)")
+        if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+            raise CheckpointDamaged(
+                ckpt.path, path.name, "size or sha256 differs from the one recorded at commit"
+            )
+    return _safetensors_load(ckpt.path, path.name)
+
+
 def load_model_weights(
     model: nn.Module, run_dir: str | Path, *, ema: bool | float = True, strict: bool = True
 ) -> CheckpointInfo:
     """Load the newest committed checkpoint's weights of `run_dir` into `model`.
 
     `ema=True` takes the slowest EMA rate when the run has EMA (falling back to the raw
-    weights), a float picks that rate, False takes the raw weights.
+    weights), a float picks that rate, False takes the raw weights. A damaged weight file
+    (checksum, truncation, unreadable) falls back to the next older checkpoint with a
+    warning on stderr; nothing is moved (that is the training command's job).
     """
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
         raise UserError(f"{run_dir}: no committed checkpoint found (has this run trained yet?)")
-    ema_keys = sorted(k for k in ckpt.weights if k.startswith("ema_"))
-    key = "model"
-    if ema is not False and ema_keys:
-        if isinstance(ema, float) and not isinstance(ema, bool):
-            key = f"ema_{ema}"
-            if key not in ckpt.weights:
-                raise UserError(
-                    f"{run_dir}: no EMA at rate {ema}; available: {', '.join(ema_keys) or 'none'}"
-                )
-        else:
-            key = max(ema_keys, key=lambda k: float(k[4:]))
-    state = load_state_dict_file(ckpt.weights[key])
+    failures: list[CheckpointDamaged] = []
+    for ckpt in reversed(ckpts):
+        key = _weights_key(ckpt, run_dir, ema)
+        try:
+            if ckpt.problem:
+                verify_checkpoint(ckpt, full=False)
+            state = _load_weights_verified(ckpt, key)
+        except CheckpointDamaged as err:
+            failures.append(err)
+            continue
+        if failures:
+            _say(
+                f"voxforge: newest checkpoint of {run_dir} is damaged ({failures[0]}); "
+                f"using {ckpt.path.name} instead"
+            )
+        break
+    else:
+        reasons = "; ".join(f"{err.path.name}: {err.summary}" for err in failures)
+        raise UserError(f"{run_dir}: no checkpoint with readable weights ({reasons})")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if strict and (missing or unexpected):
         raise UserError(
@@ -271,3 +577,15 @@ def load_model_weights(
             f"(missing: {list(missing)[:5]}, unexpected: {list(unexpected)[:5]})"
         )
     return ckpt
+
+
+def _weights_key(ckpt: CheckpointInfo, run_dir: str | Path, ema: bool | float) -> str:
+    ema_keys = sorted(k for k in ckpt.weights if k.startswith("ema_"))
+    if ema is False or not ema_keys:
+        return "model"
+    if isinstance(ema, float) and not isinstance(ema, bool):
+        key = f"ema_{ema}"
+        if key not in ckpt.weights:
+            raise UserError(f"{run_dir}: no EMA at rate {ema}; available: {', '.join(ema_keys) or 'none'}")
+        return key
+    return max(ema_keys, key=lambda k: float(k[4:]))

@@ -36,6 +36,7 @@ import yaml
 from torch import nn
 
 from voxforge.config.core import dump_yaml, to_dict
+from voxforge.errors import UserError
 from voxforge.stages import get_stage
 from voxforge.train import checkpoint as ckpt_io
 from voxforge.train.data import BatchStream
@@ -85,6 +86,12 @@ def forked_rng():
         yield
     random.setstate(py)
     np.random.set_state(npy)
+
+
+def _from_main(info: DistInfo, value: int) -> int:
+    """Rank 0's `value` on every rank (an all-reduce over a tensor only rank 0 fills)."""
+    tensor = torch.tensor([value if info.is_main else 0], dtype=torch.float64, device=info.device)
+    return int(info.all_reduce_sum(tensor).item())
 
 
 def _seed_all(seed: int) -> None:
@@ -167,20 +174,28 @@ class Trainer:
         }
 
     def _resume(self, info: DistInfo) -> ckpt_io.CheckpointInfo | None:
-        ckpt = ckpt_io.latest_checkpoint(self.run_dir)
-        if ckpt is None:
+        # Verified and fully read before anything is applied: a damaged newest checkpoint is
+        # moved aside and the next older one used (see checkpoint.load_for_resume).
+        loaded = ckpt_io.load_for_resume(
+            self.run_dir,
+            rank=info.rank,
+            ema_rates=self.ema.rates if self.ema is not None else (),
+            agree=lambda code: _from_main(info, code),
+        )
+        self.damaged_checkpoints = loaded.damaged if loaded is not None else []
+        if loaded is None:
             return None
-        state = ckpt_io.load_state_dict_file(ckpt.weights["model"])
-        self.model.load_state_dict(state)
+        ckpt = loaded.info
+        try:
+            self.model.load_state_dict(loaded.model)
+        except RuntimeError as err:
+            raise UserError(
+                f"{ckpt.weights['model']}: weights do not fit the model built from this recipe "
+                f"(were model settings changed?): {str(err).splitlines()[-1].strip()}"
+            ) from None
         if self.ema is not None:
-            self.ema.load_state_dicts(
-                {
-                    r: ckpt_io.load_state_dict_file(ckpt.path / f"ema_{r}.safetensors")
-                    for r in self.ema.rates
-                    if (ckpt.path / f"ema_{r}.safetensors").is_file()
-                }
-            )
-        ts = ckpt_io.load_trainer_state(ckpt)
+            self.ema.load_state_dicts(loaded.ema)
+        ts = loaded.trainer_state
         self.optimizer.load_state_dict(ts["optimizer"])
         self.scheduler.load_state_dict(ts["scheduler"])
         if self.scaler is not None and ts.get("scaler"):
@@ -194,9 +209,8 @@ class Trainer:
             self.data_state = ts["data"]
         else:  # a different process count re-deals the data; restart at the next epoch
             self.data_state = {"epoch": ts["data"]["epoch"] + 1, "batch": 0}
-        rng = ckpt_io.load_rng_state(ckpt, info.rank)
-        if rng is not None:
-            ckpt_io.restore_rng(rng)
+        if loaded.rng is not None:
+            ckpt_io.restore_rng(loaded.rng)
         return ckpt
 
     # --- checkpoint / hooks ------------------------------------------------------------
@@ -255,6 +269,8 @@ class Trainer:
             return TrainResult(self.run_dir, self.step, "already_complete", self.skipped)
 
         self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard, enabled=info.is_main)
+        for moved, reason in self.damaged_checkpoints:
+            self.logger.event(self.step, "checkpoint_damaged", moved_to=str(moved), reason=reason)
         if resumed is not None:
             self.logger.event(self.step, "resume", checkpoint=str(resumed.path))
         wrapped = wrap_model(self.model, info, compile=cfg.compile, find_unused=cfg.ddp_find_unused)
