@@ -254,3 +254,14 @@ def test_large_texture_is_downscaled():
     texture = decode_image(buffer.getvalue(), "big.png", Limits(max_texture_size=60))
     assert texture.shape == (20, 60, 4)
     np.testing.assert_array_equal(texture[5, 5], [10, 20, 30, 255])
+
+
+def test_missing_or_unknown_textures_fail_without_a_warnings_list():
+    document, binary = triangle_gltf()
+    document["meshes"][0]["primitives"][0]["material"] = 0
+    document["materials"] = [{"pbrMetallicRoughness": {"baseColorTexture": {"index": 2}}}]
+    assert reason_of(glb(document, binary)) == "unknown_texture"
+    problems: list = []
+    mesh = read_gltf(glb(document, binary), warnings=problems)
+    assert mesh.parts[0].texture is None
+    assert [reason for reason, _ in problems] == ["unknown_texture"]

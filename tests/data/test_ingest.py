@@ -93,9 +93,9 @@ def test_broken_shared_files(shared_meshes):
     assert reason(broken / "empty.stl") == "no_geometry"
     assert reason(broken / "empty_nodes.glb") == "no_geometry"
     assert reason(broken / "points_emptyface.ply") == "point_cloud"
-    assert reason(broken / "notenoughindices.obj") == "missing_material"
-    # repaired, with what was repaired kept
-    assert ingest(broken / "notenoughindices.obj", allow_missing_textures=True).mesh.num_faces == 1
+    # its surface.mtl is not there: loaded with the default material and a warning
+    loose = ingest(broken / "notenoughindices.obj")
+    assert loose.mesh.num_faces == 1 and loose.warning_reasons == ["missing_material"]
     assert ingest(broken / "noimg.obj").stats["textured"] is False
     assert ingest(broken / "soup.stl").mesh.num_faces == 100
     nancolor = ingest(broken / "nancolor.obj").mesh
@@ -166,6 +166,7 @@ def test_degenerate_faces_are_dropped_with_a_warning(src):
     result = ingest(write(src, "a.obj", CUBE_OBJ + "f 1 1 2\n"))
     assert result.mesh.num_faces == 12
     assert any("degenerate" in w for w in result.warnings)
+    assert result.warning_reasons == ["degenerate_faces"]
 
 
 def test_binary_stl_with_lying_count(src):
@@ -184,7 +185,7 @@ def test_file_size_limit(src):
     assert reason(path, limits=Limits(max_file_bytes=10)) == "too_large"
 
 
-def textured_obj(src, mtl_name="m.mtl", texture_name="t.png", mtl_path=None):
+def textured_obj(src, mtl_name="m.mtl", texture_name="t.png", mtl_path=None, kd="1 1 1"):
     obj = f"mtllib {mtl_name}\nusemtl mat\n" + CUBE_OBJ.replace("f ", "vt 0 0\nf ", 1)
     lines = [
         line
@@ -193,7 +194,7 @@ def textured_obj(src, mtl_name="m.mtl", texture_name="t.png", mtl_path=None):
         for line in obj.splitlines()
     ]
     path = write(src, "a.obj", "\n".join(lines) + "\n")
-    write(src, mtl_path or mtl_name, f"newmtl mat\nKd 1 1 1\nmap_Kd {texture_name}\n")
+    write(src, mtl_path or mtl_name, f"newmtl mat\nKd {kd}\nmap_Kd {texture_name}\n")
     return path
 
 
@@ -202,22 +203,76 @@ def test_textured_obj_loads(src):
     assert ingest(textured_obj(src)).stats["textured"] is True
 
 
-def test_missing_texture_fails_or_is_allowed(src):
-    path = textured_obj(src)
-    assert reason(path) == "missing_texture"
-    result = ingest(path, allow_missing_textures=True)
-    assert result.stats["textured"] is False
-    assert any("not found" in w for w in result.warnings)
+def test_missing_texture_keeps_the_material_without_it(src):
+    path = textured_obj(src, kd="1 0 0")
+    for allow in (False, True):
+        result = ingest(path, allow_missing_textures=allow)
+        assert result.stats["textured"] is False
+        np.testing.assert_allclose(result.mesh.parts[0].base_color, [1, 0, 0, 1])  # Kd kept
+        assert result.warning_reasons == ["missing_texture"]
+        assert "'t.png'" in result.warnings[0] and "not found" in result.warnings[0]
+
+
+def uv_cube_obj(header: str) -> str:
+    lines = [
+        line
+        if not line.startswith("f ")
+        else " ".join([line.split()[0]] + [f"{i}/1" for i in line.split()[1:]])
+        for line in CUBE_OBJ.splitlines()
+    ]
+    return header + "vt 0 0\nvt 1 0\nvt 0 1\n" + "\n".join(lines) + "\n"
+
+
+# the three public meshes that were refused: chair_model.obj -> model.mtl,
+# beetle.obj -> VWBugMesh002.mtl, quadknot.obj -> ./quadknot.obj.mtl, none of them there
+LOOSE_MTL = [
+    ("chair_model.obj", "model.mtl"),
+    ("beetle.obj", "VWBugMesh002.mtl"),
+    ("quadknot.obj", "./quadknot.obj.mtl"),
+]
+
+
+@pytest.mark.parametrize(("name", "mtl"), LOOSE_MTL)
+def test_missing_mtl_loads_with_the_default_material(src, name, mtl):
+    path = write(src, name, uv_cube_obj(f"mtllib {mtl}\nusemtl Material_1\n"))
+    result = ingest(path)
+    assert result.mesh.num_faces == 12 and result.stats["textured"] is False
+    assert len(result.mesh.parts) == 1
+    np.testing.assert_array_equal(result.mesh.parts[0].base_color, [1, 1, 1, 1])  # white, like no mtllib
+    assert result.warning_reasons == ["missing_material"]
+    assert repr(mtl) in result.warnings[0] and "default material" in result.warnings[0]
+
+
+def test_usemtl_of_an_undefined_material_gets_the_default_material(src):
+    write(src, "m.mtl", "newmtl red\nKd 1 0 0\n")
+    path = write(src, "a.obj", uv_cube_obj("mtllib m.mtl\nusemtl blue\n"))
+    result = ingest(path)
+    np.testing.assert_array_equal(result.mesh.parts[0].base_color, [1, 1, 1, 1])
+    assert result.warning_reasons == ["unknown_material"] and "'blue'" in result.warnings[0]
+    defined = ingest(write(src, "b.obj", uv_cube_obj("mtllib m.mtl\nusemtl red\n")))
+    np.testing.assert_allclose(defined.mesh.parts[0].base_color, [1, 0, 0, 1])
+    assert defined.warnings == []
+
+
+def test_hostile_files_stay_failures_even_when_the_mtl_is_missing(tmp_path, src):
+    nan = uv_cube_obj("mtllib gone.mtl\n").replace("v 1 1 1", "v nan 1 1")
+    assert reason(write(src, "nan.obj", nan)) == "non_finite"
+    (tmp_path / "secret.mtl").write_text("newmtl mat\nKd 1 0 0\n")
+    outside = uv_cube_obj("mtllib ../secret.mtl\nusemtl mat\n")
+    assert reason(write(src, "out.obj", outside), allow_missing_textures=True) == "path_outside_source"
 
 
 def test_decompression_bomb_texture(src):
     (src / "t.png").write_bytes(bomb_png())
     assert reason(textured_obj(src)) == "image_too_large"
+    assert reason(textured_obj(src), allow_missing_textures=True) == "image_too_large"
 
 
-def test_corrupt_texture(src):
+def test_corrupt_texture_fails_unless_allowed(src):
     (src / "t.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     assert reason(textured_obj(src)) == "bad_image"
+    result = ingest(textured_obj(src), allow_missing_textures=True)
+    assert result.stats["textured"] is False and result.warning_reasons == ["bad_image"]
 
 
 def test_material_and_texture_paths_outside_source(tmp_path, src):
@@ -267,3 +322,60 @@ def test_glb_with_nan_positions(src):
     assert reason(write(src, "a.glb", glb(*triangle_gltf(positions=positions)))) == "non_finite"
     positions = np.array([[0, 0, 0], [1, 0, 0], [np.inf, 1, 0]], np.float32)
     assert reason(write(src, "b.glb", glb(*triangle_gltf(positions=positions)))) == "non_finite"
+
+
+def textured_gltf(src, name="a.gltf", *, image_uri="t.png", texture_index=0, images=True):
+    """A .gltf triangle with UVs and a material whose base colour texture is an external image."""
+    import json
+
+    from tests.data.hostile import triangle_gltf
+
+    document, binary = triangle_gltf()
+    uv = np.array([[0, 0], [1, 0], [0, 1]], np.float32).tobytes()
+    document["bufferViews"].append({"buffer": 0, "byteOffset": len(binary), "byteLength": len(uv)})
+    binary += uv
+    document["accessors"].append({"bufferView": 2, "componentType": 5126, "count": 3, "type": "VEC2"})
+    primitive = document["meshes"][0]["primitives"][0]
+    primitive["attributes"]["TEXCOORD_0"] = 2
+    primitive["material"] = 0
+    factor = [1.0, 0.0, 0.0, 1.0]
+    document["materials"] = [
+        {"pbrMetallicRoughness": {"baseColorFactor": factor, "baseColorTexture": {"index": texture_index}}}
+    ]
+    document["textures"] = [{"source": 0}]
+    if images:
+        document["images"] = [{"uri": image_uri}]
+    document["buffers"] = [{"uri": name + ".bin", "byteLength": len(binary)}]
+    write(src, name + ".bin", binary)
+    return write(src, name, json.dumps(document))
+
+
+def test_gltf_texture_problems_are_warnings(src):
+    (src / "t.png").write_bytes(small_png())
+    assert ingest(textured_gltf(src)).stats["textured"] is True
+    cases = {
+        "missing_texture": textured_gltf(src, "b.gltf", image_uri="gone.png"),
+        "unknown_texture": textured_gltf(src, "c.gltf", texture_index=4),
+        "unknown_texture ": textured_gltf(src, "d.gltf", images=False),  # texture names images[0]
+    }
+    for expected, path in cases.items():
+        result = ingest(path)
+        assert result.mesh.num_faces == 1 and result.stats["textured"] is False
+        np.testing.assert_allclose(result.mesh.parts[0].base_color, [1, 0, 0, 1])  # factor kept
+        assert result.warning_reasons == [expected.strip()], path.name
+
+
+def test_gltf_hostile_textures_stay_failures(tmp_path, src):
+    (tmp_path / "secret.png").write_bytes(small_png())
+    assert reason(textured_gltf(src, image_uri="../secret.png")) == "path_outside_source"
+    (src / "bomb.png").write_bytes(bomb_png())
+    assert reason(textured_gltf(src, "b.gltf", image_uri="bomb.png"), allow_missing_textures=True) == (
+        "image_too_large"
+    )
+    (src / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    assert reason(textured_gltf(src, "c.gltf", image_uri="junk.png")) == "bad_image"
+    allowed = ingest(src / "c.gltf", allow_missing_textures=True)
+    assert allowed.warning_reasons == ["bad_image"]
+    path = textured_gltf(src, "d.gltf")
+    (src / "d.gltf.bin").unlink()
+    assert reason(path) == "missing_buffer"  # no geometry without its buffer

@@ -111,15 +111,18 @@ def test_new_settings_add_steps_and_missing_outputs_are_redone(tmp_path, src):
 
 
 def test_retry_failed_after_fixing_the_input(tmp_path):
+    from tests.data.test_ingest import textured_gltf
+
     src = tmp_path / "src"
     src.mkdir()
-    obj = "mtllib m.mtl\nusemtl mat\nvt 0 0\nvt 1 0\nvt 0 1\n" + CUBE_OBJ
-    (src / "a.obj").write_text(obj)
-    (src / "m.mtl").write_text("newmtl mat\nmap_Kd t.png\n")
+    (src / "t.png").write_bytes(small_png())
+    textured_gltf(src, "a.gltf")
+    binary = (src / "a.gltf.bin").read_bytes()
+    (src / "a.gltf.bin").unlink()
     out = tmp_path / "out"
     summary = prepare(src, out, config())
-    assert "missing_texture" in summary["failures"]
-    (src / "t.png").write_bytes(small_png())
+    assert "missing_buffer" in summary["failures"]
+    (src / "a.gltf.bin").write_bytes(binary)
     assert prepare(src, out, config())["this_run"]["tasks"] == 0  # failures are remembered
     summary = prepare(src, out, config(retry_failed=True))
     assert summary["steps"]["ingest"] == {"done": 1, "failed": 0}
@@ -214,3 +217,96 @@ def test_cli_synth(tmp_path, capsys):
     assert "wrote 4 objects" in capsys.readouterr().out
     assert len(list((tmp_path / "s").glob("*.glb"))) == 4
     assert cli_main(["data", "synth", str(tmp_path / "s"), "--num", "0"]) == 2
+
+
+def loose_ends(folder):
+    """The kinds of loose ends found in public meshes; every one must prepare, with a warning."""
+    from tests.data.test_ingest import LOOSE_MTL, textured_gltf, uv_cube_obj
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (name, mtl) in enumerate(LOOSE_MTL):
+        cube = uv_cube_obj(f"mtllib {mtl}\nusemtl Material\n").replace("v 1 1 1", f"v 1 1 {1 + index / 10}")
+        (folder / name).write_text(cube)
+    (folder / "noimage.mtl").write_text("newmtl mat\nKd 0 1 0\nmap_Kd absent.png\n")
+    (folder / "noimage.obj").write_text(
+        uv_cube_obj("mtllib noimage.mtl\nusemtl mat\n").replace("v 0 0 0", "v 0 0 -1")
+    )
+    textured_gltf(folder, "noimage.gltf", image_uri="absent.png")
+    return {
+        "chair_model.obj": "missing_material",
+        "beetle.obj": "missing_material",
+        "quadknot.obj": "missing_material",
+        "noimage.obj": "missing_texture",
+        "noimage.gltf": "missing_texture",
+    }
+
+
+def test_loose_ends_prepare_done_with_warnings(tmp_path, capsys):
+    src, out = tmp_path / "src", tmp_path / "out"
+    expected = loose_ends(src)
+    summary = prepare(src, out, config())
+    assert summary["failures"] == {}
+    assert summary["steps"]["ingest"] == {"done": 5, "failed": 0}
+    assert summary["steps"]["voxels_16"] == {"done": 5, "failed": 0}
+    assert summary["warned_assets"] == 5
+    assert {k: v["count"] for k, v in summary["warnings"].items()} == {
+        "missing_material": 3,
+        "missing_texture": 2,
+    }
+    records = {r.source: r for r in PreparedDataset(out).records()}
+    assert all(records[name].status == "done" for name in expected)
+    # the manifest's own column, one code per message
+    import sqlite3
+
+    db = sqlite3.connect(out / "manifest.sqlite")
+    rows = dict(db.execute("SELECT id, warning_reasons FROM steps WHERE step = 'ingest'").fetchall())
+    db.close()
+    for name, reason in expected.items():
+        assert json.loads(rows[records[name].id]) == [reason], name
+    # status shows them; --json counts them; --all lists each
+    assert cli_main(["data", "status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "warnings by reason (5 assets" in text and "missing_material: 3 (ingest: 3)" in text
+    assert "'./quadknot.obj.mtl'" in text
+    assert cli_main(["data", "status", str(out), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["warnings"]["missing_texture"]["count"] == 2 and status["warned_assets"] == 5
+    assert cli_main(["data", "status", str(out), "--all"]) == 0
+    assert "[missing_material] beetle.obj (ingest): material 'VWBugMesh002.mtl'" in capsys.readouterr().out
+
+
+def test_old_manifest_is_migrated_and_old_refusals_are_retried(tmp_path):
+    """A manifest from before the warnings column, where a missing .mtl was a failure."""
+    import sqlite3
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    loose_ends(src)
+    prepare(src, out, config(steps=("ingest",)))
+    db = sqlite3.connect(out / "manifest.sqlite")
+    db.execute(
+        "UPDATE steps SET status = 'failed', reason = 'missing_material', error = 'old' WHERE step = 'ingest'"
+    )
+    db.execute("ALTER TABLE steps DROP COLUMN warning_reasons")  # the old schema
+    db.commit()
+    db.close()
+    old = ManifestView(out).summary()  # read-only view of the old file
+    assert old["failures"]["missing_material"]["count"] == 5
+    summary = prepare(src, out, config())  # no --retry-failed needed: those are warnings now
+    assert summary["this_run"]["tasks"] == 5
+    assert summary["failures"] == {} and summary["steps"]["ingest"] == {"done": 5, "failed": 0}
+    assert summary["warnings"]["missing_material"]["count"] == 3
+    db = sqlite3.connect(out / "manifest.sqlite")
+    assert "warning_reasons" in {row[1] for row in db.execute("PRAGMA table_info(steps)")}
+    db.close()
+
+
+def test_rows_without_warning_codes_count_as_unclassified(tmp_path):
+    from voxforge.data.manifest import Manifest
+
+    with Manifest(tmp_path / "manifest.sqlite") as manifest:
+        manifest.record_source("a.obj", "a" * 64)
+        manifest.record_step("a" * 64, "ingest", "done", warnings=["something odd"])
+    summary = ManifestView(tmp_path).summary()
+    assert summary["warnings"]["unclassified"]["examples"] == [
+        {"source": "a.obj", "warning": "something odd"}
+    ]

@@ -45,6 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument(
         "--workers", type=int, default=-1, help="worker processes (-1: half the cores, 0: none)"
     )
+    prep.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per worker (default: OMP_NUM_THREADS if set, else cores // workers)",
+    )
     prep.add_argument("--rank", type=int, default=0, help="shard index of this machine (default 0)")
     prep.add_argument("--world-size", type=int, default=1, help="number of shards (default 1)")
     prep.add_argument("--time-limit", type=float, default=900.0, help="seconds per asset (default 900)")
@@ -56,7 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     prep.add_argument("--retry-failed", action="store_true", help="run failed steps again")
     prep.add_argument(
-        "--allow-missing-textures", action="store_true", help="ingest untextured instead of failing"
+        "--allow-missing-textures",
+        action="store_true",
+        help="also ingest assets whose texture cannot be decoded, untextured with a warning (missing "
+        ".mtl and texture files always load with a default material and a warning)",
     )
     prep.add_argument("--max-faces", type=int, default=None, help="face limit per asset (default 2,000,000)")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -65,12 +74,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     status = commands.add_parser(
         "status",
-        help="counts per step and failures grouped by reason",
-        description="Summarize OUT/manifest*.sqlite: per-step counts, failures by reason, duplicates.",
+        help="counts per step, failures and warnings grouped by reason",
+        description="Summarize OUT/manifest*.sqlite: per-step counts, failures and warnings by reason, "
+        "duplicates.",
     )
     status.add_argument("out", help="a folder written by `voxforge data prepare`")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--all", action="store_true", help="list every failure, not only examples")
+    status.add_argument(
+        "--all", action="store_true", help="list every failure and warning, not only examples"
+    )
     status.set_defaults(func=run_status)
 
 
@@ -101,6 +113,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         "renderer": args.renderer,
         "device": args.device,
         "workers": args.workers,
+        "threads": args.threads,
         "rank": args.rank,
         "world_size": args.world_size,
         "time_limit": args.time_limit if args.time_limit > 0 else None,
@@ -135,18 +148,29 @@ def run_status(args: argparse.Namespace) -> int:
     summary = view.summary()
     if args.all:
         summary["failures_all"] = failures_list(view)
+        summary["warnings_all"] = warnings_list(view)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
-        print(format_status(summary, all_failures=summary.get("failures_all")))
+        print(
+            format_status(
+                summary, all_failures=summary.get("failures_all"), all_warnings=summary.get("warnings_all")
+            )
+        )
     return 0
 
 
-def failures_list(view: Any) -> list[dict[str, Any]]:
-    by_id = {}
+def _source_names(view: Any) -> dict[str, str]:
+    """Asset id -> the first source with that content."""
+    by_id: dict[str, str] = {}
     for record in view.sources.values():
         if record["id"] and record["duplicate_of"] is None:
             by_id.setdefault(record["id"], record["source"])
+    return by_id
+
+
+def failures_list(view: Any) -> list[dict[str, Any]]:
+    by_id = _source_names(view)
     rows = [
         {"source": r["source"], "step": "discover", "reason": r["reason"], "error": r["error"]}
         for r in view.sources.values()
@@ -166,7 +190,30 @@ def failures_list(view: Any) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["reason"] or "", r["source"]))
 
 
-def format_status(summary: dict[str, Any], all_failures: list[dict[str, Any]] | None = None) -> str:
+def warnings_list(view: Any) -> list[dict[str, Any]]:
+    by_id = _source_names(view)
+    rows = []
+    for asset_id, steps in view.steps.items():
+        for step, record in steps.items():
+            if record["status"] == "failed":
+                continue
+            for reason, message in zip(record["warning_reasons"], record["warnings"]):
+                rows.append(
+                    {
+                        "source": by_id.get(asset_id, asset_id),
+                        "step": step,
+                        "reason": reason,
+                        "warning": message,
+                    }
+                )
+    return sorted(rows, key=lambda r: (r["reason"], r["source"], r["step"]))
+
+
+def format_status(
+    summary: dict[str, Any],
+    all_failures: list[dict[str, Any]] | None = None,
+    all_warnings: list[dict[str, Any]] | None = None,
+) -> str:
     lines = [
         f"{summary['root']}: {summary['sources']} sources, {summary['assets']} unique assets, "
         f"{len(summary['duplicates'])} duplicates"
@@ -190,6 +237,19 @@ def format_status(summary: dict[str, Any], all_failures: list[dict[str, Any]] | 
         lines.append("all failures:")
         for row in all_failures:
             lines.append(f"  [{row['reason']}] {row['source']} ({row['step']}): {row['error']}")
+    warnings = summary.get("warnings") or {}
+    if warnings:
+        lines.append(f"warnings by reason ({summary.get('warned_assets', 0)} assets, used as they are):")
+        for reason, group in warnings.items():
+            steps = ", ".join(f"{k}: {v}" for k, v in group["steps"].items())
+            lines.append(f"  {reason}: {group['count']} ({steps})")
+            if all_warnings is None:
+                for example in group["examples"][:3]:
+                    lines.append(f"    {example['source']}: {example['warning']}")
+    if all_warnings:
+        lines.append("all warnings:")
+        for row in all_warnings:
+            lines.append(f"  [{row['reason']}] {row['source']} ({row['step']}): {row['warning']}")
     for dup in summary["duplicates"][:10]:
         lines.append(f"  duplicate: {dup['source']} = {dup['duplicate_of']}")
     if len(summary["duplicates"]) > 10:

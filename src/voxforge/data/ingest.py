@@ -8,9 +8,15 @@ only inside the source folder. Zip archives are expanded by `voxforge.data.archi
 Order of the checks (cheap and certain first):
 1. size and sniffing of the raw bytes: `empty_file`, `too_large`, `not_a_mesh` (binary junk in a
    text format, a wrong magic number), before any parser runs;
-2. parsing, with every failure mapped to a reason code; referenced files that are missing or
-   outside the source folder fail the asset (`missing_texture`, `path_outside_source`) unless
-   the caller allows missing textures, which then become warnings;
+2. parsing, with every failure mapped to a reason code. A loose end in the *appearance* costs
+   the asset its material, not its geometry (as in Blender and trimesh): an `.mtl` that is not
+   there, a `usemtl` naming a material the `.mtl` does not define, a texture image that is not
+   there, a glTF material naming a texture or image that does not exist. The geometry loads
+   with a default material (white; for a missing image, the material without its texture)
+   and a warning with its own reason code (`WARNING_REASONS`). A texture that cannot be
+   decoded (`bad_image`) fails the asset unless `allow_missing_textures`, which turns it into
+   such a warning too. Hostile references stay failures: paths leaving the source folder
+   (`path_outside_source`), decompression bombs (`image_too_large`), oversized files;
 3. cleaning: non-finite vertices used by a face -> `non_finite`; indices out of range ->
    `bad_indices`; degenerate triangles (repeated index or zero area) are dropped and an asset
    with nothing else -> `degenerate`; no faces at all -> `point_cloud` / `no_geometry`; more
@@ -39,12 +45,47 @@ MESH_EXTENSIONS = {".obj", ".glb", ".gltf", ".ply", ".stl", ".off"}
 ARCHIVE_EXTENSIONS = {".zip"}
 TEXT_FORMATS = {".obj", ".gltf", ".off"}
 
+# Reason codes of warnings (the asset is used). `missing_material` and `missing_texture` were
+# failures in older versions; an ingest a manifest recorded as failed with one of them is
+# retried (`RECOVERED_FAILURES`).
+WARNING_REASONS = {
+    "missing_material": "an .mtl file named by the OBJ is not there: default material",
+    "unknown_material": "usemtl names a material the .mtl does not define: default material",
+    "missing_texture": "a texture image is not there: the material without its texture",
+    "unknown_texture": "a glTF material names a texture or image that does not exist: untextured",
+    "bad_image": "a texture that cannot be decoded (only with --allow-missing-textures): untextured",
+    "degenerate_faces": "triangles with a repeated index or zero area were dropped",
+    "repaired_uv": "NaN/Inf texture coordinates were replaced by 0",
+    "repaired_colors": "NaN/Inf vertex colours were replaced by white",
+}
+RECOVERED_FAILURES = {"missing_material", "missing_texture"}
+_MATERIAL_PROBLEMS = {"missing_material", "unknown_material", "missing_texture", "unknown_texture"}
+
+
+class WarningLog:
+    """The warnings of one asset: a message each and the reason code it is counted under."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.reasons: list[str] = []  # one per message
+
+    def add(self, reason: str, message: str) -> None:
+        if message not in self.messages:  # e.g. one missing image shared by several parts
+            self.messages.append(message)
+            self.reasons.append(reason)
+
+
+def tolerated(error: AssetError, allow_missing_textures: bool) -> bool:
+    """Whether a reference problem becomes a warning rather than the asset's failure."""
+    return error.reason in _MATERIAL_PROBLEMS or (error.reason == "bad_image" and allow_missing_textures)
+
 
 @dataclass
 class IngestResult:
     mesh: TexturedMesh  # normalized
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # messages
     stats: dict[str, Any] = field(default_factory=dict)
+    warning_reasons: list[str] = field(default_factory=list)  # one per message, WARNING_REASONS
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -98,6 +139,7 @@ class _ContainedResolver:
     def __init__(self, reader: SourceReader, path: Path):
         self.reader, self.path = reader, path
         self.errors: list[AssetError] = []
+        self.materials: set[str] = set()  # names defined by the .mtl files read
 
     def get(self, name: str) -> bytes:
         what = "material" if name.lower().endswith(".mtl") else "texture"
@@ -105,6 +147,11 @@ class _ContainedResolver:
             data = self.reader.read(name, self.path, what)
             if what == "texture":
                 check_image_header(data, name, self.reader.limits)
+            else:  # the names as trimesh's parse_mtl keys them
+                for line in data.decode("utf-8", "replace").splitlines():
+                    words = line.split()
+                    if len(words) > 1 and words[0].lower() == "newmtl":
+                        self.materials.add(" ".join(words[1:]))
             return data
         except AssetError as err:
             self.errors.append(err)
@@ -129,11 +176,15 @@ def _pil_texture(image: Any, limits: Limits) -> np.ndarray:
     return decode_image(buffer.getvalue(), image.info.get("file_path", "texture"), limits)
 
 
-def _trimesh_parts(scene: Any, limits: Limits, has_materials: bool) -> tuple[list[MeshPart], int]:
+def _trimesh_parts(
+    scene: Any, limits: Limits, materials: set[str] | None, log: WarningLog, allow_bad_textures: bool
+) -> tuple[list[MeshPart], int]:
     """Flatten a trimesh Scene with transforms; returns parts and the number of loose points.
 
-    `has_materials` is False for an OBJ without `mtllib`: trimesh then invents a grey
-    placeholder material, which is ignored so that such a file is white like an STL.
+    `materials`: for an OBJ, the material names its `.mtl` defines (None for other formats).
+    Where an OBJ has no `.mtl`, it is missing, or `usemtl` names none of its materials,
+    trimesh invents a grey placeholder material; that is replaced by the default material,
+    white, so such a file looks like an STL.
     """
     import trimesh
 
@@ -159,8 +210,8 @@ def _trimesh_parts(scene: Any, limits: Limits, has_materials: bool) -> tuple[lis
         visual = geometry.visual
         uv = colors = texture = None
         base = np.ones(4, np.float32)
-        if visual.kind == "texture" and has_materials:
-            material = getattr(visual, "material", None)
+        material = getattr(visual, "material", None)
+        if visual.kind == "texture" and (materials is None or getattr(material, "name", None) in materials):
             image = getattr(material, "image", None) or getattr(material, "baseColorTexture", None)
             diffuse = getattr(material, "diffuse", None)
             if diffuse is None:
@@ -172,13 +223,19 @@ def _trimesh_parts(scene: Any, limits: Limits, has_materials: bool) -> tuple[lis
             if image is not None and getattr(visual, "uv", None) is not None:
                 key = id(image)
                 if key not in textures:
-                    textures[key] = _pil_texture(image, limits)
+                    try:
+                        textures[key] = _pil_texture(image, limits)
+                    except AssetError as err:
+                        if not (err.reason == "bad_image" and allow_bad_textures):
+                            raise
+                        log.add("bad_image", f"{err}; loaded untextured")
+                        textures[key] = None
                 texture = textures[key]
-                flat = texture.reshape(-1, 4)
-                if (flat == flat[0]).all():  # a constant image (trimesh's placeholder, too) is a colour
+                flat = texture.reshape(-1, 4) if texture is not None else None
+                if flat is not None and (flat == flat[0]).all():  # a constant image is a colour
                     base = base * flat[0].astype(np.float32) / 255.0
                     texture = None
-                else:
+                elif texture is not None:
                     uv = np.asarray(visual.uv, dtype=np.float32)[:, :2].copy()
                     uv[:, 1] = 1.0 - uv[:, 1]  # OBJ/trimesh origin bottom-left -> glTF top-left
         elif visual.kind == "vertex":
@@ -192,7 +249,10 @@ def _trimesh_parts(scene: Any, limits: Limits, has_materials: bool) -> tuple[lis
     return parts, points
 
 
-def _load_trimesh(data: bytes, suffix: str, path: Path, reader: SourceReader, allow_missing: bool, warnings):
+def _load_trimesh(
+    data: bytes, suffix: str, path: Path, reader: SourceReader, allow_missing: bool, log: WarningLog
+) -> tuple[Any, set[str] | None]:
+    """A trimesh Scene and, for an OBJ, the material names its .mtl defines (see _trimesh_parts)."""
     import trimesh
 
     resolver = _ContainedResolver(reader, path)
@@ -208,12 +268,31 @@ def _load_trimesh(data: bytes, suffix: str, path: Path, reader: SourceReader, al
         raise AssetError("too_large", f"{path.name}: ran out of memory while parsing") from None
     except Exception as err:  # noqa: BLE001 - any parser failure is a property of the file
         raise AssetError("corrupt_file", f"{path.name} cannot be parsed as {suffix}: {err}") from None
+    fatal = [error for error in resolver.errors if not tolerated(error, allow_missing)]
+    if fatal:
+        raise fatal[0]
+    consequence = {
+        "missing_material": "loaded with the default material",
+        "missing_texture": "its material is used without the texture",
+        "bad_image": "its material is used without the texture",
+    }
     for error in resolver.errors:
-        if error.reason.startswith("missing_") and allow_missing:
-            warnings.append(str(error))
-            continue
-        raise error
-    return scene
+        log.add(error.reason, f"{error}; {consequence.get(error.reason, 'loaded untextured')}")
+    if suffix != ".obj":
+        return scene, None
+    text = data.decode("utf-8", "replace")
+    if "mtllib" in text and not any(e.reason == "missing_material" for e in resolver.errors):
+        named = {
+            line[6:].strip() for line in text.splitlines() if line.startswith("usemtl") and line[6:].strip()
+        }
+        unknown = sorted(named - resolver.materials)
+        if unknown:
+            log.add(
+                "unknown_material",
+                f"{path.name}: usemtl names {', '.join(repr(n) for n in unknown[:5])}, not defined by its "
+                "material file; loaded with the default material",
+            )
+    return scene, resolver.materials
 
 
 def load_source(
@@ -223,10 +302,14 @@ def load_source(
     *,
     data: bytes | None = None,
     allow_missing_textures: bool = False,
-    warnings: list[str] | None = None,
+    warnings: WarningLog | None = None,
 ) -> TexturedMesh:
-    """Parse one mesh file (not normalized, not cleaned). Referenced files stay inside `root`."""
-    warnings = [] if warnings is None else warnings
+    """Parse one mesh file (not normalized, not cleaned). Referenced files stay inside `root`.
+
+    Material problems are added to `warnings` (module docstring); `allow_missing_textures`
+    also lets undecodable textures through, untextured.
+    """
+    log = WarningLog() if warnings is None else warnings
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in MESH_EXTENSIONS:
@@ -241,15 +324,21 @@ def load_source(
         data = path.read_bytes()
     sniff(data, suffix, path.name)
     if suffix in (".glb", ".gltf"):
-        try:
-            return read_gltf(data, name=path.name, path=path, reader=reader, limits=limits)
-        except AssetError as err:
-            if allow_missing_textures and err.reason == "missing_texture":
-                raise AssetError(err.reason, f"{err} (a texture cannot be skipped inside glTF)") from None
-            raise
-    scene = _load_trimesh(data, suffix, path, reader, allow_missing_textures, warnings)
-    has_materials = suffix != ".obj" or b"mtllib" in data
-    parts, points = _trimesh_parts(scene, limits, has_materials)
+        problems: list[tuple[str, str]] = []
+        mesh = read_gltf(
+            data,
+            name=path.name,
+            path=path,
+            reader=reader,
+            limits=limits,
+            warnings=problems,
+            allow_bad_textures=allow_missing_textures,
+        )
+        for reason, message in problems:
+            log.add(reason, message)
+        return mesh
+    scene, materials = _load_trimesh(data, suffix, path, reader, allow_missing_textures, log)
+    parts, points = _trimesh_parts(scene, limits, materials, log, allow_missing_textures)
     if not parts:
         if points:
             raise AssetError("point_cloud", f"{path.name} has {points} points but no faces")
@@ -257,7 +346,7 @@ def load_source(
     return TexturedMesh(parts=parts)
 
 
-def clean(mesh: TexturedMesh, limits: Limits, warnings: list[str], name: str) -> TexturedMesh:
+def clean(mesh: TexturedMesh, limits: Limits, warnings: WarningLog, name: str) -> TexturedMesh:
     """Validate and repair a parsed mesh; see the module docstring for the rules."""
     faces_total = mesh.num_faces
     if faces_total > limits.max_faces:
@@ -294,10 +383,10 @@ def clean(mesh: TexturedMesh, limits: Limits, warnings: list[str], name: str) ->
         uv = None if part.uv is None else part.uv[used]
         colors = None if part.vertex_colors is None else part.vertex_colors[used]
         if uv is not None and not np.isfinite(uv).all():
-            warnings.append(f"{name}: NaN/Inf texture coordinates replaced by 0")
+            warnings.add("repaired_uv", f"{name}: NaN/Inf texture coordinates replaced by 0")
             uv = np.nan_to_num(uv, nan=0.0, posinf=0.0, neginf=0.0)
         if colors is not None and not np.isfinite(colors).all():
-            warnings.append(f"{name}: NaN/Inf vertex colours replaced by white")
+            warnings.add("repaired_colors", f"{name}: NaN/Inf vertex colours replaced by white")
             colors = np.nan_to_num(colors, nan=1.0, posinf=1.0, neginf=0.0)
         if colors is not None:
             colors = colors.clip(0.0, 1.0)
@@ -313,7 +402,7 @@ def clean(mesh: TexturedMesh, limits: Limits, warnings: list[str], name: str) ->
             raise AssetError("degenerate", f"{name}: all {degenerate} triangles are degenerate (zero area)")
         raise AssetError("no_geometry", f"{name} contains no triangles")
     if degenerate:
-        warnings.append(f"{name}: dropped {degenerate} degenerate triangles")
+        warnings.add("degenerate_faces", f"{name}: dropped {degenerate} degenerate triangles")
     result = TexturedMesh(parts=parts, extras=dict(mesh.extras))
     for part in result.parts:
         part.check()
@@ -328,10 +417,14 @@ def ingest_file(
     data: bytes | None = None,
     allow_missing_textures: bool = False,
 ) -> IngestResult:
-    """Load, clean and normalize one mesh file. Raises AssetError with a reason code."""
+    """Load, clean and normalize one mesh file. Raises AssetError with a reason code.
+
+    `allow_missing_textures`: also load an asset whose texture cannot be decoded, untextured
+    (missing material and texture files are always warnings, never failures).
+    """
     limits = limits or Limits()
     path = Path(path)
-    warnings: list[str] = []
+    warnings = WarningLog()
     logging.getLogger("trimesh").setLevel(logging.ERROR)
     raw = load_source(
         path, root, limits, data=data, allow_missing_textures=allow_missing_textures, warnings=warnings
@@ -352,4 +445,6 @@ def ingest_file(
         "textured": any(p.texture is not None for p in normalized.parts),
         "vertex_colors": any(p.vertex_colors is not None for p in normalized.parts),
     }
-    return IngestResult(mesh=normalized, warnings=warnings, stats=stats)
+    return IngestResult(
+        mesh=normalized, warnings=warnings.messages, stats=stats, warning_reasons=warnings.reasons
+    )

@@ -5,11 +5,16 @@ Tables
   file (zip members appear as `archive.zip!member/path.obj`). `id` is the sha256 of the file's
   bytes; `duplicate_of` names the first source with the same content; `reason`/`error` record
   failures that happen before an asset exists (an unreadable file, a symlink leaving SRC).
-- `steps(id, step, status, reason, error, warnings, seconds, stats, params, updated)`: one row
-  per asset and step (`expand` for archives, `ingest`, `views`, `cond`, `voxels_<R>`,
-  `features_<name>_<R>`); status is `done` or `failed`; `params` is the JSON of the settings the
-  step ran with, so a changed setting (e.g. more views) re-runs it while re-running the same
-  command skips it.
+- `steps(id, step, status, reason, error, warnings, seconds, stats, params, updated,
+  warning_reasons)`: one row per asset and step (`expand` for archives, `ingest`, `views`,
+  `cond`, `voxels_<R>`, `features_<name>_<R>`); status is `done` or `failed`; `params` is the
+  JSON of the settings the step ran with, so a changed setting (e.g. more views) re-runs it
+  while re-running the same command skips it. `warnings` is the JSON list of warning messages
+  of a step that did its work (a missing `.mtl`: default material), `warning_reasons` the
+  JSON list of their reason codes, one per message (`voxforge.data.ingest.WARNING_REASONS`),
+  the column that `data status` counts. Manifests written before that column existed get it added when
+  a run opens them (their older warnings count as `unclassified`); read-only views cope
+  without it.
 - `hashes(source, size, mtime, id)`: a cache so a resumed run does not re-hash unchanged files.
 
 Only the parent process writes (workers send results over pipes), so one connection with WAL
@@ -36,11 +41,26 @@ CREATE TABLE IF NOT EXISTS sources (
 CREATE INDEX IF NOT EXISTS sources_id ON sources(id);
 CREATE TABLE IF NOT EXISTS steps (
     id TEXT NOT NULL, step TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, error TEXT,
-    warnings TEXT, seconds REAL, stats TEXT, params TEXT, updated REAL,
+    warnings TEXT, seconds REAL, stats TEXT, params TEXT, updated REAL, warning_reasons TEXT,
     PRIMARY KEY (id, step)
 );
 CREATE TABLE IF NOT EXISTS hashes (source TEXT PRIMARY KEY, size INTEGER, mtime REAL, id TEXT);
 """
+
+
+STEP_COLUMNS = "id, step, status, reason, error, warnings, seconds, stats, params, updated, warning_reasons"
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _warning_reasons(codes: str | None, messages: list[str]) -> list[str]:
+    """Codes of a row, one per message; a row from before the column existed has none."""
+    parsed = json.loads(codes) if codes is not None else []
+    if len(parsed) != len(messages):
+        return (parsed + ["unclassified"] * len(messages))[: len(messages)]
+    return parsed
 
 
 def manifest_name(rank: int = 0, world_size: int = 1) -> str:
@@ -63,6 +83,8 @@ class Manifest:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        if "warning_reasons" not in _columns(self.db, "steps"):  # a manifest of an older version
+            self.db.execute("ALTER TABLE steps ADD COLUMN warning_reasons TEXT")
         self.db.commit()
 
     def close(self) -> None:
@@ -109,16 +131,19 @@ class Manifest:
     # -- steps -------------------------------------------------------------------
     def step(self, asset_id: str, step: str) -> dict[str, Any] | None:
         row = self.db.execute(
-            "SELECT status, reason, error, warnings, seconds, stats, params FROM steps WHERE id = ? AND step = ?",
+            "SELECT status, reason, error, warnings, seconds, stats, params, warning_reasons FROM steps "
+            "WHERE id = ? AND step = ?",
             (asset_id, step),
         ).fetchone()
         if row is None:
             return None
+        warnings = json.loads(row[3] or "[]")
         return {
             "status": row[0],
             "reason": row[1],
             "error": row[2],
-            "warnings": json.loads(row[3] or "[]"),
+            "warnings": warnings,
+            "warning_reasons": _warning_reasons(row[7], warnings),
             "seconds": row[4],
             "stats": json.loads(row[5] or "{}"),
             "params": json.loads(row[6] or "{}"),
@@ -136,20 +161,24 @@ class Manifest:
         reason: str | None = None,
         error: str | None = None,
         warnings: list[str] | None = None,
+        warning_reasons: list[str] | None = None,
     ) -> None:
+        warnings = warnings or []
+        warning_reasons = _warning_reasons(json.dumps(warning_reasons or []), warnings)
         self.db.execute(
-            "INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO steps ({STEP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 asset_id,
                 step,
                 status,
                 reason,
                 error,
-                json.dumps(warnings or []),
+                json.dumps(warnings),
                 seconds,
                 json.dumps(stats or {}),
                 json.dumps(params or {}, sort_keys=True),
                 time.time(),
+                json.dumps(warning_reasons),
             ),
         )
         self.db.commit()
@@ -178,14 +207,17 @@ class ManifestView:
                     self.sources[row[0]] = dict(
                         zip(("source", "id", "size", "mtime", "duplicate_of", "reason", "error"), row)
                     )
+                codes = "warning_reasons" if "warning_reasons" in _columns(db, "steps") else "NULL"
                 for row in db.execute(
-                    "SELECT id, step, status, reason, error, warnings, seconds, stats, params FROM steps"
+                    f"SELECT id, step, status, reason, error, warnings, seconds, stats, params, {codes} FROM steps"
                 ):
+                    warnings = json.loads(row[5] or "[]")
                     record = {
                         "status": row[2],
                         "reason": row[3],
                         "error": row[4],
-                        "warnings": json.loads(row[5] or "[]"),
+                        "warnings": warnings,
+                        "warning_reasons": _warning_reasons(row[9], warnings),
                         "seconds": row[6],
                         "stats": json.loads(row[7] or "{}"),
                         "params": json.loads(row[8] or "{}"),
@@ -214,9 +246,15 @@ class ManifestView:
                 yield record
 
     def summary(self) -> dict[str, Any]:
-        """Counts per step (done / failed) and failures grouped by reason, with examples."""
+        """Counts per step (done / failed), failures and warnings grouped by reason, with examples.
+
+        `warnings[reason]["count"]` counts the steps that did their work with that warning (an
+        asset is counted once per step), `warned_assets` the assets with any warning.
+        """
         steps: dict[str, dict[str, int]] = {}
         failures: dict[str, dict[str, Any]] = {}
+        warnings: dict[str, dict[str, Any]] = {}
+        warned: set[str] = set()
         id_to_source: dict[str, str] = {}
         for record in self.sources.values():
             if record["id"] and record["duplicate_of"] is None:
@@ -239,6 +277,17 @@ class ManifestView:
                         group["examples"].append(
                             {"source": id_to_source.get(asset_id, asset_id), "error": record["error"]}
                         )
+                    continue
+                first = dict(zip(reversed(record["warning_reasons"]), reversed(record["warnings"])))
+                for code, message in sorted(first.items()):
+                    warned.add(asset_id)
+                    group = warnings.setdefault(code, {"count": 0, "steps": {}, "examples": []})
+                    group["count"] += 1
+                    group["steps"][step] = group["steps"].get(step, 0) + 1
+                    if len(group["examples"]) < 5:
+                        group["examples"].append(
+                            {"source": id_to_source.get(asset_id, asset_id), "warning": message}
+                        )
         ordered = {name: steps[name] for name in self.step_names() if name in steps}
         duplicates = [
             {"source": r["source"], "duplicate_of": r["duplicate_of"]}
@@ -253,5 +302,7 @@ class ManifestView:
             "duplicates": duplicates,
             "steps": ordered,
             "failures": dict(sorted(failures.items(), key=lambda kv: -kv[1]["count"])),
+            "warnings": dict(sorted(warnings.items(), key=lambda kv: (-kv[1]["count"], kv[0]))),
+            "warned_assets": len(warned),
             "settings": self.meta.get("settings"),
         }

@@ -20,7 +20,6 @@ or `--features` adds new steps next to the old outputs.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from voxforge.config.core import ConfigValueError, option
-from voxforge.data.ingest import ARCHIVE_EXTENSIONS, MESH_EXTENSIONS, sha256_file
+from voxforge.data.ingest import ARCHIVE_EXTENSIONS, MESH_EXTENSIONS, RECOVERED_FAILURES, sha256_file
 from voxforge.data.manifest import Manifest, ManifestView, manifest_name
 from voxforge.data.safety import Limits, is_within
 from voxforge.errors import UserError
@@ -48,13 +47,20 @@ class PrepareConfig:
     renderer: str = option("auto", choices=("auto", "torch", "blender"), help="mesh renderer backend")
     device: str = option("cpu", help="torch device for rendering, voxelization and features (e.g. cuda)")
     workers: int = option(-1, ge=-1, help="worker processes (-1: half the CPU cores; 0: in-process)")
+    threads: int | None = option(
+        None, ge=1, help="CPU threads per worker (None: OMP_NUM_THREADS if set, else cores // workers)"
+    )
     rank: int = option(0, ge=0, help="this machine's shard index")
     world_size: int = option(1, ge=1, help="number of shards (machines)")
     time_limit: float | None = option(900.0, gt=0, help="seconds allowed per asset (None: unlimited)")
     seed: int = option(0, help="seed for the condition-view cameras")
     steps: tuple[str, ...] = option(ALL_STEPS, help="steps to run (ingest always runs first)")
     retry_failed: bool = option(False, help="run failed steps again")
-    allow_missing_textures: bool = option(False, help="ingest meshes whose textures are missing, untextured")
+    allow_missing_textures: bool = option(
+        False,
+        help="also ingest assets whose texture cannot be decoded, untextured with a warning "
+        "(missing .mtl and texture files always are)",
+    )
     progress: bool = option(True, help="show a progress bar")
     limits: Limits = field(default_factory=Limits)
 
@@ -196,6 +202,7 @@ class _Recorder:
             reason=result.get("reason"),
             error=result.get("error"),
             warnings=result.get("warnings"),
+            warning_reasons=result.get("warning_reasons"),
         )
         if result["status"] == "failed":
             self.failures += 1
@@ -219,22 +226,10 @@ def _progress(total: int, enabled: bool, description: str) -> Any:
     return tqdm(total=total, desc=description, unit="asset", file=sys.stderr, dynamic_ncols=True)
 
 
-def _worker_init(threads: int) -> None:
-    """Keep each worker to a fair share of the CPU threads.
-
-    Through the environment, so that torch (imported later, only by the steps that need it)
-    picks the value up without this import costing seconds per worker for ingest-only runs.
-    """
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[name] = str(threads)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-
-
 def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = None) -> dict[str, Any]:
     """Prepare (or finish preparing) SRC into OUT; returns `ManifestView(OUT).summary()`."""
     from voxforge.data.steps import run_asset_task
-    from voxforge.data.workers import default_workers, run_tasks
+    from voxforge.data.workers import default_workers, run_tasks, threads_per_process
 
     config = config or PrepareConfig()
     src, out = Path(src), Path(out)
@@ -246,7 +241,8 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
         raise UserError("the source and output folders must differ")
     out.mkdir(parents=True, exist_ok=True)
     workers = default_workers() if config.workers < 0 else config.workers
-    initializer = functools.partial(_worker_init, max(1, (os.cpu_count() or 1) // max(workers, 1)))
+    # processes x threads <= cores unless the user says otherwise (--threads, OMP_NUM_THREADS)
+    threads = threads_per_process(workers, config.threads) if workers > 0 else config.threads
     settings = config.worker_settings()
     step_names = config.step_names()
     preflight(config, step_names)
@@ -291,7 +287,7 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
             on_message=recorder.message,
             on_failure=recorder.failure,
             on_finished=recorder.finished,
-            initializer=initializer,
+            threads=threads,
         )
         if recorder.progress is not None:
             recorder.progress.close()
@@ -324,7 +320,7 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
             manifest.record_source(item.source, item.asset_id, size=stat.st_size, mtime=stat.st_mtime)
             asset_dir = out / "assets" / item.asset_id
             ingest = manifest.step(item.asset_id, "ingest")
-            if ingest and ingest["status"] == "failed" and not config.retry_failed:
+            if ingest and ingest["status"] == "failed" and not _retry(ingest, "ingest", config):
                 continue
             todo = [
                 step
@@ -347,7 +343,7 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
             on_message=recorder.message,
             on_failure=recorder.failure,
             on_finished=recorder.finished,
-            initializer=initializer,
+            threads=threads,
         )
         if recorder.progress is not None:
             recorder.progress.close()
@@ -383,10 +379,16 @@ def _needs(
     if row is None:
         return True
     if row["status"] == "failed":
-        return config.retry_failed
+        return _retry(row, step, config)
     if row["params"] != _jsonable(params):
         return True
     return not output.exists()
+
+
+def _retry(row: dict[str, Any], step: str, config: PrepareConfig) -> bool:
+    """A failed step runs again with --retry-failed, or when its failure is now a warning
+    (an older version refused a missing .mtl or texture: RECOVERED_FAILURES)."""
+    return config.retry_failed or (step == "ingest" and row["reason"] in RECOVERED_FAILURES)
 
 
 def _jsonable(value: Any) -> Any:

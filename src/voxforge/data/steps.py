@@ -17,6 +17,12 @@ Steps and their files (OUT/assets/<id>/):
 
 Every file is written under a temporary name and renamed, and directories are replaced whole,
 so a killed worker never leaves a half-written output that a later run would trust.
+
+Each step reads its inputs back from the files the earlier steps wrote, never from what they
+left in memory: a run that was interrupted after `views` has only `views/depth.npz` (float16)
+and `mesh.glb` (float32 vertices) to go on, so an uninterrupted run must use exactly those too,
+or the two would differ (occlusion tests flip where the rendered depth was rounded to float16).
+The outputs are therefore the same bytes whichever steps ran in which process.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from voxforge.data.gltf import load_glb
 from voxforge.data.safety import Limits
 from voxforge.representations.mesh import AssetError, TexturedMesh
 
@@ -145,7 +152,8 @@ def load_views(directory: Path) -> tuple[np.ndarray, np.ndarray | None, Any]:
 
     from voxforge.render.cameras import Cameras
 
-    pngs = sorted(directory.glob("[0-9][0-9][0-9]*.png"))
+    # numeric order: "1000.png" sorts before "101.png" as text (views past 999)
+    pngs = sorted(directory.glob("[0-9][0-9][0-9]*.png"), key=lambda p: int(p.stem))
     rgba = np.stack([np.asarray(Image.open(p).convert("RGBA")) for p in pngs])
     depth = None
     if (directory / "depth.npz").is_file():
@@ -194,11 +202,11 @@ def run_asset_task(task: dict[str, Any], send: Callable[[Any], None]) -> None:
 
     asset_dir = out / "assets" / task["id"]
     asset_dir.mkdir(parents=True, exist_ok=True)
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {}  # only inputs read back from disk (module docstring)
 
     def mesh() -> TexturedMesh:
         if "mesh" not in state:
-            state["mesh"] = TexturedMesh.load_glb(asset_dir / "mesh.glb")
+            state["mesh"] = load_glb(asset_dir / "mesh.glb")
         return state["mesh"]
 
     def do_ingest() -> dict[str, Any]:
@@ -212,17 +220,16 @@ def run_asset_task(task: dict[str, Any], send: Callable[[Any], None]) -> None:
         )
         result.mesh.extras["source"] = task["source"]
         result.mesh.save_glb(asset_dir / "mesh.glb")
-        state["mesh"] = result.mesh
+        state.pop("mesh", None)  # later steps read mesh.glb back, as a resumed run does
         synth = result.mesh.extras.get("voxforge_synth")
         if isinstance(synth, dict) and isinstance(synth.get("class"), str):
             result.stats["label"] = synth["class"]  # built-in dataset: keep the class for evaluation
-        return {"stats": result.stats, "warnings": result.warnings}
+        return {"stats": result.stats, "warnings": result.warnings, "warning_reasons": result.warning_reasons}
 
     def do_views() -> dict[str, Any]:
         cameras = feature_cameras(settings)
         rgba, depth = render(mesh(), cameras, settings)
         write_views(asset_dir / "views", rgba, depth, cameras)
-        state["views"] = (rgba, depth, cameras)
         coverage = float((rgba[..., 3] > 0).mean())
         return {"stats": {"views": len(rgba), "coverage": round(coverage, 4)}}
 
@@ -243,17 +250,14 @@ def run_asset_task(task: dict[str, Any], send: Callable[[Any], None]) -> None:
         if len(coords) == 0:
             raise AssetError("no_voxels", f"no voxel is occupied at resolution {resolution}")
         save_npz_atomic(asset_dir / f"voxels_{resolution}.npz", coords=coords.astype(np.uint16))
-        state[f"voxels_{resolution}"] = coords
         return {"stats": {"voxels": len(coords)}}
 
     def do_features(resolution: int) -> dict[str, Any]:
         from voxforge.data.features import aggregate_features
 
-        coords = state.get(f"voxels_{resolution}")
-        if coords is None:
-            with np.load(asset_dir / f"voxels_{resolution}.npz") as data:
-                coords = data["coords"].astype(np.int64)
-        rgba, depth, cameras = state.get("views") or load_views(asset_dir / "views")
+        with np.load(asset_dir / f"voxels_{resolution}.npz") as data:
+            coords = data["coords"].astype(np.int64)
+        rgba, depth, cameras = load_views(asset_dir / "views")  # float16 depth, as stored
         extract = extractor(settings)
         features = aggregate_features(
             coords, resolution, rgba, depth, cameras, extract, device=settings["device"]

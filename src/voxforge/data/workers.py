@@ -9,6 +9,19 @@ pipes and the process sentinels together, and
   the exit code), and
 - starts a replacement in both cases, so one bad asset never stops the run.
 
+Threads: OpenMP and OpenBLAS threads spin-wait for work, so processes that together run more
+threads than there are cores slow each other down badly (two torch processes on 2 cores: up to
+17x). Each worker therefore gets `threads` CPU threads (`threads_per_process`: the cores this
+process may use divided by the number of workers, unless OMP_NUM_THREADS is set), applied
+through the environment *before* the task function is unpickled, i.e. before the worker
+imports numpy or torch, whose thread pools read those variables when they load.
+
+A worker also ends the moment its parent does (killed with SIGKILL, out of memory): each one
+holds the read end of a "lifeline" pipe whose write end only the parent has, and a thread
+exits the worker when that pipe closes. Otherwise an orphan would finish its current asset
+while the re-run of the same command works on that asset too, two processes writing the same
+files.
+
 Workers are started with `forkserver` where available (cheap forks from a clean server
 process that never ran user code) and `spawn` elsewhere. `workers=0` runs tasks in the calling
 process (no isolation, no time limit) for debugging.
@@ -23,6 +36,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
+import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -31,9 +47,53 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 TaskFn = Callable[[dict[str, Any], Callable[[Any], None]], None]
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def _worker_main(conn: Connection, fn: TaskFn, initializer: Callable[[], None] | None) -> None:
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def threads_per_process(processes: int, requested: int | None = None) -> int:
+    """CPU threads for each of `processes` processes sharing this machine.
+
+    `requested` (a user option) wins, then an explicit OMP_NUM_THREADS, then a fair share:
+    processes x threads <= cores.
+    """
+    if requested is not None and requested > 0:
+        return int(requested)
+    explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if explicit.isdigit() and int(explicit) > 0:
+        return int(explicit)
+    return max(1, usable_cores() // max(1, processes))
+
+
+def limit_threads(threads: int) -> None:
+    """Use `threads` CPU threads in this process: torch now, numpy/BLAS/OpenMP when they load."""
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def _exit_with_parent(lifeline: Connection) -> None:
+    """Block until the parent's end of the lifeline closes (it never sends), then exit."""
+    try:
+        lifeline.recv()
+    except (EOFError, OSError):
+        pass
+    os._exit(1)  # no cleanup: the task's partial files are temporary names a re-run replaces
+
+
+def _worker_main(conn: Connection, threads: int | None, payload: bytes, lifeline: Connection) -> None:
+    threading.Thread(target=_exit_with_parent, args=(lifeline,), daemon=True).start()
+    if threads is not None:
+        limit_threads(threads)
+    fn, initializer = pickle.loads(payload)  # imports the task's modules (numpy, torch) only now
     if initializer is not None:
         initializer()
     while True:
@@ -56,12 +116,14 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, fn: TaskFn, initializer: Callable[[], None] | None):
+    def __init__(self, ctx: Any, threads: int | None, payload: bytes):
         parent, child = ctx.Pipe(duplex=True)
+        lifeline, self.lifeline = ctx.Pipe(duplex=False)  # (read end: worker, write end: here)
         self.conn = parent
-        self.process = ctx.Process(target=_worker_main, args=(child, fn, initializer), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, threads, payload, lifeline), daemon=True)
         self.process.start()
         child.close()
+        lifeline.close()
         self.task: dict[str, Any] | None = None
         self.started = 0.0
 
@@ -78,6 +140,7 @@ class _Worker:
             self.process.kill()
             self.process.join()
         self.conn.close()
+        self.lifeline.close()
 
 
 def run_tasks(
@@ -90,11 +153,18 @@ def run_tasks(
     on_failure: Callable[[Any, str, str], None],
     on_finished: Callable[[Any], None] | None = None,
     initializer: Callable[[], None] | None = None,
+    threads: int | None = None,
 ) -> None:
-    """Run every task; see the module docstring for the protocol."""
+    """Run every task; see the module docstring for the protocol.
+
+    `threads`: CPU threads per worker process (None: `threads_per_process(workers)`); with
+    `workers=0` the calling process is left as it is unless `threads` is given.
+    """
     queue = deque(tasks)
     on_finished = on_finished or (lambda key: None)
     if workers <= 0:
+        if threads is not None:
+            limit_threads(threads)
         for task in queue:
             if initializer is not None:
                 initializer()
@@ -106,6 +176,8 @@ def run_tasks(
             on_finished(task["key"])
         return
     ctx = _context()
+    threads = threads_per_process(workers, threads)
+    payload = pickle.dumps((fn, initializer))
     pool: list[_Worker] = []
     try:
         while queue or any(w.task is not None for w in pool):
@@ -114,7 +186,7 @@ def run_tasks(
                 if worker.task is None and queue:
                     _assign(worker, queue.popleft())
             while queue and len(pool) < workers:
-                worker = _Worker(ctx, fn, initializer)
+                worker = _Worker(ctx, threads, payload)
                 pool.append(worker)
                 _assign(worker, queue.popleft())
             busy = [w for w in pool if w.task is not None]
@@ -181,5 +253,5 @@ def _retire(pool: list[_Worker], worker: _Worker) -> None:
 
 
 def default_workers() -> int:
-    """Half the CPU cores (renderers and extractors use several threads each), at least 1."""
-    return max(1, (os.cpu_count() or 2) // 2)
+    """Half the usable CPU cores (renderers and extractors use several threads each), at least 1."""
+    return max(1, usable_cores() // 2)

@@ -58,6 +58,13 @@ def init_distributed(device_name: str) -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
+    if world_size > 1:
+        # co-located ranks spin-wait on each other's OpenMP threads when processes x threads >
+        # cores; an explicit OMP_NUM_THREADS (torchrun sets 1 for several processes) wins
+        from voxforge.data.workers import threads_per_process
+
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(threads_per_process(local))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
