@@ -25,8 +25,8 @@ import time
 
 import torch
 
-from voxforge.config.recipe import load_recipe
 from voxforge.models.ss_flow import SSFlowConfig, SSFlowTransformer
+from voxforge.recipe import load_recipe
 
 
 def best_time(fn, repeats: int) -> float:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from voxforge.config.core import option
-from voxforge.config.recipe import recipe_from_data
+from voxforge.recipe import recipe_from_data
 from voxforge.stages import register_stage
 from voxforge.stages.base import Stage
 from voxforge.train.engine import train

@@ -48,13 +48,13 @@ def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def random_pipeline(resolution: int) -> Any:
-    from voxforge.config.recipe import load_recipe
     from voxforge.models.slat_flow import SLatFlowModel
     from voxforge.models.slat_vae import SLatVAE
     from voxforge.models.ss_flow import StructureFlowModel
     from voxforge.models.ss_vae import SSVAE
     from voxforge.pipelines.image_to_3d import ImageTo3DPipeline, SLatPipeline
     from voxforge.pipelines.structure import StructurePipeline
+    from voxforge.recipe import load_recipe
 
     torch.manual_seed(0)
     ss_vae_r, ss_flow_r = load_recipe("ss_vae_tiny"), load_recipe("ss_flow_tiny")
@@ -102,15 +102,15 @@ def main() -> None:
     from voxforge.export import export_ply
     from voxforge.export.mesh import mesh_from_structure, write_glb
     from voxforge.export.video import render_turntable, write_gif, write_mp4
-    from voxforge.pipelines.image_to_3d import ImageTo3DPipeline, default_slat_sampler
-    from voxforge.pipelines.structure import default_sampler
+    from voxforge.models.conditioning import default_slat_sampler, default_structure_sampler
+    from voxforge.pipelines.image_to_3d import ImageTo3DPipeline
 
     pipeline = (
         ImageTo3DPipeline.from_model_dir(args.model) if args.model else random_pipeline(args.resolution)
     )
     structure, slat = pipeline.structure, pipeline.slat
     image = torch.rand(1, 3, pipeline.image_size, pipeline.image_size)
-    ss_sampler = default_sampler(steps=args.steps)
+    ss_sampler = default_structure_sampler(steps=args.steps)
     slat_sampler = default_slat_sampler(steps=args.steps)
     times: dict[str, float] = {}
     with torch.no_grad():

@@ -23,10 +23,11 @@ import torch
 
 def vae_quality(args: argparse.Namespace) -> None:
     from voxforge.data import OccupancyDataset, PreparedDataset
-    from voxforge.pipelines.structure import load_vae
-    from voxforge.stages.ss_vae import evaluate_reconstruction, split_ids
+    from voxforge.data.splits import split_ids
+    from voxforge.runs import load_ss_vae
+    from voxforge.stages.ss_vae import evaluate_reconstruction
 
-    vae, info = load_vae(args.model)
+    vae, info = load_ss_vae(args.model)
     data = PreparedDataset(args.data)
     ids = data.ids(require=(f"voxels_{vae.cfg.resolution}",))
     if args.heldout:
@@ -43,22 +44,24 @@ def vae_quality(args: argparse.Namespace) -> None:
 
 
 def flow_quality(args: argparse.Namespace) -> None:
-    from voxforge.config.recipe import load_recipe
-    from voxforge.pipelines.structure import StructurePipeline, default_sampler, evaluate_generation
-    from voxforge.stages.ss_vae import split_ids
+    from voxforge.data.splits import split_ids
+    from voxforge.models.conditioning import default_structure_sampler
+    from voxforge.pipelines.evaluate import evaluate_generation
+    from voxforge.pipelines.structure import StructurePipeline
+    from voxforge.recipe import load_recipe
 
     recipe = load_recipe(Path(args.model) / "config.yaml")
     info = json.loads((Path(args.model) / "structure.json").read_text())
     latents = json.loads((Path(info["latents"]) / "latents.json").read_text())
     _, ids = split_ids(latents["ids"], recipe.data.eval_assets)
-    pipeline = StructurePipeline.from_runs(args.model)
+    pipeline = StructurePipeline.from_run(args.model)
     print(
         f"flow {args.model}: {len(ids)} held-out assets, {args.steps} Euler steps, guidance on t in [0.5, 1]"
     )
     print("| cfg | IoU cond | IoU uncond | yaw-aligned cond | yaw-aligned uncond |")
     print("| --- | --- | --- | --- | --- |")
     for scale in args.cfg:
-        sampler = default_sampler(steps=args.steps, cfg_scale=scale)
+        sampler = default_structure_sampler(steps=args.steps, cfg_scale=scale)
         result = evaluate_generation(pipeline, info["prepared"], ids, seed=args.seed, sampler=sampler)
         print(
             f"| {scale} | {result['iou']:.3f} | {result['iou_uncond']:.3f} | {result['yaw_iou']:.3f} | "

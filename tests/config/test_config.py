@@ -10,8 +10,8 @@ import yaml
 
 from voxforge.cli import main
 from voxforge.config.core import ConfigValueError, apply_overrides, from_dict, option
-from voxforge.config.recipe import load_recipe
 from voxforge.errors import ConfigError
+from voxforge.recipe import load_recipe
 
 
 @dataclass

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from voxforge.errors import UserError
+from voxforge.models.conditioning import default_slat_sampler
 from voxforge.models.image_encoders import ImageEncoderConfig
 from voxforge.models.slat_flow import SLatFlowConfig, SLatFlowModel
 from voxforge.models.slat_vae import GaussianHeadConfig, SLatVAE, SLatVAEConfig
-from voxforge.pipelines.image_to_3d import SLatPipeline, default_slat_sampler
+from voxforge.pipelines.image_to_3d import SLatPipeline
 
 R = 16
 

@@ -69,14 +69,14 @@ def stage1_artefacts(base: Path) -> dict[str, Path]:
     key = str(base)
     if key in _CACHE:
         return _CACHE[key]
-    from voxforge.config.recipe import load_recipe
-    from voxforge.pipelines.structure import encode_dataset
+    from voxforge.pipelines.encode import encode_ss_latents
+    from voxforge.recipe import load_recipe
     from voxforge.train.engine import train
 
     prepared = prepared_dataset(base)
     vae_run, latents, flow_run = base / "ss_vae", base / "latents", base / "ss_flow"
     train(load_recipe("ss_vae_tiny", VAE_OVERRIDES + [f"data.path={prepared}"]), vae_run)
-    encode_dataset(vae_run, prepared, latents, batch_size=4)
+    encode_ss_latents(vae_run, prepared, latents, batch_size=4)
     train(load_recipe("ss_flow_tiny", FLOW_OVERRIDES + [f"data.latents={latents}"]), flow_run)
     _CACHE[key] = {"prepared": prepared, "vae_run": vae_run, "latents": latents, "flow_run": flow_run}
     return _CACHE[key]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from voxforge.config.recipe import load_recipe
 from voxforge.errors import ConfigError
+from voxforge.recipe import load_recipe
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,8 @@ def _vae_recipe(path, **extra):
 
 
 def test_view_splits_never_train_on_held_out_views(prepared):
-    from voxforge.stages.slat_vae import SLatViewDataset, feature_split
+    from voxforge.data.views import SLatViewDataset
+    from voxforge.stages.slat_vae import feature_split
 
     recipe = _vae_recipe(prepared)
     data, train_ids, eval_ids = feature_split(recipe.data, 16)

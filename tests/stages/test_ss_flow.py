@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tests.stages.ss_helpers import FLOW_OVERRIDES, stage1_artefacts
-from voxforge.config.recipe import load_recipe
 from voxforge.errors import ConfigError, UserError
+from voxforge.recipe import load_recipe
 from voxforge.stages.ss_flow import SSFlowStage
 
 

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from tests.stages.ss_helpers import VAE_OVERRIDES, prepared_dataset, stage1_artefacts
-from voxforge.config.recipe import load_recipe
+from voxforge.data.splits import split_ids
 from voxforge.errors import ConfigError, UserError
-from voxforge.stages.ss_vae import OccupancyAugment, SSVAEStage, cube_symmetry, split_ids, yaw_symmetry
+from voxforge.recipe import load_recipe
+from voxforge.stages.ss_vae import OccupancyAugment, SSVAEStage, cube_symmetry, yaw_symmetry
 from voxforge.train.engine import train
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from voxforge.config.recipe import load_recipe, recipe_from_data
+from voxforge.recipe import load_recipe, recipe_from_data
 from voxforge.stages import get_stage
 from voxforge.stages.toy_flow import GaussianRing, ToyFlowStage, mixture_metrics, ring_centers
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from voxforge.config.recipe import recipe_from_data
+from voxforge.recipe import recipe_from_data
 from voxforge.train.checkpoint import latest_checkpoint, load_state_dict_file, load_trainer_state
 
 BASE = {

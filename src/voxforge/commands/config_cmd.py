@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from voxforge.config.core import dump_yaml
+from voxforge.recipe import BUILTIN_RECIPES, load_recipe
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="inspect recipes")
@@ -17,16 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def show_recipe(args: argparse.Namespace) -> int:
-    from voxforge.config.core import dump_yaml
-    from voxforge.config.recipe import load_recipe
-
     print(dump_yaml(load_recipe(args.recipe, args.overrides)), end="")
     return 0
 
 
 def list_recipes(args: argparse.Namespace) -> int:
-    from voxforge.config.recipe import BUILTIN_RECIPES
-
     for path in sorted(BUILTIN_RECIPES.glob("*.yaml")):
         print(path.stem)
     return 0

@@ -1,25 +1,22 @@
 """`voxforge encode --model VAE_RUN --data PREPARED --out LATENTS`: latents for the next stage.
 
-The VAE run's stage picks the encoder (`ENCODERS`: stage name → "module:function"), so one
-command serves the structure VAE (stage 1) and the SLat VAE (stage 2). Every encoder takes
-`(vae_run, prepared, out, *, device, ema, log, **options)`, writes `OUT/latents/<id>.npz` and
-`OUT/latents.json`, skips assets already encoded by the same checkpoint, and returns a
-summary dict with `encoded`, `kept` and `total`.
+The VAE run's stage picks the encoder (`voxforge.pipelines.encode`: `encode_ss_latents` for
+an ss_vae run, `encode_slat_latents` for a slat_vae run), so one command serves both stages.
+Every encoder takes `(vae_run, prepared, out, *, device, ema, log, **options)`, writes
+`OUT/latents/<id>.npz` and `OUT/latents.json`, skips assets already encoded by the same
+checkpoint, and returns a summary dict with `encoded`, `kept` and `total`.
+
+The encoders (and torch) are imported inside `run`, so `voxforge --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import json
 import sys
-from pathlib import Path
 
-ENCODERS = {
-    "ss_vae": "voxforge.pipelines.structure:encode_dataset",
-    "slat_vae": "voxforge.pipelines.encode_slat:encode_slat_dataset",
-}
+from voxforge.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,26 +41,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from voxforge.config.recipe import load_recipe
-    from voxforge.errors import UserError
+    from voxforge.pipelines.encode import encode_slat_latents, encode_ss_latents
+    from voxforge.runs import Run
     from voxforge.train.distributed import resolve_device
 
-    config = Path(args.model) / "config.yaml"
-    if not config.is_file():
-        raise UserError(f"{args.model}: not a training run ({config} not found)")
-    stage = load_recipe(config).stage
-    target = ENCODERS.get(stage)
-    if target is None:
+    encoders = {"ss_vae": encode_ss_latents, "slat_vae": encode_slat_latents}
+    stage = Run.open(args.model).stage
+    if stage not in encoders:
         raise UserError(
-            f"{args.model}: a '{stage}' run has no encoder; expected one of {', '.join(ENCODERS)}"
+            f"{args.model}: a '{stage}' run has no encoder; expected one of {', '.join(encoders)}"
         )
-    module_name, function_name = target.split(":")
-    try:
-        encoder = getattr(importlib.import_module(module_name), function_name)
-    except ModuleNotFoundError:
-        raise UserError(
-            f"encoding '{stage}' runs is not available in this installation ({module_name})"
-        ) from None
+    encoder = encoders[stage]
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     options = {"batch_size": args.batch_size} if "batch_size" in inspect.signature(encoder).parameters else {}

@@ -4,11 +4,12 @@ Parser scheme: the first positional argument names what to generate, each target
 sub-command with its own options:
 
     voxforge generate structure --model FLOW_RUN --image IMG [--image IMG2 ...] --out DIR
-    voxforge generate asset ...        (stage 2, image → 3D asset; added by its own module)
+    voxforge generate asset ...        (stage 2, image → 3D asset: `commands.generate_asset`)
 
-`TARGETS` maps a target name to "module:register"; `register(subparsers)` adds the target's
-sub-parser and sets `func=`, exactly like a top-level command module. A new target is one
-line here and one module; targets whose module is absent in a checkout are skipped.
+A target's `register(targets)` adds its sub-parser and sets `func=`, exactly like a
+top-level command module; `voxforge generate --model ...` without a target runs `asset`.
+Sampler option defaults are TRELLIS's (`voxforge.models.sampler_presets`). Handlers import
+torch and the pipelines when they run, so `voxforge --help` stays fast.
 
 `generate structure` writes into DIR: `structure.npz` (occupied voxels `coords [N, 3]` in
 the DESIGN grid plus `resolution`), the voxel boundary mesh as `structure.glb` and
@@ -20,16 +21,15 @@ views of one object, combined by `--mode stochastic` (default) or `multidiffusio
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
 from pathlib import Path
 
-TARGETS = {
-    "structure": "voxforge.commands.generate:register_structure",
-    "asset": "voxforge.commands.generate_asset:register",
-}
+from voxforge.commands import generate_asset
+from voxforge.commands.sampler_options import add_steps_and_guidance
+from voxforge.errors import UserError
+from voxforge.models.sampler_presets import STRUCTURE_SAMPLER
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,23 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Generate with trained models. The first argument names the target.",
     )
     targets = p.add_subparsers(dest="target", metavar="TARGET")
-    for spec in TARGETS.values():
-        module_name, function = spec.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:
-                continue
-            raise
-        getattr(module, function)(targets)
-    p.set_defaults(func=lambda args: _missing_target(p))
-    if "voxforge.commands.generate_asset" in sys.modules:  # `generate --model ...` = `generate asset ...`
-        sys.modules["voxforge.commands.generate_asset"].add_default_target(p)
-
-
-def _missing_target(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
+    register_structure(targets)
+    generate_asset.register(targets)
+    generate_asset.add_default_target(p)  # `generate --model ...` = `generate asset ...`
 
 
 def register_structure(targets: argparse._SubParsersAction) -> None:
@@ -71,23 +57,26 @@ def register_structure(targets: argparse._SubParsersAction) -> None:
         "--image", required=True, action="append", metavar="IMG", help="condition image; repeat for views"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
-    p.add_argument("--cfg", type=float, default=7.5, help="guidance scale w in v_u + w (v_c - v_u); 1 = off")
+    preset = STRUCTURE_SAMPLER
+    add_steps_and_guidance(p, preset)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--mode", choices=("stochastic", "multidiffusion"), default="stochastic", help="several images"
     )
-    p.add_argument("--sampler", choices=("euler", "heun"), default="euler")
+    p.add_argument("--sampler", choices=("euler", "heun"), default=preset["method"])
     p.add_argument(
         "--guidance-interval",
         type=float,
         nargs=2,
-        default=(0.5, 1.0),
+        default=preset["guidance_interval"],
         metavar=("LO", "HI"),
-        help="guide only for t in [LO, HI] (default 0.5 1.0)",
+        help="guide only for t in [LO, HI] (default {} {})".format(*preset["guidance_interval"]),
     )
     p.add_argument(
-        "--time-shift", type=float, default=3.0, help="time-grid shift, > 1 spends more steps at high noise"
+        "--time-shift",
+        type=float,
+        default=preset["time_shift"],
+        help="time-grid shift, > 1 spends more steps at high noise",
     )
     p.add_argument("--vae", metavar="VAE_RUN", help="ss_vae run (default: the one recorded by the flow run)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -100,9 +89,9 @@ def run_structure(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from voxforge.errors import UserError
     from voxforge.flow import SamplerConfig
-    from voxforge.pipelines.structure import StructurePipeline, load_condition_image
+    from voxforge.pipelines.images import load_condition_image
+    from voxforge.pipelines.structure import StructurePipeline
     from voxforge.representations.voxels import render_previews, save_voxels, voxel_mesh
     from voxforge.train.distributed import resolve_device
 
@@ -125,7 +114,7 @@ def run_structure(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     device = resolve_device(args.device)
-    pipeline = StructurePipeline.from_runs(args.model, vae_run=args.vae, device=device, ema=not args.raw)
+    pipeline = StructurePipeline.from_run(args.model, vae_run=args.vae, device=device, ema=not args.raw)
     images = torch.stack([load_condition_image(path, pipeline.image_size) for path in args.image])
     coords = pipeline.generate(images, seed=args.seed, sampler=sampler, mode=args.mode)
     seconds = time.perf_counter() - start

@@ -14,7 +14,8 @@ MODEL is a model folder — the output of `voxforge pipeline run` (its `runs/ss_
 on. Several `--image`s are views of one object (`--mode stochastic` or `multidiffusion`).
 
 `voxforge generate --model ... --image ... --out ...` without a target runs this one
-(`add_default_target`), so the short form of the issue works as written.
+(`add_default_target`), so the short form of the issue works as written. The pipelines (and
+torch) are imported by `run`, so `voxforge --help` stays fast.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from voxforge.commands.sampler_options import add_steps_and_guidance
+from voxforge.errors import UserError
+from voxforge.models.sampler_presets import SLAT_SAMPLER, STRUCTURE_SAMPLER
+
+if TYPE_CHECKING:  # imported by the handler: torch loads only when a command runs
+    from voxforge.flow import SamplerConfig
 
 __all__ = ["add_default_target", "register", "run"]
 
@@ -42,11 +51,9 @@ def _add_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument(
         "--mode", choices=("stochastic", "multidiffusion"), default="stochastic", help="several images"
     )
-    p.add_argument("--steps", type=int, default=25, help="structure sampler steps (default 25)")
-    p.add_argument("--cfg", type=float, default=7.5, help="structure guidance scale (default 7.5)")
-    p.add_argument("--slat-steps", type=int, default=25, help="SLat sampler steps (default 25)")
-    p.add_argument("--slat-cfg", type=float, default=3.0, help="SLat guidance scale (default 3)")
-    p.add_argument("--sampler", choices=("euler", "heun"), default="euler")
+    add_steps_and_guidance(p, STRUCTURE_SAMPLER, what="structure ")
+    add_steps_and_guidance(p, SLAT_SAMPLER, prefix="slat-", what="SLat ")
+    p.add_argument("--sampler", choices=("euler", "heun"), default=STRUCTURE_SAMPLER["method"])
     p.add_argument(
         "--formats", default="ply,mp4,gif,png,glb", help="comma-separated subset of ply,mp4,gif,png,glb"
     )
@@ -83,10 +90,9 @@ def add_default_target(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from voxforge.errors import UserError
     from voxforge.export import ExportConfig, export_asset
-    from voxforge.pipelines.image_to_3d import ImageTo3DPipeline, default_slat_sampler
-    from voxforge.pipelines.structure import default_sampler
+    from voxforge.models.conditioning import default_slat_sampler, default_structure_sampler
+    from voxforge.pipelines.image_to_3d import ImageTo3DPipeline
     from voxforge.representations.voxels import save_voxels
     from voxforge.train.distributed import resolve_device
 
@@ -116,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         pipeline = ImageTo3DPipeline.from_model_dir(args.model, device=device, ema=not args.raw)
     load_seconds = time.perf_counter() - start
     images = pipeline.load_images(args.image)
-    structure_sampler = default_sampler(steps=args.steps, cfg_scale=args.cfg, method=args.sampler)
+    structure_sampler = default_structure_sampler(steps=args.steps, cfg_scale=args.cfg, method=args.sampler)
     slat_sampler = default_slat_sampler(steps=args.slat_steps, cfg_scale=args.slat_cfg, method=args.sampler)
     result = pipeline.generate(
         images, seed=args.seed, structure_sampler=structure_sampler, slat_sampler=slat_sampler, mode=args.mode
@@ -154,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sampler_dict(sampler) -> dict:  # type: ignore[no-untyped-def]
+def _sampler_dict(sampler: SamplerConfig) -> dict[str, Any]:
     return {
         k: getattr(sampler, k) for k in ("method", "steps", "cfg_scale", "guidance_interval", "time_shift")
     }

@@ -1,10 +1,15 @@
-"""`voxforge train RECIPE --out RUN [key=value ...]` (also under torchrun)."""
+"""`voxforge train RECIPE --out RUN [key=value ...]` (also under torchrun).
+
+The engine (and torch) is imported by the handler, so `voxforge --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+
+from voxforge.recipe import load_recipe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from voxforge.config.recipe import load_recipe
     from voxforge.train.distributed import shutdown_distributed
     from voxforge.train.engine import TrainingDiverged, train
 

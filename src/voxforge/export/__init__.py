@@ -7,7 +7,8 @@
   `voxforge.representations.gaussians` (loads in common splat viewers, round-trips
   exactly through `load_ply`).
 
-Modules import torch, imageio, trimesh and scipy inside functions that need them.
+Third-party libraries other than torch and numpy (imageio, trimesh, scipy) are imported
+inside the functions that need them.
 """
 
 from voxforge.export.asset import ExportConfig, export_asset, export_ply

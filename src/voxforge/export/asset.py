@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from voxforge.config.core import option
+from voxforge.config.core import ConfigValueError, option
+from voxforge.export.mesh import mesh_from_structure, write_glb
+from voxforge.export.video import render_turntable, write_gif, write_mp4
 from voxforge.representations.gaussians import Gaussians
 
 __all__ = ["ExportConfig", "export_asset", "export_ply"]
@@ -39,8 +41,6 @@ class ExportConfig:
     backend: str = option("auto", choices=("auto", "torch", "gsplat"), help="rasterizer backend")
 
     def __post_init__(self):
-        from voxforge.config.core import ConfigValueError
-
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown:
             raise ConfigValueError("formats", f"unknown formats {unknown}; choose from {list(FORMATS)}")
@@ -68,9 +68,6 @@ def export_asset(
     name: str = "asset",
 ) -> dict[str, Path]:
     """Write the formats of `config` into `out_dir`; returns {format: path}."""
-    from voxforge.export.mesh import mesh_from_structure, write_glb
-    from voxforge.export.video import render_turntable, write_gif, write_mp4
-
     cfg = config or ExportConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 
 from voxforge.errors import UserError
+from voxforge.render.cameras import intrinsics, look_at
+from voxforge.render.gaussians import render_gaussians
 from voxforge.representations.gaussians import Gaussians
 
 __all__ = ["orbit_cameras", "render_turntable", "write_gif", "write_mp4"]
@@ -49,8 +51,6 @@ def orbit_cameras(
         ],
         dim=-1,
     )
-    from voxforge.render.cameras import intrinsics, look_at
-
     viewmats = torch.from_numpy(look_at(eye.numpy())).float()
     K = torch.from_numpy(intrinsics(fov_deg, size, size)).float()
     return viewmats, K.expand(frames, 3, 3).clone()
@@ -67,8 +67,6 @@ def render_turntable(
     backend: str = "auto",
     **orbit: float,
 ) -> np.ndarray:  # [F, size, size, 3] uint8
-    from voxforge.render.gaussians import render_gaussians
-
     viewmats, Ks = orbit_cameras(frames, size=size, **orbit)
     device = gaussians.means.device
     out = []

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from voxforge.config.core import ConfigValueError, option
-from voxforge.models.image_encoders import ImageEncoder, ImageEncoderConfig, build_image_encoder
+from voxforge.models.conditioning import ImageConditionedFlow
+from voxforge.models.image_encoders import ImageEncoderConfig
 from voxforge.nn.embeddings import TimestepEmbedder, sincos_position_embedding
 from voxforge.nn.norms import LayerNorm32
 from voxforge.nn.rope import RotaryEmbedding
@@ -235,21 +236,17 @@ class SLatFlowTransformer(nn.Module):
         return h.replace(self.out_layer(self.out_norm(h.feats)))
 
 
-class SLatFlowModel(nn.Module):
-    """The trained module: denoiser, jointly trained image encoder (if any), latent statistics."""
+class SLatFlowModel(ImageConditionedFlow):
+    """The trained module: denoiser, jointly trained image encoder (if any), latent statistics.
+
+    `forward(x: SparseTensor [N, C], t [B], images= | context=, drop=) -> SparseTensor [N, C]`
+    (`voxforge.models.conditioning.ImageConditionedFlow`).
+    """
 
     def __init__(self, cfg: SLatFlowConfig, encoder_cfg: ImageEncoderConfig, context_dim: int | None = None):
-        super().__init__()
-        self.cfg, self.encoder_cfg = cfg, encoder_cfg
-        if encoder_cfg.kind == "vit":
-            self.image_encoder: ImageEncoder | None = build_image_encoder(encoder_cfg)
-            context_dim = self.image_encoder.out_dim
-        else:
-            self.image_encoder = None
-            if context_dim is None:
-                raise ValueError("a frozen image encoder's token width (context_dim) is needed")
-        self.context_dim = context_dim
-        self.denoiser = SLatFlowTransformer(cfg, context_dim)
+        super().__init__(encoder_cfg, context_dim)
+        self.cfg = cfg
+        self.denoiser = SLatFlowTransformer(cfg, self.context_dim)
         # statistics of the training latents: the flow works on (z - mean) / std
         self.register_buffer("latent_mean", torch.zeros(cfg.in_channels))
         self.register_buffer("latent_std", torch.ones(cfg.in_channels))
@@ -263,25 +260,3 @@ class SLatFlowModel(nn.Module):
 
     def denormalize(self, x: Tensor) -> Tensor:  # [N, C] flow space -> VAE latents
         return x * self.latent_std + self.latent_mean
-
-    def encode_images(self, images: Tensor) -> Tensor:  # [B, 3, H, W] in [0, 1] -> [B, T, Cc]
-        if self.image_encoder is None:
-            raise ValueError("this model conditions on a frozen encoder's tokens: pass context=")
-        return self.image_encoder(images)
-
-    def forward(
-        self,
-        x: SparseTensor,  # [N, C] noisy (normalised) latents
-        t: Tensor,  # [B]
-        *,
-        images: Tensor | None = None,  # [B, 3, H, W] for the joint encoder
-        context: Tensor | None = None,  # [B, T, Cc] precomputed tokens
-        drop: Tensor | None = None,  # [B] bool: replace these samples' tokens by zeros (CFG)
-    ) -> SparseTensor:  # [N, C]
-        if (images is None) == (context is None):
-            raise ValueError("pass exactly one of images= or context=")
-        if images is not None:
-            context = self.encode_images(images)
-        if drop is not None:
-            context = torch.where(drop[:, None, None], torch.zeros_like(context), context)
-        return self.denoiser(x, t, context)

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from voxforge.config.core import ConfigValueError, option
-from voxforge.models.image_encoders import ImageEncoder, ImageEncoderConfig, build_image_encoder
+from voxforge.models.conditioning import ImageConditionedFlow
+from voxforge.models.image_encoders import ImageEncoderConfig
 from voxforge.models.ss_vae import pixel_shuffle_3d, pixel_unshuffle_3d
 from voxforge.nn.embeddings import TimestepEmbedder, sincos_position_embedding
 from voxforge.nn.norms import LayerNorm32
@@ -156,40 +157,14 @@ class SSFlowTransformer(nn.Module):
         return pixel_shuffle_3d(h, p) if p > 1 else h
 
 
-class StructureFlowModel(nn.Module):
-    """The trained module: denoiser plus the jointly trained image encoder (if any)."""
+class StructureFlowModel(ImageConditionedFlow):
+    """The trained module: denoiser plus the jointly trained image encoder (if any).
+
+    `forward(x [B, C, r, r, r], t [B], images= | context=, drop=) -> [B, C, r, r, r]`
+    (`voxforge.models.conditioning.ImageConditionedFlow`).
+    """
 
     def __init__(self, cfg: SSFlowConfig, encoder_cfg: ImageEncoderConfig, context_dim: int | None = None):
-        super().__init__()
-        self.cfg, self.encoder_cfg = cfg, encoder_cfg
-        if encoder_cfg.kind == "vit":
-            self.image_encoder: ImageEncoder | None = build_image_encoder(encoder_cfg)
-            context_dim = self.image_encoder.out_dim
-        else:
-            self.image_encoder = None
-            if context_dim is None:
-                raise ValueError("a frozen image encoder's token width (context_dim) is needed")
-        self.context_dim = context_dim
-        self.denoiser = SSFlowTransformer(cfg, context_dim)
-
-    def encode_images(self, images: Tensor) -> Tensor:  # [B, 3, H, W] in [0, 1] -> [B, T, Cc]
-        if self.image_encoder is None:
-            raise ValueError("this model conditions on a frozen encoder's tokens: pass context=")
-        return self.image_encoder(images)
-
-    def forward(
-        self,
-        x: Tensor,  # [B, C, r, r, r]
-        t: Tensor,  # [B]
-        *,
-        images: Tensor | None = None,  # [B, 3, H, W] for the joint encoder
-        context: Tensor | None = None,  # [B, T, Cc] precomputed tokens
-        drop: Tensor | None = None,  # [B] bool: replace these samples' tokens by zeros (CFG)
-    ) -> Tensor:  # [B, C, r, r, r]
-        if (images is None) == (context is None):
-            raise ValueError("pass exactly one of images= or context=")
-        if images is not None:
-            context = self.encode_images(images)
-        if drop is not None:
-            context = torch.where(drop[:, None, None], torch.zeros_like(context), context)
-        return self.denoiser(x, t, context)
+        super().__init__(encoder_cfg, context_dim)
+        self.cfg = cfg
+        self.denoiser = SSFlowTransformer(cfg, self.context_dim)

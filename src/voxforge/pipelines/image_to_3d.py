@@ -21,48 +21,49 @@
 
 Seeds: the structure and the latents draw their noise from `seed` and `seed + 1` with
 `flow.make_noise` (CPU generator), so a seed gives the same asset on every device.
+
+The slat_flow stage evaluates its checkpoints through `SLatPipeline`; the held-out
+evaluation of the whole pipeline is `voxforge.pipelines.evaluate.evaluate_image_to_3d`.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from voxforge.errors import UserError
+from voxforge.flow import FlowConfig, SamplerConfig, make_noise, sample_from_config
+from voxforge.models.conditioning import (
+    MultiImageMode,
+    MultiViewCondition,
+    check_multi_image_mode,
+    default_slat_sampler,
+)
+from voxforge.models.image_encoders import ImageEncoder
+from voxforge.models.slat_flow import SLatFlowConfig, SLatFlowModel
+from voxforge.models.slat_vae import SLatVAE
+from voxforge.pipelines.images import load_condition_image
+from voxforge.pipelines.structure import StructurePipeline
+from voxforge.representations.gaussians import Gaussians
+from voxforge.runs import CONFIG_FILE, SLAT_INFO, Run, load_image_flow, load_slat_vae
+from voxforge.sparse.tensor import SparseTensor
 
 __all__ = [
+    "EmptyStructureError",
     "GenerationResult",
     "ImageTo3DPipeline",
     "SLatPipeline",
-    "default_slat_sampler",
     "resolve_model_dir",
 ]
 
-
-def default_slat_sampler(**overrides: Any) -> Any:
-    """TRELLIS's sampler settings for this stage: 25 Euler steps, guidance 3 for t in [0.5, 1],
-    time grid shifted by 3."""
-    from voxforge.flow import SamplerConfig
-
-    settings = {"steps": 25, "cfg_scale": 3.0, "guidance_interval": (0.5, 1.0), "time_shift": 3.0}
-    settings.update(overrides)
-    return SamplerConfig(**settings)
-
-
-MultiImageMode = Literal["stochastic", "multidiffusion"]
-
-
-class _Views:
-    def __init__(self, tokens: Tensor, mode: str):  # [B, K, T, C]
-        self.tokens, self.mode, self.calls = tokens, mode, 0
+Output = TypeVar("Output")
 
 
 class SLatPipeline:
@@ -70,10 +71,10 @@ class SLatPipeline:
 
     def __init__(
         self,
-        flow: Any,  # SLatFlowModel
-        vae: Any = None,  # SLatVAE (needed by decode)
+        flow: SLatFlowModel,
+        vae: SLatVAE | None = None,  # needed by decode
         *,
-        frozen_encoder: Any = None,
+        frozen_encoder: ImageEncoder | None = None,
         sigma_min: float = 1e-5,
         device: torch.device | str = "cpu",
     ):
@@ -95,38 +96,22 @@ class SLatPipeline:
         device: torch.device | str = "cpu",
         ema: bool = True,
     ) -> SLatPipeline:
-        from voxforge.models.image_encoders import build_image_encoder
-        from voxforge.models.slat_flow import SLatFlowModel
-        from voxforge.pipelines.encode_slat import load_run_recipe, load_slat_vae
-        from voxforge.stages.slat_flow import SLAT_INFO
-        from voxforge.train.checkpoint import load_model_weights
-
-        recipe = load_run_recipe(flow_run, "slat_flow", "the SLat flow")
-        info_path = Path(flow_run) / SLAT_INFO
+        run = Run.open(flow_run, "slat_flow", "the SLat flow")
         if vae_run is None:
-            if not info_path.is_file():
-                raise UserError(
-                    f"{flow_run}: {SLAT_INFO} missing (written when the slat_flow stage starts training)"
-                )
-            vae_run = json.loads(info_path.read_text())["vae_run"]
-        if not (Path(vae_run) / "config.yaml").is_file():
+            vae_run = run.read_info(SLAT_INFO)["vae_run"]
+        if not (Path(vae_run) / CONFIG_FILE).is_file():
             raise UserError(f"SLat VAE run {vae_run} not found; pass its folder explicitly")
-        frozen = build_image_encoder(recipe.image_encoder) if recipe.image_encoder.kind != "vit" else None
-        flow = SLatFlowModel(
-            recipe.model, recipe.image_encoder, context_dim=frozen.out_dim if frozen else None
-        )
-        load_model_weights(flow, flow_run, ema=ema)
-        vae, _, _ = load_slat_vae(vae_run, device, ema=ema)
-        return cls(flow, vae, frozen_encoder=frozen, sigma_min=recipe.flow.sigma_min, device=device)
+        flow, frozen = load_image_flow(run, SLatFlowModel, SLatFlowConfig, ema=ema)
+        vae, _ = load_slat_vae(vae_run, device, ema=ema)
+        sigma_min = run.section("flow", FlowConfig).sigma_min
+        return cls(flow, vae, frozen_encoder=frozen, sigma_min=sigma_min, device=device)
 
     @torch.no_grad()
     def image_tokens(self, images: Tensor) -> Tensor:  # [N, 3, S, S] in [0, 1] -> [N, T, C]
         encoder = self.frozen_encoder or self.flow.image_encoder
         return encoder(images.to(self.device)).float()
 
-    def _structure(self, coords: Sequence[np.ndarray]):  # -> SparseTensor with zero features
-        from voxforge.sparse.tensor import SparseTensor
-
+    def _structure(self, coords: Sequence[np.ndarray]) -> SparseTensor:  # zero features on the voxels
         parts = []
         for b, c in enumerate(coords):
             c = torch.as_tensor(np.asarray(c), dtype=torch.int64).reshape(-1, 3)
@@ -146,24 +131,15 @@ class SLatPipeline:
         )
         return x
 
-    def _velocity(self, template: Any, x: Tensor, t: Tensor, views: _Views) -> Tensor:
-        batch = template.batch_size
-        t_batch = t.new_full((batch,), float(t[0]))
-        tokens = views.tokens  # [B, K, T, C]
-        k = tokens.shape[1]
+    def _velocity(self, template: SparseTensor, x: Tensor, t: Tensor, views: MultiViewCondition) -> Tensor:
+        t_batch = t.new_full((template.batch_size,), float(t[0]))
 
         def call(context: Tensor) -> Tensor:
             return self.flow(template.replace(x.to(template.dtype)), t_batch, context=context).feats.to(
                 x.dtype
             )
 
-        if k == 1:
-            return call(tokens[:, 0])
-        if views.mode == "multidiffusion":
-            return torch.stack([call(tokens[:, i]) for i in range(k)]).mean(0)
-        index = views.calls % k
-        views.calls += 1
-        return call(tokens[:, index])
+        return views.velocity(call)
 
     @torch.no_grad()
     def sample_latents(
@@ -172,37 +148,36 @@ class SLatPipeline:
         tokens: Tensor | None,  # [B, K, T, C] condition tokens, or None (unconditional)
         *,
         seed: int = 0,
-        sampler: Any = None,  # voxforge.flow.SamplerConfig; None: default_slat_sampler()
+        sampler: SamplerConfig | None = None,  # None: default_slat_sampler()
         mode: MultiImageMode = "stochastic",
-    ):  # -> SparseTensor [N, C] in the VAE's latent space (rows sorted by batch, i, j, k)
-        from voxforge.flow import make_noise, sample_from_config
-
+    ) -> SparseTensor:  # [N, C] in the VAE's latent space (rows sorted by batch, i, j, k)
         sampler = sampler or default_slat_sampler()
-        if mode not in ("stochastic", "multidiffusion"):
-            raise UserError(f"multi-image mode '{mode}': expected stochastic or multidiffusion")
+        check_multi_image_mode(mode)
         template = self._structure(coords)
         batch = template.batch_size
         noise = make_noise((template.num_points, self.flow.cfg.in_channels), seed=seed).to(self.device)
-        token_shape = tokens.shape[2:] if tokens is not None else (self.num_tokens, self.flow.context_dim)
-        null = _Views(torch.zeros(batch, 1, *token_shape, device=self.device), mode)
+        token_shape = (
+            tuple(tokens.shape[2:]) if tokens is not None else (self.num_tokens, self.flow.context_dim)
+        )
+        null = MultiViewCondition.null(batch, token_shape, self.device)
         if tokens is None:
             cond, uncond = null, None
             sampler = replace(sampler, cfg_scale=1.0)
         else:
             if tokens.shape[0] != batch:
                 raise ValueError(f"{tokens.shape[0]} token sets for {batch} structures")
-            cond, uncond = _Views(tokens.to(self.device), mode), null
+            cond, uncond = MultiViewCondition(tokens.to(self.device), mode), null
         if sampler.guidance_rescale:
             sampler = replace(sampler, guidance_rescale=0.0)  # not defined per asset on packed voxels
 
-        def model_fn(x: Tensor, t: Tensor, views: _Views) -> Tensor:
+        def model_fn(x: Tensor, t: Tensor, views: MultiViewCondition) -> Tensor:
             return self._velocity(template, x, t, views)
 
         x0 = sample_from_config(model_fn, noise, cond, uncond, sampler, sigma_min=self.sigma_min)
         return template.replace(self.flow.denormalize(x0.float()))
 
     @torch.no_grad()
-    def decode(self, latents: Any) -> list[Any]:  # SparseTensor -> list[Gaussians], one per structure
+    def decode(self, latents: SparseTensor) -> list[Gaussians]:  # one set per structure
         if self.vae is None:
             raise ValueError("this SLat pipeline has no VAE to decode with")
         return [g.detach() for g in self.vae.decode(latents)]
@@ -213,8 +188,13 @@ class GenerationResult:
     coords: np.ndarray  # [N, 3] occupied voxels of the structure
     resolution: int
     latents: Tensor  # [N, C] SLat latents on those voxels (rows in sorted voxel order)
-    gaussians: Any  # Gaussians
+    gaussians: Gaussians
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    fallback: bool = False  # the structure is the decoder's top-k fallback (no voxel passed 0.5)
+
+
+class EmptyStructureError(UserError):
+    """The structure stage sampled no voxel (and its top-k fallback is off)."""
 
 
 def resolve_model_dir(model: str | Path) -> tuple[Path, Path]:
@@ -233,7 +213,7 @@ def resolve_model_dir(model: str | Path) -> tuple[Path, Path]:
 class ImageTo3DPipeline:
     """Structure stage + SLat stage; see the module docstring."""
 
-    def __init__(self, structure: Any, slat: SLatPipeline):  # structure: StructurePipeline
+    def __init__(self, structure: StructurePipeline, slat: SLatPipeline):
         if structure.resolution != slat.resolution:
             raise UserError(
                 f"the structure stage generates {structure.resolution}³ voxels but the SLat flow works at "
@@ -254,9 +234,7 @@ class ImageTo3DPipeline:
         device: torch.device | str = "cpu",
         ema: bool = True,
     ) -> ImageTo3DPipeline:
-        from voxforge.pipelines.structure import StructurePipeline
-
-        structure = StructurePipeline.from_runs(ss_flow_run, vae_run=ss_vae_run, device=device, ema=ema)
+        structure = StructurePipeline.from_run(ss_flow_run, vae_run=ss_vae_run, device=device, ema=ema)
         slat = SLatPipeline.from_run(slat_flow_run, vae_run=slat_vae_run, device=device, ema=ema)
         return cls(structure, slat)
 
@@ -266,8 +244,6 @@ class ImageTo3DPipeline:
         return cls.from_runs(ss, slat, **kwargs)
 
     def load_images(self, paths: Sequence[str | Path]) -> Tensor:  # -> [K, 3, S, S]
-        from voxforge.pipelines.structure import load_condition_image
-
         if not paths:
             raise UserError("pass at least one image")
         return torch.stack([load_condition_image(p, self.image_size) for p in paths])
@@ -277,13 +253,13 @@ class ImageTo3DPipeline:
         images: Tensor,  # [K, 3, S, S] K views of one object, [0, 1], premultiplied on black
         *,
         seed: int = 0,
-        structure_sampler: Any = None,  # SamplerConfig; None: the structure stage's defaults
-        slat_sampler: Any = None,  # SamplerConfig; None: default_slat_sampler()
+        structure_sampler: SamplerConfig | None = None,  # None: the structure stage's defaults
+        slat_sampler: SamplerConfig | None = None,  # None: default_slat_sampler()
         mode: MultiImageMode = "stochastic",
     ) -> GenerationResult:
         timings: dict[str, float] = {}
 
-        def timed(name: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def timed(name: str, fn: Callable[..., Output], *args: Any, **kwargs: Any) -> Output:
             start = time.perf_counter()
             out = fn(*args, **kwargs)
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
@@ -299,11 +275,12 @@ class ImageTo3DPipeline:
             sampler=structure_sampler,
             mode=mode,
         )
-        coords = timed("structure_decode", structure.decode, ss_latents)[0]
+        decoded = timed("structure_decode", structure.decode_structures, ss_latents)[0]
+        coords = decoded.coords
         if len(coords) == 0:
-            raise UserError(
-                "the structure stage produced an empty structure (no voxel above the threshold); try another "
-                "--seed, a clearer image, or a longer-trained model"
+            raise EmptyStructureError(
+                "the structure stage produced an empty structure (no voxel above the threshold and the top-k "
+                "fallback is off); try another --seed, a clearer image, or a longer-trained model"
             )
         slat_tokens = timed("image_encoder", self.slat.image_tokens, images)[None]
         latents = timed(
@@ -318,115 +295,10 @@ class ImageTo3DPipeline:
         gaussians = timed("slat_decode", self.slat.decode, latents)[0]
         sorted_coords = latents.coords[:, 1:].cpu().numpy().astype(np.int64)
         return GenerationResult(
-            sorted_coords, self.resolution, latents.feats.cpu(), gaussians.to("cpu"), timings
+            sorted_coords,
+            self.resolution,
+            latents.feats.cpu(),
+            gaussians.to("cpu"),
+            timings,
+            decoded.fallback,
         )
-
-
-# ------------------------------------------------------------------------------------------
-# evaluation
-
-
-def evaluate_image_to_3d(
-    pipeline: ImageTo3DPipeline,
-    prepared: str | Path,
-    ids: Sequence[str],
-    *,
-    seed: int = 0,
-    structure_sampler: Any = None,
-    slat_sampler: Any = None,
-    views: int = 4,
-    image_size: int = 64,
-    extractor: str = "rgb",
-    out_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Image → 3D on held-out assets (their condition view 0), scored against the ground truth.
-
-    Per asset: IoU and yaw-aligned IoU of the generated structure; PSNR / SSIM of the generated
-    Gaussians rendered from `views` of the asset's feature views (white background) — for the
-    full pipeline, and for stage 2 alone (SLat flow on the true structure, same image), which
-    separates the two stages' errors. `out_dir` gets `image_to_3d.png`: per asset, the
-    condition image, a ground-truth view, the full pipeline's render and stage 2's render.
-    """
-    from PIL import Image
-
-    from voxforge.data import PreparedDataset
-    from voxforge.data.dataset import condition_image
-    from voxforge.pipelines.structure import _iou, yaw_aligned_iou
-    from voxforge.representations.voxels import coords_to_grid
-    from voxforge.stages.slat_vae import (
-        SLatDataConfig,
-        SLatViewDataset,
-        collate_views,
-        composite,
-        render_losses,
-    )
-
-    data = PreparedDataset(prepared)
-    resolution = pipeline.resolution
-    cfg = SLatDataConfig(path=str(prepared), extractor=extractor, image_size=image_size, eval_views=views)
-    view_set = SLatViewDataset(data, list(ids), cfg, resolution, seed, split="all_views")
-    loss_cfg = _white_loss_config()
-    rows, per_asset = [], []
-    for index, asset in enumerate(ids):
-        cond_files = sorted((data.asset_dir(asset) / "cond").glob("[0-9]*.png"))
-        if not cond_files:
-            raise UserError(f"asset {asset} has no condition views in {prepared}")
-        with Image.open(cond_files[0]) as im:
-            image = torch.from_numpy(condition_image(np.asarray(im.convert("RGBA")), pipeline.image_size))
-        result = pipeline.generate(
-            image[None], seed=seed + 2 * index, structure_sampler=structure_sampler, slat_sampler=slat_sampler
-        )
-        truth_coords = data.voxels(asset, resolution)
-        truth_grid = coords_to_grid(truth_coords, resolution)
-        tokens = pipeline.slat.image_tokens(image[None])[None]
-        oracle = pipeline.slat.decode(
-            pipeline.slat.sample_latents(
-                [truth_coords], tokens, seed=seed + 2 * index + 1, sampler=slat_sampler
-            )
-        )[0]
-        batch = collate_views([view_set[index]])
-        white = torch.ones(*batch["images"].shape[:2], 3)
-        _, full, full_renders = render_losses([result.gaussians], batch, white, loss_cfg)
-        _, stage2, stage2_renders = render_losses([oracle.to("cpu")], batch, white, loss_cfg)
-        per_asset.append(
-            {
-                "id": asset,
-                "iou": _iou(coords_to_grid(result.coords, resolution), truth_grid),
-                "yaw_iou": yaw_aligned_iou(result.coords, truth_coords, resolution),
-                "psnr": full["psnr"],
-                "ssim": full["ssim"],
-                "stage2_psnr": stage2["psnr"],
-                "stage2_ssim": stage2["ssim"],
-                "voxels": int(len(result.coords)),
-                "voxels_true": int(len(truth_coords)),
-                "seconds": sum(result.timings.values()),
-            }
-        )
-        truth = composite(batch["images"][0], white[0])
-        cells = [
-            _resize_image(image.permute(1, 2, 0), image_size),
-            truth[0],
-            full_renders[0][0],
-            stage2_renders[0][0],
-        ]
-        rows.append(torch.cat([c.cpu().float() for c in cells], dim=1))
-    keys = ("iou", "yaw_iou", "psnr", "ssim", "stage2_psnr", "stage2_ssim", "seconds")
-    summary = {k: float(np.mean([row[k] for row in per_asset])) for k in keys} if per_asset else {}
-    if out_dir is not None and rows:
-        path = Path(out_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        grid = (torch.cat(rows[:8], dim=0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        Image.fromarray(grid).save(path / "image_to_3d.png")
-    return {**summary, "assets": len(per_asset), "per_asset": per_asset}
-
-
-def _white_loss_config() -> Any:
-    from voxforge.stages.slat_vae import SLatLossConfig
-
-    return SLatLossConfig(raster_backend="auto")
-
-
-def _resize_image(image: Tensor, size: int) -> Tensor:  # [H, W, 3] -> [size, size, 3]
-    return torch.nn.functional.interpolate(
-        image.permute(2, 0, 1)[None].float(), size=(size, size), mode="bilinear", antialias=True
-    )[0].permute(1, 2, 0)

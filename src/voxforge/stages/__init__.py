@@ -1,15 +1,35 @@
-"""Registry of trainable stages (name in a recipe's `stage:` key -> Stage class).
+"""Registry of trainable stages (name in a recipe's `stage:` key -> Stage class), and the
+base type of their recipes.
 
 Built-in stages are listed as import strings, so looking up one stage does not import
-the others. Plugins and tests add their own with `register_stage`.
+the others (nor torch: this module and `Recipe` stay light for `voxforge config`). Plugins
+and tests add their own with `register_stage`.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from voxforge.errors import ConfigError
+from voxforge.train.config import OptimConfig, TrainConfig
+
+
+@dataclass
+class Recipe:
+    """A typed recipe: the engine's sections here, the stage's `sections` added by
+    `voxforge.recipe.recipe_class` (one dataclass per stage, built on this one)."""
+
+    stage: str = ""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    if TYPE_CHECKING:  # the stage's sections (model, data, ...) are attributes of the subclass
+
+        def __getattr__(self, name: str) -> Any: ...
+
 
 _BUILTIN = {
     "debug_regression": "voxforge.stages.debug:DebugRegressionStage",

@@ -26,6 +26,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from voxforge.stages import Recipe
+
 
 class EpochAware:
     """Mixin for datasets whose per-item randomness depends on the epoch; the engine sets it."""
@@ -43,7 +45,7 @@ class Stage(abc.ABC):
     #: extra recipe sections this stage owns, e.g. {"model": ToyModelConfig, "data": ...}
     sections: ClassVar[dict[str, type]] = {}
 
-    def __init__(self, recipe: Any, run_dir: Path, device: torch.device):
+    def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.device = device

@@ -1,11 +1,11 @@
 """`slat_flow`: train the structured-latent flow on encoded SLat latents (stage 2, part 2).
 
 Data: `data.latents` is a folder written by `voxforge encode` for a `slat_vae` run
-(`pipelines.encode_slat`: per-asset voxel coordinates and latents, plus their per-channel
+(`voxforge.data.latents`: per-asset voxel coordinates and latents, plus their per-channel
 statistics); condition images come from the prepared dataset recorded there (or `data.prepared`):
 a random condition view per item, seeded by (seed, epoch, index), prepared as the data
 toolkit's `condition_image`. The first `data.eval_assets` ids in sorted order never train
-(`stages.ss_vae.split_ids`, the split every stage shares).
+(`voxforge.data.splits`, the split every stage shares).
 
 Loss: rectified flow matching (`voxforge.flow` path and timestep density) on the latents
 normalised by the stored statistics; one t per asset, broadcast to its voxels; the squared
@@ -15,7 +15,8 @@ zeroes the dropped assets' image tokens, the null condition guidance samples wit
 The model keeps the latent statistics as buffers, and `slat.json` in the run folder records
 the VAE run, so a checkpoint alone is enough for the image→3D pipeline.
 
-Evaluation (`on_sample` / `on_train_end`, EMA weights): for each held-out asset, latents
+Evaluation (`on_sample` / `on_train_end`, EMA weights), through the inference pipeline
+(`voxforge.pipelines.image_to_3d.SLatPipeline`): for each held-out asset, latents
 sampled from one of its condition images on its true structure with the recipe's sampler;
 `latent_mse` against its encoded latents (normalised space), and — decoded by the VAE and
 rendered from `eval_views` of its feature views — PSNR and SSIM against the ground truth.
@@ -24,8 +25,6 @@ rendered from `eval_views` of its feature views — PSNR and SSIM against the gr
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,15 +33,32 @@ import torch
 from torch import Tensor, nn
 
 from voxforge.config.core import option
-from voxforge.errors import ConfigError, UserError
-from voxforge.flow import FlowConfig, SamplerConfig
-from voxforge.models.image_encoders import ImageEncoderConfig, build_image_encoder
+from voxforge.data.dataset import ConditionImageDataset, collate_sparse
+from voxforge.data.latents import LATENTS_DIR, read_latent, read_latents_manifest
+from voxforge.data.splits import heldout_split
+from voxforge.data.views import SLatDataConfig, SLatViewDataset, collate_views
+from voxforge.errors import ConfigError
+from voxforge.flow import (
+    FlowConfig,
+    SamplerConfig,
+    drop_conditions,
+    interpolate,
+    sample_timesteps,
+    velocity_target,
+)
+from voxforge.models.conditioning import frozen_image_encoder
+from voxforge.models.image_encoders import ImageEncoderConfig
 from voxforge.models.slat_flow import SLatFlowConfig, SLatFlowModel
+from voxforge.models.slat_vae import SLatVAEConfig
+from voxforge.pipelines.image_to_3d import SLatPipeline
+from voxforge.render.losses import RenderLossConfig, composite, render_losses
+from voxforge.runs import SLAT_INFO, Run, load_slat_vae, write_info
+from voxforge.sparse.tensor import SparseTensor
+from voxforge.stages import Recipe
 from voxforge.stages.base import EpochAware, Stage
+from voxforge.stages.slat_vae import save_comparison
 
-__all__ = ["SLAT_INFO", "SLatFlowDataConfig", "SLatFlowStage", "SLatLatentDataset", "collate_latents"]
-
-SLAT_INFO = "slat.json"
+__all__ = ["SLatFlowDataConfig", "SLatFlowStage", "SLatLatentDataset", "collate_latents"]
 
 
 @dataclass
@@ -55,13 +71,11 @@ class SLatFlowDataConfig:
 
 
 def _manifest(cfg: SLatFlowDataConfig) -> dict[str, Any]:
-    from voxforge.pipelines.encode_slat import read_slat_manifest
-
     if not cfg.latents:
         raise ConfigError(
             "key 'data.latents': set it to a folder written by `voxforge encode` for a slat_vae run"
         )
-    return read_slat_manifest(cfg.latents)
+    return read_latents_manifest(cfg.latents, "slat")
 
 
 class SLatLatentDataset(EpochAware, torch.utils.data.Dataset):
@@ -70,10 +84,8 @@ class SLatLatentDataset(EpochAware, torch.utils.data.Dataset):
     def __init__(
         self, cfg: SLatFlowDataConfig, ids: list[str], cond_size: int, seed: int, mean: Tensor, std: Tensor
     ):
-        from voxforge.data import ConditionImageDataset
-
         manifest = _manifest(cfg)
-        self.folder = Path(cfg.latents) / "latents"
+        self.folder = Path(cfg.latents) / LATENTS_DIR
         self.ids, self.mean, self.std = list(ids), mean, std
         prepared = cfg.prepared or manifest["prepared"]
         self.conds = ConditionImageDataset(prepared, cond_size=cond_size, ids=self.ids, seed=seed)
@@ -86,21 +98,17 @@ class SLatLatentDataset(EpochAware, torch.utils.data.Dataset):
         self.conds.set_epoch(epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from voxforge.pipelines.encode_slat import read_slat_latent
-
-        coords, latent = read_slat_latent(self.folder / f"{self.ids[index]}.npz")
-        feats = (torch.from_numpy(latent) - self.mean) / self.std
+        stored = read_latent(self.folder / f"{self.ids[index]}.npz")
+        feats = (torch.from_numpy(stored.latent) - self.mean) / self.std
         return {
             "id": self.ids[index],
-            "coords": torch.from_numpy(coords),
+            "coords": torch.from_numpy(stored.coords),
             "feats": feats,
             **self.conds[index],
         }
 
 
 def collate_latents(items: list[dict[str, Any]]) -> dict[str, Any]:
-    from voxforge.data.dataset import collate_sparse
-
     return collate_sparse(items)
 
 
@@ -114,7 +122,7 @@ class SLatFlowStage(Stage):
         "sampler": SamplerConfig,
     }
 
-    def __init__(self, recipe: Any, run_dir: Path, device: torch.device):
+    def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device):
         super().__init__(recipe, run_dir, device)
         self.manifest = _manifest(recipe.data)
         cfg = recipe.model
@@ -127,22 +135,19 @@ class SLatFlowStage(Stage):
                 )
         self.mean = torch.tensor(self.manifest["mean"], dtype=torch.float32)
         self.std = torch.tensor(self.manifest["std"], dtype=torch.float32).clamp(min=1e-6)
-        self.frozen = None
-        if recipe.image_encoder.kind != "vit":
-            self.frozen = build_image_encoder(recipe.image_encoder).to(device)
+        self.frozen = frozen_image_encoder(recipe.image_encoder)
+        if self.frozen is not None:
+            self.frozen.to(device)
 
     def split(self) -> tuple[list[str], list[str]]:
-        from voxforge.stages.ss_vae import split_ids
-
-        folder = Path(self.recipe.data.latents) / "latents"
-        ids = [i for i in self.manifest["ids"] if (folder / f"{i}.npz").is_file()]
-        train_ids, eval_ids = split_ids(ids, self.recipe.data.eval_assets)
-        if not train_ids:
-            raise UserError(
-                f"{self.recipe.data.latents}: {len(ids)} encoded assets, all held out for evaluation "
-                f"(data.eval_assets={self.recipe.data.eval_assets}); encode more assets or lower it"
-            )
-        return train_ids, eval_ids
+        folder = Path(self.recipe.data.latents) / LATENTS_DIR
+        return heldout_split(
+            [i for i in self.manifest["ids"] if (folder / f"{i}.npz").is_file()],
+            self.recipe.data.eval_assets,
+            where=self.recipe.data.latents,
+            items="encoded assets",
+            remedy="encode more assets or lower it",
+        )
 
     def build_model(self) -> nn.Module:
         model = SLatFlowModel(
@@ -157,10 +162,7 @@ class SLatFlowStage(Stage):
             "prepared": str(Path(self.recipe.data.prepared or self.manifest["prepared"]).resolve()),
             "extractor": self.manifest.get("extractor"),
         }
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / f".{SLAT_INFO}.tmp{os.getpid()}"  # every rank writes the same content
-        tmp.write_text(json.dumps(info, indent=1))
-        tmp.replace(self.run_dir / SLAT_INFO)
+        write_info(self.run_dir, SLAT_INFO, info)  # every rank writes the same content
         return model
 
     def _dataset(self, ids: list[str]) -> SLatLatentDataset:
@@ -182,9 +184,7 @@ class SLatFlowStage(Stage):
     def batch_size_of(self, batch: Any) -> int:
         return len(batch["ids"])
 
-    def sparse(self, batch: dict[str, Any]):  # -> SparseTensor
-        from voxforge.sparse.tensor import SparseTensor
-
+    def sparse(self, batch: dict[str, Any]) -> SparseTensor:
         r = self.recipe.model.resolution
         return SparseTensor(
             batch["coords"], batch["feats"], spatial_shape=(r, r, r), batch_size=len(batch["ids"])
@@ -197,8 +197,6 @@ class SLatFlowStage(Stage):
             return {"context": self.frozen(batch["cond"]).float()}
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
-        from voxforge.flow import drop_conditions, interpolate, sample_timesteps, velocity_target
-
         flow = self.recipe.flow
         x0 = self.sparse(batch)
         batch_size = x0.batch_size
@@ -213,19 +211,16 @@ class SLatFlowStage(Stage):
 
     # --- evaluation -------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, out_dir: Path | None = None) -> dict[str, float]:
-        from voxforge.pipelines.image_to_3d import SLatPipeline
-
+    def evaluate(self, model: SLatFlowModel, out_dir: Path | None = None) -> dict[str, float]:
         _, eval_ids = self.split()
         if not eval_ids:
             return {}
         device = next(model.parameters()).device
         dataset = self._dataset(eval_ids[: self.recipe.data.eval_limit])
-        vae = None
+        vae, vae_run = None, None
         if Path(self.manifest["vae_run"]).is_dir():
-            from voxforge.pipelines.encode_slat import load_slat_vae
-
-            vae, vae_recipe, _ = load_slat_vae(self.manifest["vae_run"], device)
+            vae_run = Run.open(self.manifest["vae_run"], "slat_vae", "the SLat VAE")
+            vae, _ = load_slat_vae(vae_run, device)
         pipeline = SLatPipeline(
             model, vae, frozen_encoder=self.frozen, sigma_min=self.recipe.flow.sigma_min, device=device
         )
@@ -247,29 +242,31 @@ class SLatFlowStage(Stage):
             )
             truth = item["feats"][order]  # the sampler's rows are sorted by voxel
             sums["latent_mse"] += float((normalised - truth).pow(2).mean()) / len(dataset)
-            if vae is not None:
-                scores, renders = self._render_scores(pipeline, latents, item["id"], vae_recipe, dataset)
+            if vae_run is not None:
+                scores, renders = self._render_scores(pipeline, latents, item["id"], vae_run, dataset)
                 for key, value in scores.items():
                     sums[key] = sums.get(key, 0.0) + value / len(dataset)
                 if len(panels) < 3:
                     panels.append(renders)
         if out_dir is not None and panels:
-            from voxforge.stages.slat_vae import save_comparison
-
             save_comparison(Path(out_dir) / "generated_views.png", panels)
         return sums
 
     def _render_scores(
-        self, pipeline: Any, latents: Any, asset: str, vae_recipe: Any, dataset: SLatLatentDataset
-    ):
-        from voxforge.stages.slat_vae import SLatViewDataset, collate_views, composite, render_losses
-
-        data_cfg = dataclasses.replace(vae_recipe.data, eval_views=self.recipe.data.eval_views)
+        self,
+        pipeline: SLatPipeline,
+        latents: SparseTensor,
+        asset: str,
+        vae_run: Run,
+        dataset: SLatLatentDataset,
+    ) -> tuple[dict[str, float], tuple[Tensor, Tensor]]:
+        vae_data = vae_run.section("data", SLatDataConfig)
+        data_cfg = dataclasses.replace(vae_data, eval_views=self.recipe.data.eval_views)
         views = SLatViewDataset(
             dataset.conds.data,
             [asset],
             data_cfg,
-            vae_recipe.model.resolution,
+            vae_run.section("model", SLatVAEConfig).resolution,
             self.recipe.train.seed,
             split="all_views",
         )
@@ -278,7 +275,9 @@ class SLatFlowStage(Stage):
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         gaussians = pipeline.decode(latents)
         white = torch.ones(*batch["images"].shape[:2], 3, device=device)
-        _, metrics, renders = render_losses(gaussians, batch, white, vae_recipe.loss)
+        _, metrics, renders = render_losses(
+            gaussians, batch, white, vae_run.section("loss", RenderLossConfig)
+        )
         truth = composite(batch["images"][0].float(), white[0]).cpu()
         return {"psnr": metrics["psnr"], "ssim": metrics["ssim"]}, (truth, renders[0].cpu())
 

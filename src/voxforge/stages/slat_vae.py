@@ -3,15 +3,17 @@
 Data: a folder written by `voxforge data prepare` with `features_<extractor>_<R>` done
 (`data.path`). An item is one asset's voxels and features plus `views_per_item` of its feature
 views (RGBA and cameras), drawn from a generator seeded by (seed, epoch, index) and resized to
-`image_size` (the intrinsics are scaled with them).
+`image_size` (the intrinsics are scaled with them): `voxforge.data.views.SLatViewDataset`,
+whose `SLatDataConfig` is this stage's `data:` section.
 
 Held out, two ways: the first `data.eval_assets` ids in sorted order never train (the same
-split every stage uses, `stages.ss_vae.split_ids`, so the demo evaluates generation on assets
+split every stage uses, `voxforge.data.splits`, so the demo evaluates generation on assets
 no model saw), and every `holdout_every`-th view of the training assets is never trained on.
 PSNR and SSIM are reported on both (`views_*`: new views of seen assets; `assets_*`: unseen
 assets, where the VAE has to generalise).
 
-Loss (per asset, averaged over the batch): the decoded Gaussians are rendered from the
+Loss (per asset, averaged over the batch; `voxforge.render.losses`, whose `RenderLossConfig`
+is this stage's `loss:` section): the decoded Gaussians are rendered from the
 item's cameras with `render_gaussians` — which runs in fp32 with autocast off whatever
 `train.precision` is — and compared with the ground truth composited over the same
 background: `l1_weight · L1 + ssim_weight · (1 − SSIM) + lpips_weight · LPIPS +
@@ -26,241 +28,52 @@ decoder learns alpha as well as colour. Evaluation always uses white.
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
-from voxforge.config.core import ConfigValueError, option
-from voxforge.errors import ConfigError, UserError
+from voxforge.data.dataset import PreparedDataset
+from voxforge.data.splits import heldout_split, open_prepared
+from voxforge.data.views import SLatDataConfig, SLatViewDataset, collate_views
+from voxforge.eval.lpips import load_lpips
 from voxforge.models.slat_vae import SLatVAE, SLatVAEConfig
-from voxforge.stages.base import EpochAware, Stage
+from voxforge.render.losses import RenderLossConfig, composite, render_losses
+from voxforge.sparse.tensor import SparseTensor
+from voxforge.stages import Recipe
+from voxforge.stages.base import Stage
 
-__all__ = ["SLatDataConfig", "SLatLossConfig", "SLatVAEStage", "SLatViewDataset", "collate_views"]
+__all__ = ["SLatVAEStage", "feature_split", "save_comparison"]
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
 
-@dataclass
-class SLatDataConfig:
-    path: str = option(
-        "", help="folder written by `voxforge data prepare` (with features at model.resolution)"
-    )
-    extractor: str = option("rgb", help="voxel features: rgb or dinov2 (features_<extractor>_<R>.npz)")
-    views_per_item: int = option(4, ge=1, help="views rendered per asset per step")
-    image_size: int = option(128, ge=8, help="side of the compared images (views are resized)")
-    holdout_every: int = option(10, ge=0, help="every n-th view is held out for evaluation (0: none)")
-    background: Literal["random", "white", "black"] = option("random")
-    eval_assets: int = option(4, ge=0, help="held-out assets (first ids in sorted order, as every stage)")
-    eval_views: int = option(4, ge=1, help="views scored per evaluated asset")
-    eval_limit: int = option(8, ge=1, help="held-out assets scored by the sample/final hooks (at most)")
-
-    def __post_init__(self):
-        if self.holdout_every == 1:
-            raise ConfigValueError("holdout_every", "1 would hold out every view; use 0 (none) or >= 2")
-
-
-@dataclass
-class SLatLossConfig:
-    l1_weight: float = option(1.0, ge=0.0)
-    ssim_weight: float = option(0.2, ge=0.0)
-    lpips_weight: float = option(0.2, ge=0.0, help="used only when lpips_weights is set")
-    lpips_weights: Path | None = option(None, help="local LPIPS (VGG) weights file; never downloaded")
-    kl_weight: float = option(1e-6, ge=0.0)
-    raster_backend: Literal["auto", "torch", "gsplat"] = option("auto")
-
-
-def _view_files(directory: Path) -> list[Path]:
-    files = [p for p in directory.glob("*.png") if p.stem.isdigit()]
-    return sorted(files, key=lambda p: int(p.stem))
-
-
-class SLatViewDataset(EpochAware, torch.utils.data.Dataset):
-    """Voxels + features + a few views (RGBA float [V, S, S, 4], viewmats [V, 4, 4], Ks [V, 3, 3])."""
-
-    def __init__(
-        self, data: Any, ids: list[str], cfg: SLatDataConfig, resolution: int, seed: int, *, split: str
-    ):
-        from voxforge.data.dataset import SparseFeatureDataset
-
-        if split not in ("train", "heldout_views", "all_views"):
-            raise ValueError(f"unknown split '{split}'")
-        self.cfg, self.split, self.resolution = cfg, split, resolution
-        self.features = SparseFeatureDataset(data, cfg.extractor, resolution, ids=ids, seed=seed)
-        self.ids = self.features.ids
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.features.set_epoch(epoch)
-
-    @functools.lru_cache(maxsize=64)  # noqa: B019 - per-dataset cache of small camera files
-    def _cameras(self, asset_id: str) -> tuple[list[Path], Any]:
-        from voxforge.render.cameras import Cameras
-
-        directory = self.features.data.asset_dir(asset_id) / "views"
-        files = _view_files(directory)
-        cams = Cameras.from_json(
-            (directory / "cameras.json").read_text(), source=str(directory / "cameras.json")
-        )
-        if len(files) != len(cams):
-            raise UserError(f"{directory}: {len(files)} images but {len(cams)} cameras")
-        return files, cams
-
-    def view_indices(self, asset_id: str) -> tuple[list[int], list[int]]:
-        """(training views, held-out views) of one asset."""
-        count = len(self._cameras(asset_id)[0])
-        every = self.cfg.holdout_every
-        held = [i for i in range(count) if every and i % every == every - 1]
-        train = [i for i in range(count) if not (every and i % every == every - 1)]
-        return train, held
-
-    def load_views(self, asset_id: str, indices: list[int]) -> dict[str, Tensor]:
-        from PIL import Image
-
-        files, cams = self._cameras(asset_id)
-        size = self.cfg.image_size
-        images = []
-        for i in indices:
-            with Image.open(files[i]) as im:
-                rgba = im.convert("RGBA")
-                if rgba.size != (size, size):
-                    # premultiply before resizing so the background does not bleed into edges
-                    arr = np.asarray(rgba, dtype=np.float32) / 255.0
-                    arr[..., :3] *= arr[..., 3:]
-                    channels = [
-                        np.asarray(Image.fromarray(arr[..., c]).resize((size, size), Image.Resampling.BOX))
-                        for c in range(4)
-                    ]
-                    arr = np.stack(channels, -1)
-                    arr[..., :3] /= np.maximum(arr[..., 3:], 1e-6)
-                else:
-                    arr = np.asarray(rgba, dtype=np.float32) / 255.0
-            images.append(np.clip(arr, 0.0, 1.0))
-        scale = np.diag([size / cams.width, size / cams.height, 1.0]).astype(np.float32)
-        return {
-            "images": torch.from_numpy(np.stack(images)).float(),
-            "viewmats": torch.from_numpy(cams.world_to_cam[indices]).float(),
-            "Ks": torch.from_numpy(scale @ cams.K[indices]).float(),
-        }
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.features[index]
-        train, held = self.view_indices(item["id"])
-        pool = {"train": train, "heldout_views": held, "all_views": train + held}[self.split]
-        if not pool:
-            raise UserError(
-                f"asset {item['id']} has no views for {self.split} (holdout_every={self.cfg.holdout_every})"
-            )
-        count = self.cfg.views_per_item if self.split == "train" else self.cfg.eval_views
-        rng = np.random.default_rng([self.features.seed, self.epoch, index, 7])
-        if self.split == "train":
-            chosen = rng.choice(len(pool), size=count, replace=len(pool) < count).tolist()
-        else:
-            chosen = np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int).tolist()
-        return {**item, **self.load_views(item["id"], [pool[c] for c in chosen])}
-
-
-def collate_views(items: list[dict[str, Any]]) -> dict[str, Any]:
-    from voxforge.data.dataset import collate_sparse
-
-    batch = collate_sparse(items)
-    for key in ("images", "viewmats", "Ks"):
-        batch[key] = torch.stack([it[key] for it in items])
-    return batch
-
-
-def prepared(path: str, key: str = "data.path") -> Any:
-    from voxforge.data import PreparedDataset
-
-    if not path:
-        raise ConfigError(f"key '{key}': set it to a folder written by `voxforge data prepare`")
-    return PreparedDataset(path)
-
-
-def feature_split(cfg: SLatDataConfig, resolution: int) -> tuple[Any, list[str], list[str]]:
+def feature_split(cfg: SLatDataConfig, resolution: int) -> tuple[PreparedDataset, list[str], list[str]]:
     """(prepared data, training ids, held-out ids) — the held-out assets of every stage."""
-    from voxforge.stages.ss_vae import split_ids
-
-    data = prepared(cfg.path)
+    data = open_prepared(cfg.path)
     step = f"features_{cfg.extractor}_{resolution}"
-    ids = data.ids(require=(step,))
-    train_ids, eval_ids = split_ids(ids, cfg.eval_assets)
-    if not train_ids:
-        raise UserError(
-            f"{data.root}: {len(ids)} assets with {step}, all held out for evaluation "
-            f"(data.eval_assets={cfg.eval_assets}); prepare more assets (with --features {cfg.extractor} "
-            f"--resolution {resolution}) or lower data.eval_assets"
-        )
+    train_ids, eval_ids = heldout_split(
+        data.ids(require=(step,)),
+        cfg.eval_assets,
+        where=str(data.root),
+        items=f"assets with {step}",
+        remedy=f"prepare more assets (with --features {cfg.extractor} --resolution {resolution}) or lower "
+        "data.eval_assets",
+    )
     return data, train_ids, eval_ids
-
-
-def composite(images: Tensor, background: Tensor) -> Tensor:  # [..., H, W, 4], [..., 3] -> [..., H, W, 3]
-    alpha = images[..., 3:]
-    return images[..., :3] * alpha + background[..., None, None, :] * (1 - alpha)
-
-
-def render_losses(
-    gaussians: list,  # list[Gaussians], one per asset
-    batch: dict[str, Tensor],
-    backgrounds: Tensor,  # [B, V, 3]
-    loss_cfg: SLatLossConfig,
-    lpips: nn.Module | None = None,
-) -> tuple[Tensor, dict[str, float], list[Tensor]]:
-    """Rendering losses of a batch in fp32; returns (weighted image loss, metrics, renders)."""
-    from voxforge.eval.image_metrics import psnr, ssim
-    from voxforge.render.gaussians import render_gaussians
-
-    size = batch["images"].shape[-2]
-    total = backgrounds.new_zeros(())
-    sums = {"l1": 0.0, "ssim": 0.0, "psnr": 0.0, "lpips": 0.0}
-    renders = []
-    with torch.autocast(backgrounds.device.type, enabled=False):
-        for b, g in enumerate(gaussians):
-            out = render_gaussians(
-                g,
-                batch["viewmats"][b],
-                batch["Ks"][b],
-                size,
-                size,
-                backgrounds[b],
-                backend=loss_cfg.raster_backend,
-            )
-            pred = out["rgb"]  # [V, S, S, 3]
-            target = composite(batch["images"][b].float(), backgrounds[b])
-            l1 = (pred - target).abs().mean()
-            structural = ssim(pred, target).mean()
-            loss = loss_cfg.l1_weight * l1 + loss_cfg.ssim_weight * (1 - structural)
-            if lpips is not None and loss_cfg.lpips_weight > 0:
-                perceptual = lpips(pred, target).mean()
-                loss = loss + loss_cfg.lpips_weight * perceptual
-                sums["lpips"] += float(perceptual.detach())
-            total = total + loss
-            sums["l1"] += float(l1.detach())
-            sums["ssim"] += float(structural.detach())
-            sums["psnr"] += float(psnr(pred.detach(), target, max_db=60.0).mean())
-            renders.append(pred.detach())
-    n = max(len(gaussians), 1)
-    metrics = {k: v / n for k, v in sums.items() if k != "lpips" or lpips is not None}
-    return total / n, metrics, renders
 
 
 class SLatVAEStage(Stage):
     name = "slat_vae"
-    sections = {"model": SLatVAEConfig, "data": SLatDataConfig, "loss": SLatLossConfig}
+    sections = {"model": SLatVAEConfig, "data": SLatDataConfig, "loss": RenderLossConfig}
 
-    def __init__(self, recipe: Any, run_dir: Path, device: torch.device):
+    def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device):
         super().__init__(recipe, run_dir, device)
         self._lpips: nn.Module | None = None
         if recipe.loss.lpips_weights is not None and recipe.loss.lpips_weight > 0:
-            from voxforge.eval.lpips import load_lpips
-
             self._lpips = load_lpips(recipe.loss.lpips_weights).to(device)
 
     def build_model(self) -> nn.Module:
@@ -290,9 +103,7 @@ class SLatVAEStage(Stage):
     def batch_size_of(self, batch: Any) -> int:
         return len(batch["ids"])
 
-    def sparse_input(self, batch: dict[str, Any]):  # -> SparseTensor
-        from voxforge.sparse.tensor import SparseTensor
-
+    def sparse_input(self, batch: dict[str, Any]) -> SparseTensor:
         r = self.recipe.model.resolution
         return SparseTensor(
             batch["coords"], batch["feats"], spatial_shape=(r, r, r), batch_size=len(batch["ids"])
@@ -364,8 +175,6 @@ class SLatVAEStage(Stage):
 
 def save_comparison(path: Path, panels: list[tuple[Tensor, Tensor]]) -> None:
     """Rows of (ground truth views | rendered views), [V, S, S, 3] each, as one PNG."""
-    from PIL import Image
-
     rows = []
     for truth, render in panels:
         rows.append(

@@ -20,7 +20,8 @@ RNG that the engine checkpoints.
 decoder turns latents into voxels, the latent statistics, and the prepared dataset. The
 hooks sample structures for the held-out assets' condition views and score them against
 the true voxels, next to unconditional samples from the same noise (see
-`voxforge.pipelines.structure.evaluate_generation`).
+`voxforge.pipelines.evaluate.evaluate_generation`): training evaluates through the same
+pipeline that `voxforge generate structure` runs.
 """
 
 from __future__ import annotations
@@ -34,12 +35,20 @@ import torch
 from torch import Tensor, nn
 
 from voxforge.config.core import option
-from voxforge.errors import ConfigError, UserError
+from voxforge.data.dataset import ConditionImageDataset
+from voxforge.data.latents import LATENTS_DIR, read_latent, read_latents_manifest
+from voxforge.data.splits import heldout_split
+from voxforge.errors import ConfigError
 from voxforge.flow import FlowConfig, SamplerConfig, flow_matching_loss
-from voxforge.models.image_encoders import ImageEncoderConfig, build_image_encoder
+from voxforge.models.conditioning import frozen_image_encoder
+from voxforge.models.image_encoders import ImageEncoder, ImageEncoderConfig
 from voxforge.models.ss_flow import SSFlowConfig, StructureFlowModel
+from voxforge.models.ss_vae import SSVAE
+from voxforge.pipelines.evaluate import evaluate_generation
+from voxforge.pipelines.structure import StructurePipeline
+from voxforge.runs import STRUCTURE_INFO, load_ss_vae, write_info
+from voxforge.stages import Recipe
 from voxforge.stages.base import EpochAware, Stage
-from voxforge.stages.ss_vae import split_ids
 
 __all__ = ["LatentConditionDataset", "SSFlowDataConfig", "SSFlowStage"]
 
@@ -56,7 +65,7 @@ class SSFlowDataConfig:
 class LatentConditionDataset(EpochAware, torch.utils.data.Dataset):
     """Items {"latent": [C, r, r, r] normalised, "cond": [3, S, S]}."""
 
-    def __init__(self, folder: Path, ids: list[str], cond: Any, mean: Tensor, std: Tensor):
+    def __init__(self, folder: Path, ids: list[str], cond: ConditionImageDataset, mean: Tensor, std: Tensor):
         self.folder, self.ids, self.cond = folder, ids, cond
         self.mean, self.std = mean.view(-1, 1, 1, 1), std.view(-1, 1, 1, 1)
 
@@ -68,9 +77,7 @@ class LatentConditionDataset(EpochAware, torch.utils.data.Dataset):
         self.cond.set_epoch(epoch)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        from voxforge.pipelines.structure import read_latent
-
-        latent = torch.from_numpy(read_latent(self.folder / f"{self.ids[index]}.npz"))
+        latent = torch.from_numpy(read_latent(self.folder / f"{self.ids[index]}.npz").latent)
         return {"latent": (latent - self.mean) / self.std, "cond": self.cond[index]["cond"]}
 
 
@@ -84,25 +91,23 @@ class SSFlowStage(Stage):
         "data": SSFlowDataConfig,
     }
 
-    def __init__(self, recipe: Any, run_dir: Path, device: torch.device):
+    def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device):
         super().__init__(recipe, run_dir, device)
         self.model_cfg: SSFlowConfig = recipe.model
         self.encoder_cfg: ImageEncoderConfig = recipe.image_encoder
         self.data_cfg: SSFlowDataConfig = recipe.data
-        self._frozen: nn.Module | None = None
+        self._frozen: ImageEncoder | None = None
         self._info: dict[str, Any] | None = None
-        self._vae: nn.Module | None = None
+        self._vae: SSVAE | None = None
 
     # --- latents and their statistics ----------------------------------------------------
     def info(self) -> dict[str, Any]:
         """What `voxforge encode` recorded, checked against the model config."""
-        from voxforge.pipelines.structure import read_latents_manifest
-
         if self._info is not None:
             return self._info
         if not self.data_cfg.latents:
             raise ConfigError("key 'data.latents': set it to the --out folder of `voxforge encode`")
-        manifest = read_latents_manifest(self.data_cfg.latents)
+        manifest = read_latents_manifest(self.data_cfg.latents, "ss")
         cfg = self.model_cfg
         if manifest["latent_resolution"] != cfg.resolution or manifest["latent_channels"] != cfg.in_channels:
             raise ConfigError(
@@ -124,18 +129,11 @@ class SSFlowStage(Stage):
         return self._info
 
     def _write_info(self) -> None:
-        info = {k: v for k, v in self.info().items() if k != "ids"}
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        target = self.run_dir / "structure.json"
-        tmp = target.with_name(f".structure.json.tmp{id(self)}")
-        tmp.write_text(json.dumps(info, indent=1))
-        tmp.replace(target)
+        write_info(self.run_dir, STRUCTURE_INFO, {k: v for k, v in self.info().items() if k != "ids"})
 
-    def frozen_encoder(self) -> nn.Module | None:
-        if self.encoder_cfg.kind == "vit":
-            return None
-        if self._frozen is None:
-            self._frozen = build_image_encoder(self.encoder_cfg).to(self.device)
+    def frozen_encoder(self) -> ImageEncoder | None:
+        if self._frozen is None and self.encoder_cfg.kind != "vit":
+            self._frozen = frozen_image_encoder(self.encoder_cfg).to(self.device)
         return self._frozen
 
     # --- building --------------------------------------------------------------------------
@@ -147,18 +145,15 @@ class SSFlowStage(Stage):
         )
 
     def _split(self) -> tuple[list[str], list[str]]:
-        ids = self.info()["ids"]
-        train_ids, eval_ids = split_ids(ids, self.data_cfg.eval_assets)
-        if not train_ids:
-            raise UserError(
-                f"{self.data_cfg.latents}: {len(ids)} latents, all held out "
-                f"(data.eval_assets={self.data_cfg.eval_assets}); encode more assets or lower it"
-            )
-        return train_ids, eval_ids
+        return heldout_split(
+            self.info()["ids"],
+            self.data_cfg.eval_assets,
+            where=self.data_cfg.latents,
+            items="latents",
+            remedy="encode more assets or lower it",
+        )
 
     def build_dataset(self) -> torch.utils.data.Dataset:
-        from voxforge.data import ConditionImageDataset
-
         info = self.info()
         train_ids, _ = self._split()
         cond = ConditionImageDataset(
@@ -168,7 +163,7 @@ class SSFlowStage(Stage):
             seed=self.recipe.train.seed,
         )
         return LatentConditionDataset(
-            Path(info["latents"]) / "latents",
+            Path(info["latents"]) / LATENTS_DIR,
             train_ids,
             cond,
             torch.tensor(info["mean"], dtype=torch.float32),
@@ -196,12 +191,10 @@ class SSFlowStage(Stage):
         return loss, metrics
 
     # --- evaluation ------------------------------------------------------------------------
-    def pipeline(self, model: nn.Module) -> Any:
-        from voxforge.pipelines.structure import StructurePipeline, load_vae
-
+    def pipeline(self, model: StructureFlowModel) -> StructurePipeline:
         info = self.info()
         if self._vae is None:
-            self._vae, _ = load_vae(info["vae_run"], self.device)
+            self._vae, _ = load_ss_vae(info["vae_run"], self.device)
         return StructurePipeline(
             model,
             self._vae,
@@ -212,9 +205,7 @@ class SSFlowStage(Stage):
             device=self.device,
         )
 
-    def evaluate(self, model: nn.Module, out_dir: Path) -> dict[str, Any] | None:
-        from voxforge.pipelines.structure import evaluate_generation
-
+    def evaluate(self, model: StructureFlowModel, out_dir: Path) -> dict[str, Any] | None:
         _, eval_ids = self._split()
         if not eval_ids:
             return None

@@ -1,0 +1,25 @@
+"""Sampler options shared by the `generate` targets, with TRELLIS's defaults
+(`voxforge.models.sampler_presets`) in their values and help."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_steps_and_guidance(
+    p: argparse.ArgumentParser, preset: dict[str, Any], *, prefix: str = "", what: str = ""
+) -> None:
+    """`--{prefix}steps` and `--{prefix}cfg`; `what` names the flow in the help ("SLat ")."""
+    p.add_argument(
+        f"--{prefix}steps",
+        type=int,
+        default=preset["steps"],
+        help=f"{what}sampler steps (default {preset['steps']})",
+    )
+    p.add_argument(
+        f"--{prefix}cfg",
+        type=float,
+        default=preset["cfg_scale"],
+        help=f"{what}guidance scale w in v_u + w (v_c - v_u); 1 = off (default {preset['cfg_scale']:g})",
+    )
