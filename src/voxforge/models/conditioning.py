@@ -28,6 +28,7 @@ from voxforge.errors import UserError
 from voxforge.flow import SamplerConfig
 from voxforge.models.image_encoders import ImageEncoder, ImageEncoderConfig, build_image_encoder
 from voxforge.models.sampler_presets import SLAT_SAMPLER, STRUCTURE_SAMPLER
+from voxforge.sparse.tensor import SparseTensor
 
 __all__ = [
     "ImageConditionedFlow",
@@ -122,13 +123,13 @@ class ImageConditionedFlow(nn.Module):
 
     def forward(
         self,
-        x: Any,  # the denoiser's input: a latent grid [B, C, r, r, r] or a SparseTensor [N, C]
+        x: Tensor | SparseTensor,  # a latent grid [B, C, r, r, r] or sparse latents [N, C]
         t: Tensor,  # [B]
         *,
         images: Tensor | None = None,  # [B, 3, H, W] for the joint encoder
         context: Tensor | None = None,  # [B, T, Cc] precomputed tokens
         drop: Tensor | None = None,  # [B] bool: replace these samples' tokens by zeros (CFG)
-    ) -> Any:  # the denoiser's output, shaped like x
+    ) -> Tensor | SparseTensor:  # the denoiser's output, shaped like x
         if (images is None) == (context is None):
             raise ValueError("pass exactly one of images= or context=")
         if images is not None:

@@ -178,10 +178,10 @@ class SLatFlowStage(Stage):
     def build_dataset(self) -> torch.utils.data.Dataset:
         return self._dataset(self.split()[0])
 
-    def collate(self, items: list[Any]) -> Any:
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_latents(items)
 
-    def batch_size_of(self, batch: Any) -> int:
+    def batch_size_of(self, batch: dict[str, Any]) -> int:
         return len(batch["ids"])
 
     def sparse(self, batch: dict[str, Any]) -> SparseTensor:

@@ -97,10 +97,10 @@ class SLatVAEStage(Stage):
             split="train",
         )
 
-    def collate(self, items: list[Any]) -> Any:
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_views(items)
 
-    def batch_size_of(self, batch: Any) -> int:
+    def batch_size_of(self, batch: dict[str, Any]) -> int:
         return len(batch["ids"])
 
     def sparse_input(self, batch: dict[str, Any]) -> SparseTensor:
