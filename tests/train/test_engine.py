@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -9,7 +10,8 @@ import torch
 
 from tests.train.helpers import final_weights, make_recipe, optimizer_tensors
 from voxforge.train.checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state
-from voxforge.train.engine import TrainingDiverged, train
+from voxforge.train.distributed import DistInfo
+from voxforge.train.engine import StepFlags, TrainingDiverged, train
 from voxforge.train.optim import lr_factor
 
 
@@ -98,5 +100,14 @@ def test_run_directory_contents(tmp_path):
     logged = [r for r in records if "loss" in r and "event" not in r]
     assert {r["step"] for r in logged} == {5, 10, 15, 20}
     assert {"lr", "grad_norm", "steps_per_s", "samples_per_s"} <= logged[0].keys()
-    assert list((run / "tb").glob("events.out.tfevents.*"))
+    if importlib.util.find_spec("tensorboard") is not None:  # the `tensorboard` extra
+        assert list((run / "tb").glob("events.out.tfevents.*"))
     assert logged[-1]["loss"] < logged[0]["loss"]
+
+
+def test_step_flags_round_trip_through_one_tensor():
+    flags = StepFlags(nonfinite=1.0, preempted=0.0, past_time_limit=1.0, loss_sum=0.125, samples=16.0)
+    tensor = flags.to_tensor(torch.device("cpu"))
+    assert tensor.dtype == torch.float64 and tensor.tolist() == [1.0, 0.0, 1.0, 0.125, 16.0]
+    assert StepFlags.from_tensor(tensor * 2) == StepFlags(2.0, 0.0, 2.0, 0.25, 32.0)  # a 2-rank sum
+    assert flags.all_reduce(DistInfo()) is flags  # one process: nothing to reduce

@@ -38,7 +38,9 @@ class TrainConfig:
     max_steps: int = option(1000, ge=1, help="optimizer steps (skipped non-finite steps do not count)")
     batch_size: int = option(8, ge=1, help="per process, per micro-step")
     grad_accum: int = option(1, ge=1, help="micro-steps per optimizer step")
-    precision: Literal["fp32", "bf16", "fp16"] = option("fp32")
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = option(
+        "fp32", help="auto: bf16 where this machine runs it faster than fp32, else fp32 (precision.json)"
+    )
     device: str = option("auto", help="auto | cpu | cuda | cuda:N | mps")
     seed: int = option(0, ge=0)
     deterministic: bool = option(False, help="torch.use_deterministic_algorithms")

@@ -26,7 +26,7 @@ import math
 import random
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +38,14 @@ from torch import nn
 from voxforge.config.core import dump_yaml, to_dict
 from voxforge.errors import UserError
 from voxforge.stages import get_stage
+from voxforge.stages.base import Stage
 from voxforge.train import checkpoint as ckpt_io
 from voxforge.train.data import BatchStream
 from voxforge.train.distributed import DistInfo, init_distributed, wrap_model
 from voxforge.train.ema import EMA
 from voxforge.train.logging import MetricsLogger, Progress, SpikeDetector
 from voxforge.train.optim import GradClipper, build_optimizer, build_param_groups, build_scheduler, grad_norm
-from voxforge.train.precision import autocast, make_scaler
+from voxforge.train.precision import DTYPES, PrecisionChoice, autocast, make_scaler, resolve_run_precision
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -65,6 +66,32 @@ class TrainResult:
     @property
     def exit_code(self) -> int:
         return 128 + self.signal if self.signal else 0
+
+
+@dataclass
+class StepFlags:
+    """One step's outcome on this process; summed over processes in a single all-reduce, so
+    every rank takes the same decision (skip, stop) and sees the same mean loss."""
+
+    nonfinite: float  # micro-batches with a non-finite loss, +1 for a non-finite gradient norm
+    preempted: float  # processes that received SIGTERM / SIGUSR1
+    past_time_limit: float  # processes past train.time_limit
+    loss_sum: float  # mean micro-batch loss of the step (finite ones), summed over processes
+    samples: float  # samples in the step, summed over processes
+
+    def to_tensor(self, device: torch.device) -> torch.Tensor:  # [5] float64, in field order
+        values = [float(getattr(self, f.name)) for f in fields(self)]
+        return torch.tensor(values, dtype=torch.float64, device=device)
+
+    @classmethod
+    def from_tensor(cls, tensor: torch.Tensor) -> StepFlags:
+        return cls(*tensor.tolist())
+
+    def all_reduce(self, info: DistInfo) -> StepFlags:
+        if not info.enabled:
+            return self
+        # on the training device: NCCL reduces only CUDA tensors
+        return StepFlags.from_tensor(info.all_reduce_sum(self.to_tensor(info.device)))
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -130,6 +157,28 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.stop_after = stop_after
         self._signal: int | None = None
+        # set up by run() (process group, run folder) and _build() (the stage's parts)
+        self.info = DistInfo()
+        self.precision = "fp32"  # resolved train.precision: fp32 | bf16 | fp16, same on every rank
+        self.stage: Stage | None = None
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.clipper: GradClipper | None = None
+        self.ema: EMA | None = None
+        self.spikes: SpikeDetector | None = None
+        self.dataset: Any = None
+        self.params: list[nn.Parameter] = []
+        self.logger: MetricsLogger | None = None
+        # training position: checkpointed, restored by _resume()
+        self.step = 0
+        self.skipped = 0
+        self.nonfinite_in_row = 0
+        self.samples_seen = 0
+        self.ema_updates = 0
+        self.data_state: dict[str, int] = {"epoch": 0, "batch": 0}
+        self.last_saved = -1  # step of the newest checkpoint this process wrote or resumed from
 
     # --- set-up ---------------------------------------------------------------------
     def _build(self, info: DistInfo) -> None:
@@ -143,18 +192,12 @@ class Trainer:
         groups = self.stage.param_groups(self.model) or build_param_groups(self.model, self.recipe.optim)
         self.optimizer = build_optimizer(groups, self.recipe.optim)
         self.scheduler = build_scheduler(self.optimizer, self.recipe.optim, cfg.max_steps)
-        self.scaler = make_scaler(device, cfg.precision)
+        self.scaler = make_scaler(device, self.precision)
         self.clipper = GradClipper(cfg)
         self.ema = EMA(self.model, cfg.ema_rates) if cfg.ema_rates else None
-        self.ema_updates = 0
         self.spikes = SpikeDetector(cfg.spike_factor, cfg.spike_window)
         self.dataset = self.stage.build_dataset()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.step = 0
-        self.skipped = 0
-        self.nonfinite_in_row = 0
-        self.samples_seen = 0
-        self.data_state = {"epoch": 0, "batch": 0}
         _seed_all(cfg.seed + 7919 * info.rank)  # per-rank stream for the stages' randomness
 
     def _trainer_state(self, stream: BatchStream) -> dict[str, Any]:
@@ -248,6 +291,17 @@ class Trainer:
                 self.logger.log(self.step, {f"sample/{k}": v for k, v in metrics.items()})
         self.info.barrier()
 
+    def _agree_on_precision(self, choice: PrecisionChoice | None) -> str:
+        """Rank 0 decides (probe, precision.json); every rank trains in its choice."""
+        if not self.info.enabled:
+            assert choice is not None
+            return choice.resolved
+        names = list(DTYPES)
+        votes = torch.zeros(len(names), dtype=torch.float64, device=self.info.device)
+        if choice is not None:
+            votes[names.index(choice.resolved)] = 1.0
+        return names[int(self.info.all_reduce_sum(votes).argmax())]
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signal = signum
 
@@ -258,11 +312,22 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         start_time = time.monotonic()
         quiet_progress = Progress(0, 0, enabled=False)
+        choice: PrecisionChoice | None = None
         if info.is_main:
             for path in ckpt_io.clean_incomplete(self.run_dir):
                 quiet_progress.write(f"voxforge: removed incomplete checkpoint {path} (interrupted save)")
+            # before _write_config: a run without precision.json keeps its old config's precision
+            choice = resolve_run_precision(
+                self.run_dir,
+                cfg.precision,
+                info.device,
+                resuming=ckpt_io.latest_checkpoint(self.run_dir) is not None,
+            )
+            if choice.requested == "auto":
+                quiet_progress.write(f"voxforge: {choice.describe()}")
             _write_config(self.run_dir, self.recipe, quiet_progress)
         info.barrier()
+        self.precision = self._agree_on_precision(choice)
         self._build(info)
         resumed = self._resume(info)
         if self.step >= cfg.max_steps:
@@ -273,6 +338,8 @@ class Trainer:
             self.logger.event(self.step, "checkpoint_damaged", moved_to=str(moved), reason=reason)
         if resumed is not None:
             self.logger.event(self.step, "resume", checkpoint=str(resumed.path))
+        if choice is not None:
+            self.logger.event(self.step, "precision", **choice.to_json())
         wrapped = wrap_model(self.model, info, compile=cfg.compile, find_unused=cfg.ddp_find_unused)
         stream = BatchStream(
             self.dataset,
@@ -296,26 +363,22 @@ class Trainer:
                 metrics, samples, local_bad, loss_sum = self._train_step(wrapped, stream)
                 gnorm = grad_norm(self.params)
                 elapsed = time.monotonic() - start_time
-                flags = torch.tensor(
-                    [
-                        local_bad + (0 if math.isfinite(gnorm) else 1),
-                        self._signal is not None,
-                        cfg.time_limit is not None and elapsed > cfg.time_limit,
-                        loss_sum,
-                        samples,
-                    ],
-                    dtype=torch.float64,
-                )
-                info.all_reduce_sum(flags)
-                if flags[0] > 0:
+                flags = StepFlags(
+                    nonfinite=float(local_bad + (0 if math.isfinite(gnorm) else 1)),
+                    preempted=float(self._signal is not None),
+                    past_time_limit=float(cfg.time_limit is not None and elapsed > cfg.time_limit),
+                    loss_sum=loss_sum,
+                    samples=float(samples),
+                ).all_reduce(info)
+                if flags.nonfinite > 0:
                     self._skip_step(flags, progress, stream)
                 else:
                     self._apply_step(gnorm)
                     steps_this_run += 1
-                    loss = float(flags[3]) / info.world_size
-                    self.samples_seen += int(flags[4])
+                    loss = flags.loss_sum / info.world_size
+                    self.samples_seen += int(flags.samples)
                     window_steps += 1
-                    window_samples += int(flags[4])
+                    window_samples += int(flags.samples)
                     for k, v in {"loss": loss, "grad_norm": gnorm, **metrics}.items():
                         window[k] = window.get(k, 0.0) + v
                     median = self.spikes.check(loss)
@@ -340,10 +403,10 @@ class Trainer:
                         self._sample()
                     if self.step % cfg.checkpoint_every == 0:
                         self._save(stream)
-                if flags[1] > 0:
+                if flags.preempted > 0:
                     result_signal = self._signal or int(signal.SIGTERM)
                     reason = "preempted"
-                elif flags[2] > 0:
+                elif flags.past_time_limit > 0:
                     reason = "time_limit"
                 elif self.stop_after is not None and steps_this_run >= self.stop_after:
                     reason = "stop_after"
@@ -383,7 +446,7 @@ class Trainer:
             no_sync = getattr(wrapped, "no_sync", None)
             sync = contextlib.nullcontext() if (last or no_sync is None) else no_sync()
             with sync:
-                with autocast(device, cfg.precision):
+                with autocast(device, self.precision):
                     loss, extra = self.stage.loss(wrapped, batch)
                 value = float(loss.detach().float())
                 scaled = loss.float() / cfg.grad_accum
@@ -412,7 +475,7 @@ class Trainer:
             self.ema.update(self.model, self.ema_updates if self.cfg.ema_warmup else None)
             self.ema_updates += 1
 
-    def _skip_step(self, flags: torch.Tensor, progress: Progress, stream: BatchStream) -> None:
+    def _skip_step(self, flags: StepFlags, progress: Progress, stream: BatchStream) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.update()  # lowers the fp16 loss scale after an overflow
@@ -424,7 +487,7 @@ class Trainer:
                 "nonfinite",
                 skipped_total=self.skipped,
                 in_row=self.nonfinite_in_row,
-                loss=float(flags[3]),
+                loss=flags.loss_sum,
             )
         if self.nonfinite_in_row >= self.cfg.max_nonfinite_in_row:
             if self.last_saved != self.step:
