@@ -6,7 +6,7 @@ from PIL import Image
 
 from tests.stages.ss_helpers import stage1_artefacts
 from voxforge.cli import main
-from voxforge.pipelines.structure import StructurePipeline
+from voxforge.pipelines.structure import DecodedStructure, StructurePipeline
 from voxforge.representations.voxels import load_voxels
 
 
@@ -47,7 +47,9 @@ def test_generate_structure_writes_voxels_mesh_and_preview(artefacts, images, tm
 def test_generate_writes_meshes_for_a_nonempty_structure(artefacts, images, tmp_path, monkeypatch):
     block = np.stack(np.meshgrid(*[np.arange(4, 8)] * 3, indexing="ij"), -1).reshape(-1, 3)
     monkeypatch.setattr(
-        StructurePipeline, "decode", lambda self, latents: [block for _ in range(len(latents))]
+        StructurePipeline,
+        "decode_structures",
+        lambda self, latents: [DecodedStructure(block, False) for _ in range(len(latents))],
     )
     out = tmp_path / "out"
     argv = ["generate", "structure", "--model", str(artefacts["flow_run"]), "--image", str(images[0])]
