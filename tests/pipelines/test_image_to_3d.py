@@ -13,7 +13,7 @@ import torch
 
 from voxforge.cli import main
 from voxforge.config.core import from_dict
-from voxforge.pipelines.workflow import PipelineSpec, run_pipeline
+from voxforge.workflows.pipeline import PipelineSpec, run_pipeline
 
 QUIET = {"checkpoint_every": 100, "sample_every": 0, "log_every": 1, "progress": False, "tensorboard": False}
 ENCODER = {"image_size": 32, "patch_size": 8, "width": 32, "depth": 1, "heads": 2}
@@ -123,14 +123,15 @@ def test_slat_vae_trained_in_bf16_without_non_finite_steps(tiny_model):
 
 def test_slat_latents_match_the_structure(tiny_model):
     from voxforge.data import PreparedDataset
-    from voxforge.pipelines.encode_slat import read_slat_latent, read_slat_manifest
+    from voxforge.data.latents import read_latent, read_latents_manifest
 
     out, _ = tiny_model
-    manifest = read_slat_manifest(out / "latents" / "slat")
+    manifest = read_latents_manifest(out / "latents" / "slat", "slat")
     assert manifest["latent_channels"] == 8 and manifest["resolution"] == 16 and len(manifest["std"]) == 8
     data = PreparedDataset(out / "prepared")
     for asset in manifest["ids"]:
-        coords, latent = read_slat_latent(out / "latents" / "slat" / "latents" / f"{asset}.npz")
+        stored = read_latent(out / "latents" / "slat" / "latents" / f"{asset}.npz")
+        coords, latent = stored.coords, stored.latent
         assert np.array_equal(coords, data.features(asset, "rgb", 16)[0])
         assert latent.shape == (len(coords), 8) and np.isfinite(latent).all()
     info = json.loads((out / "runs" / "slat_flow" / "slat.json").read_text())

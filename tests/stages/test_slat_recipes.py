@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from voxforge.config.recipe import load_recipe
 from voxforge.models.slat_flow import SLatFlowTransformer
 from voxforge.models.slat_vae import SLatVAE
-from voxforge.pipelines.workflow import STAGE_ORDER, load_pipeline, stage_recipe
+from voxforge.recipe import load_recipe
+from voxforge.workflows.pipeline import STAGE_ORDER, load_pipeline, stage_recipe
 
 
 def _params(module: torch.nn.Module) -> float:

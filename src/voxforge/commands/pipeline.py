@@ -1,7 +1,7 @@
 """`voxforge pipeline run FILE [--out DIR] [key=value ...]`: every stage, skipping finished ones.
 
 FILE is a pipeline YAML (or the name of a built-in one, e.g. `pipeline_tiny`); see
-`voxforge.pipelines.workflow` for its layout and the steps. Re-running the same command
+`voxforge.workflows.pipeline` for its layout and the steps. Re-running the same command
 continues where it stopped: finished steps are skipped, a training run resumes from its
 newest checkpoint. The output folder is then a model folder for
 `voxforge generate --model DIR --image IMG --out OUT`.
@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from voxforge.errors import UserError
-    from voxforge.pipelines.workflow import load_pipeline, run_pipeline
+    from voxforge.workflows.pipeline import load_pipeline, run_pipeline
+    from voxforge.workflows.report import write_report
 
     spec, source = load_pipeline(args.file, args.overrides)
     out = args.out or spec.out
@@ -53,4 +54,14 @@ def run(args: argparse.Namespace) -> int:
         f"(voxforge generate --model {out} --image IMG --out OUT)",
         file=sys.stderr,
     )
+    evaluation = spec.evaluate
+    if evaluation.image_to_3d or evaluation.examples or evaluation.checks:
+        report = write_report(out)
+        failed = [c.name for c in report.checks if not c.passed]
+        print(
+            f"voxforge pipeline: report {out}/report.md; checks "
+            + (f"FAILED: {', '.join(failed)}" if failed else "passed"),
+            file=sys.stderr,
+        )
+        return 1 if failed else 0
     return 0
