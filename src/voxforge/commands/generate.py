@@ -85,14 +85,12 @@ def register_structure(targets: argparse._SubParsersAction) -> None:
 
 
 def run_structure(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
-    from PIL import Image
 
+    from voxforge.export.structure import write_structure_files
     from voxforge.flow import SamplerConfig
     from voxforge.pipelines.images import load_condition_image
     from voxforge.pipelines.structure import StructurePipeline
-    from voxforge.representations.voxels import render_previews, save_voxels, voxel_mesh
     from voxforge.train.distributed import resolve_device
 
     lo, hi = args.guidance_interval
@@ -120,29 +118,10 @@ def run_structure(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     resolution = pipeline.resolution
-    save_voxels(out / "structure.npz", coords, resolution)
-    written = ["structure.npz"]
-    if len(coords):
-        mesh = voxel_mesh(coords, resolution)
-        mesh.export(out / "structure.glb")
-        mesh.export(out / "structure.ply")
-        written += ["structure.glb", "structure.ply"]
-    else:
+    written = write_structure_files(out, coords, resolution, images)
+    if not len(coords):
         print("voxforge generate: warning: the sampled structure is empty; no mesh written", file=sys.stderr)
-    size = 192
-    thumbs = [
-        np.asarray(
-            Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).resize(
-                (size, size)
-            )
-        )
-        for img in images
-    ]
-    preview = np.concatenate([*thumbs, render_previews(coords, resolution, size=size)], axis=1)
-    Image.fromarray(preview).save(out / "preview.png")
-    written.append("preview.png")
     record = {
         "model": str(Path(args.model).resolve()),
         "images": [str(Path(p).resolve()) for p in args.image],
