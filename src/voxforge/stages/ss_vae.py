@@ -4,10 +4,9 @@ Recipe sections: `model` (`SSVAEConfig`), `data` (`SSVAEDataConfig`). The datase
 data toolkit's `OccupancyDataset` at `model.resolution`, so `voxforge data prepare` must have
 run with the same `--resolution`.
 
-Held-out assets: the first `data.eval_assets` ids in sorted order never train. Ids are
-content hashes, so this is a fixed pseudo-random split that every stage and command derives
-the same way (`split_ids`): the structure flow holds out the same assets, and the demo
-evaluates generation on them.
+Held-out assets: the first `data.eval_assets` ids in sorted order never train
+(`voxforge.data.splits`, the split every stage and command derives the same way): the
+structure flow holds out the same assets, and the demo evaluates generation on them.
 
 Augmentation (`data.augment`): `yaw` applies one of the 8 grid symmetries that keep +Y up
 (mirror x, mirror z, swap x and z), drawn from (seed, epoch, index) as the engine's resume
@@ -26,15 +25,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from voxforge.config.core import option
-from voxforge.errors import ConfigError, UserError
+from voxforge.data.dataset import OccupancyDataset, PreparedDataset
+from voxforge.data.splits import heldout_split, open_prepared
 from voxforge.models.ss_vae import SSVAE, SSVAEConfig, occupancy_metrics, ss_vae_loss
+from voxforge.representations.voxels import grid_to_coords, render_preview
+from voxforge.runs import OCCUPANCY_INFO, write_info
+from voxforge.stages import Recipe
 from voxforge.stages.base import EpochAware, Stage
 
 __all__ = [
@@ -43,7 +47,6 @@ __all__ = [
     "SSVAEStage",
     "cube_symmetry",
     "evaluate_reconstruction",
-    "split_ids",
     "yaw_symmetry",
 ]
 
@@ -56,12 +59,6 @@ class SSVAEDataConfig:
         "yaw", help="yaw: the 8 grid symmetries that keep +Y up; cube: all 48 symmetries of the cube"
     )
     eval_batch_size: int = option(8, ge=1)
-
-
-def split_ids(ids: list[str], eval_assets: int) -> tuple[list[str], list[str]]:
-    """(train ids, held-out ids): the first `eval_assets` of the sorted ids are held out."""
-    ordered = sorted(ids)
-    return ordered[eval_assets:], ordered[:eval_assets]
 
 
 def yaw_symmetry(grid: Tensor, code: int) -> Tensor:  # [..., X, Y, Z], code in [0, 8)
@@ -92,7 +89,7 @@ def cube_symmetry(grid: Tensor, code: int) -> Tensor:  # [..., X, Y, Z], code in
 class OccupancyAugment(EpochAware, torch.utils.data.Dataset):
     """Wraps an `OccupancyDataset`: items {"occupancy": [1, R, R, R]}, optionally augmented."""
 
-    def __init__(self, base: Any, augment: str, seed: int):
+    def __init__(self, base: OccupancyDataset, augment: str, seed: int):
         self.base, self.augment, self.seed = base, augment, seed
 
     def __len__(self) -> int:
@@ -114,17 +111,9 @@ class OccupancyAugment(EpochAware, torch.utils.data.Dataset):
         return {"occupancy": occupancy}
 
 
-def _prepared(path: str, key: str = "data.path") -> Any:
-    from voxforge.data import PreparedDataset
-
-    if not path:
-        raise ConfigError(f"key '{key}': set it to a folder written by `voxforge data prepare`")
-    return PreparedDataset(path)
-
-
 @torch.no_grad()
 def evaluate_reconstruction(
-    vae: SSVAE, dataset: Any, device: torch.device, batch_size: int = 8
+    vae: SSVAE, dataset: OccupancyDataset | list, device: torch.device, batch_size: int = 8
 ) -> tuple[dict[str, float], list[tuple[np.ndarray, np.ndarray]]]:
     """Mean IoU / precision / recall over an `OccupancyDataset`; also (true, predicted) grids."""
     vae.eval()
@@ -146,30 +135,40 @@ class SSVAEStage(Stage):
     name = "ss_vae"
     sections = {"model": SSVAEConfig, "data": SSVAEDataConfig}
 
-    def __init__(self, recipe: Any, run_dir: Path, device: torch.device):
+    def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device):
         super().__init__(recipe, run_dir, device)
         self.model_cfg: SSVAEConfig = recipe.model
         self.data_cfg: SSVAEDataConfig = recipe.data
-        self._eval_set: Any = None
+        self._eval_set: OccupancyDataset | list | None = None
 
-    def _split(self) -> tuple[Any, list[str], list[str]]:
-        data = _prepared(self.data_cfg.path)
+    def _split(self) -> tuple[PreparedDataset, list[str], list[str]]:
+        data = open_prepared(self.data_cfg.path)
         step = f"voxels_{self.model_cfg.resolution}"
         ids = data.ids(require=(step,))
-        train_ids, eval_ids = split_ids(ids, self.data_cfg.eval_assets)
-        if not train_ids:
-            raise UserError(
-                f"{data.root}: {len(ids)} assets with {step}, all held out for evaluation "
-                f"(data.eval_assets={self.data_cfg.eval_assets}); prepare more assets or lower it"
-            )
+        train_ids, eval_ids = heldout_split(
+            ids,
+            self.data_cfg.eval_assets,
+            where=str(data.root),
+            items=f"assets with {step}",
+            remedy="prepare more assets or lower it",
+        )
         return data, train_ids, eval_ids
 
     def build_model(self) -> nn.Module:
-        return SSVAE(self.model_cfg)
+        model = SSVAE(self.model_cfg)
+        rate = self.occupancy_rate()
+        write_info(self.run_dir, OCCUPANCY_INFO, {"rate": rate})  # the decoder's top-k fallback reads it
+        if self.model_cfg.prior_init:
+            model.decoder.init_output_prior(rate)
+        return model
+
+    def occupancy_rate(self, limit: int = 64) -> float:
+        """Mean occupied fraction of the grid over (up to `limit`) training assets."""
+        data, train_ids, _ = self._split()
+        base = OccupancyDataset(data, resolution=self.model_cfg.resolution, ids=train_ids[:limit])
+        return float(torch.stack([base[i]["occupancy"].float().mean() for i in range(len(base))]).mean())
 
     def build_dataset(self) -> torch.utils.data.Dataset:
-        from voxforge.data import OccupancyDataset
-
         data, train_ids, _ = self._split()
         base = OccupancyDataset(data, resolution=self.model_cfg.resolution, ids=train_ids)
         return OccupancyAugment(base, self.data_cfg.augment, self.recipe.train.seed)
@@ -181,9 +180,7 @@ class SSVAEStage(Stage):
         parts["iou"] = float(occupancy_metrics(logits.detach() > 0, occupancy > 0.5)["iou"].mean())
         return loss, parts
 
-    def eval_dataset(self) -> Any:
-        from voxforge.data import OccupancyDataset
-
+    def eval_dataset(self) -> OccupancyDataset | list:
         if self._eval_set is None:
             data, _, eval_ids = self._split()
             self._eval_set = (
@@ -212,10 +209,6 @@ def write_comparison(
     path: Path, pairs: list[tuple[np.ndarray, np.ndarray]], resolution: int, size: int = 128
 ) -> None:
     """Ground truth (top row) above the prediction (bottom row) for each pair of grids."""
-    from PIL import Image
-
-    from voxforge.representations.voxels import grid_to_coords, render_preview
-
     if not pairs:
         return
     top = [render_preview(grid_to_coords(t), resolution, size=size) for t, _ in pairs]
