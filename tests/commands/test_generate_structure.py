@@ -76,3 +76,78 @@ def test_generate_reports_bad_inputs(artefacts, tmp_path, capsys):
         == 2
     )
     assert "ss_flow" in capsys.readouterr().err
+
+
+def test_decoder_falls_back_to_the_most_likely_voxels(artefacts):
+    """No voxel above 0.5: the top-k voxels (k from the VAE run), flagged; k=0 keeps it empty."""
+    import torch
+
+    pipeline = StructurePipeline.from_run(artefacts["flow_run"])
+    rate = json.loads((artefacts["vae_run"] / "occupancy.json").read_text())["rate"]
+    assert pipeline.fallback_voxels == round(rate * pipeline.resolution**3) > 0
+    r = pipeline.resolution
+    logits = torch.full((2, 1, r, r, r), -5.0)
+    logits[0, 0, 1, 2, 3] = 3.0  # one voxel passes
+    ramp = torch.arange(r**3, dtype=torch.float32).view(r, r, r) / r**3 - 2.0  # all below 0: top-k
+    logits[1, 0] = ramp
+    pipeline.vae.decode = lambda latents: logits
+    first, second = pipeline.decode_structures(torch.zeros(2, 1))
+    assert not first.fallback and first.coords.tolist() == [[1, 2, 3]]
+    assert second.fallback and len(second.coords) == pipeline.fallback_voxels
+    flat = np.ravel_multi_index(second.coords.T, (r, r, r))
+    assert sorted(flat.tolist()) == list(range(r**3 - pipeline.fallback_voxels, r**3))  # the largest logits
+    pipeline.fallback_voxels = 0
+    assert len(pipeline.decode_structures(torch.zeros(2, 1))[1].coords) == 0
+
+
+def test_generate_records_the_fallback_and_an_empty_structure(
+    artefacts, images, tmp_path, monkeypatch, capsys
+):
+    import torch
+
+    r = 16
+    original = StructurePipeline.from_run
+
+    def cold(*args, **kwargs):  # a decoder whose every logit stays below 0
+        pipeline = original(*args, **kwargs)
+        pipeline.vae.decode = lambda latents: torch.full((len(latents), 1, r, r, r), -4.0)
+        return pipeline
+
+    monkeypatch.setattr(StructurePipeline, "from_run", cold)
+    base = [
+        "generate",
+        "structure",
+        "--model",
+        str(artefacts["flow_run"]),
+        "--image",
+        str(images[0]),
+        "--steps",
+        "2",
+    ]
+    assert main(base + ["--out", str(tmp_path / "a"), "--fallback-voxels", "50"]) == 0
+    record = json.loads((tmp_path / "a" / "generation.json").read_text())
+    assert record["fallback"] and record["voxels"] == 50 and "top-k fallback" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "b"), "--fallback-voxels", "0"]) == 0
+    record = json.loads((tmp_path / "b" / "generation.json").read_text())
+    assert record["voxels"] == 0 and not record["fallback"] and (tmp_path / "b" / "preview.png").is_file()
+    assert "empty" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "c"), "--fallback-voxels", "-1"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("bomb", "decompression bomb"),
+        (b"hello, I am text\n", "not a readable image"),
+        (b"", "empty"),
+    ],
+)
+def test_generate_rejects_bad_images_in_one_line(artefacts, tmp_path, capsys, content, message):
+    from tests.data.hostile import bomb_png
+
+    path = tmp_path / "bad.png"
+    path.write_bytes(bomb_png(50_000, 50_000) if content == "bomb" else content)
+    argv = ["generate", "structure", "--model", str(artefacts["flow_run"]), "--image", str(path)]
+    assert main(argv + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "bad.png" in err[0] and "Traceback" not in err[0]

@@ -221,3 +221,32 @@ def test_generate_errors_are_user_errors(tiny_model, tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_generate_an_empty_structure_is_an_outcome(tiny_model, tmp_path, monkeypatch, capsys):
+    """A cold decoder: the top-k fallback still gives an asset; with it off, the run records 'empty'."""
+    from voxforge.pipelines.structure import StructurePipeline
+
+    out, _ = tiny_model
+    original = StructurePipeline.from_run
+
+    def cold(*args, **kwargs):
+        pipeline = original(*args, **kwargs)
+        r = pipeline.resolution
+        pipeline.vae.decode = lambda latents: torch.full((len(latents), 1, r, r, r), -4.0)
+        return pipeline
+
+    monkeypatch.setattr(StructurePipeline, "from_run", cold)
+    image = str(sorted((out / "prepared" / "assets").glob("*/cond/000.png"))[0])
+    argv = ["generate", "--model", str(out), "--image", image, "--steps", "2", "--slat-steps", "2"]
+    argv += ["--formats", "ply"]
+    assert main(argv + ["--out", str(tmp_path / "a"), "--fallback-voxels", "40"]) == 0
+    record = json.loads((tmp_path / "a" / "generation.json").read_text())
+    assert record["fallback"] and record["voxels"] == 40 and record["status"] == "done"
+    capsys.readouterr()
+    assert main(argv + ["--out", str(tmp_path / "b"), "--fallback-voxels", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "empty structure" in err[0]
+    record = json.loads((tmp_path / "b" / "generation.json").read_text())
+    assert record["status"] == "empty_structure" and record["voxels"] == 0
+    assert (tmp_path / "b" / "structure.npz").is_file()

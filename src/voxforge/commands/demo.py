@@ -22,8 +22,6 @@ from pathlib import Path
 from voxforge.config.core import to_dict
 from voxforge.errors import UserError
 from voxforge.recipe import BUILTIN_RECIPES
-from voxforge.workflows.pipeline import PIPELINE_RECORD, load_pipeline, run_pipeline
-from voxforge.workflows.report import write_report
 
 TITLES = {"3d": "voxforge demo — image → 3D"}
 
@@ -63,6 +61,9 @@ def seed_overrides(seed: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from voxforge.workflows.pipeline import PIPELINE_RECORD, load_pipeline, run_pipeline  # torch: lazily
+    from voxforge.workflows.report import write_report
+
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
     name = f"demo_{args.family}" + ("_quick" if args.quick else "")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from voxforge.commands import generate_asset
-from voxforge.commands.sampler_options import add_steps_and_guidance
+from voxforge.commands.sampler_options import add_fallback_option, add_steps_and_guidance, fallback_message
 from voxforge.errors import UserError
 from voxforge.models.sampler_presets import STRUCTURE_SAMPLER
 
@@ -79,6 +79,7 @@ def register_structure(targets: argparse._SubParsersAction) -> None:
         help="time-grid shift, > 1 spends more steps at high noise",
     )
     p.add_argument("--vae", metavar="VAE_RUN", help="ss_vae run (default: the one recorded by the flow run)")
+    add_fallback_option(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
     p.set_defaults(func=run_structure)
@@ -99,6 +100,10 @@ def run_structure(args: argparse.Namespace) -> int:
         (args.cfg < 0, f"--cfg must be >= 0, got {args.cfg}"),
         (not 0 <= lo <= hi <= 1, f"--guidance-interval needs 0 <= LO <= HI <= 1, got {lo} {hi}"),
         (args.time_shift <= 0, f"--time-shift must be > 0, got {args.time_shift}"),
+        (
+            args.fallback_voxels is not None and args.fallback_voxels < 0,
+            f"--fallback-voxels must be >= 0, got {args.fallback_voxels}",
+        ),
     ]
     for bad, message in problems:
         if bad:
@@ -113,8 +118,11 @@ def run_structure(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     device = resolve_device(args.device)
     pipeline = StructurePipeline.from_run(args.model, vae_run=args.vae, device=device, ema=not args.raw)
+    if args.fallback_voxels is not None:
+        pipeline.fallback_voxels = args.fallback_voxels
     images = torch.stack([load_condition_image(path, pipeline.image_size) for path in args.image])
-    coords = pipeline.generate(images, seed=args.seed, sampler=sampler, mode=args.mode)
+    decoded = pipeline.generate_structure(images, seed=args.seed, sampler=sampler, mode=args.mode)
+    coords = decoded.coords
     seconds = time.perf_counter() - start
 
     out = Path(args.out)
@@ -122,6 +130,8 @@ def run_structure(args: argparse.Namespace) -> int:
     written = write_structure_files(out, coords, resolution, images)
     if not len(coords):
         print("voxforge generate: warning: the sampled structure is empty; no mesh written", file=sys.stderr)
+    elif decoded.fallback:
+        print(fallback_message(True, len(coords)), file=sys.stderr)
     record = {
         "model": str(Path(args.model).resolve()),
         "images": [str(Path(p).resolve()) for p in args.image],
@@ -133,6 +143,7 @@ def run_structure(args: argparse.Namespace) -> int:
         },
         "resolution": resolution,
         "voxels": int(len(coords)),
+        "fallback": decoded.fallback,
         "seconds": round(seconds, 3),
         "device": str(device),
     }

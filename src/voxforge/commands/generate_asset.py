@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from voxforge.commands.sampler_options import add_steps_and_guidance
+from voxforge.commands.sampler_options import add_fallback_option, add_steps_and_guidance, fallback_message
 from voxforge.errors import UserError
 from voxforge.models.sampler_presets import SLAT_SAMPLER, STRUCTURE_SAMPLER
 
@@ -61,6 +61,7 @@ def _add_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--size", type=int, default=256, help="turntable side in pixels (default 256)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
+    add_fallback_option(p)
 
 
 def register(targets: argparse._SubParsersAction) -> None:
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     from voxforge.export import ExportConfig, export_asset
     from voxforge.models.conditioning import default_slat_sampler, default_structure_sampler
-    from voxforge.pipelines.image_to_3d import ImageTo3DPipeline
+    from voxforge.pipelines.image_to_3d import EmptyStructureError, ImageTo3DPipeline
     from voxforge.representations.voxels import save_voxels
     from voxforge.train.distributed import resolve_device
 
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         (args.steps < 1 or args.slat_steps < 1, "--steps and --slat-steps must be >= 1"),
         (args.cfg < 0 or args.slat_cfg < 0, "--cfg and --slat-cfg must be >= 0"),
         (args.frames < 1 or args.size < 8, "--frames must be >= 1 and --size >= 8"),
+        (args.fallback_voxels is not None and args.fallback_voxels < 0, "--fallback-voxels must be >= 0"),
         (
             not args.model and not (args.structure and args.slat),
             "pass --model, or both --structure and --slat",
@@ -121,21 +123,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         pipeline = ImageTo3DPipeline.from_model_dir(args.model, device=device, ema=not args.raw)
     load_seconds = time.perf_counter() - start
+    if args.fallback_voxels is not None:
+        pipeline.structure.fallback_voxels = args.fallback_voxels
     images = pipeline.load_images(args.image)
     structure_sampler = default_structure_sampler(steps=args.steps, cfg_scale=args.cfg, method=args.sampler)
     slat_sampler = default_slat_sampler(steps=args.slat_steps, cfg_scale=args.slat_cfg, method=args.sampler)
-    result = pipeline.generate(
-        images, seed=args.seed, structure_sampler=structure_sampler, slat_sampler=slat_sampler, mode=args.mode
-    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    export_start = time.perf_counter()
-    paths = export_asset(
-        result.gaussians, out, coords=result.coords, resolution=result.resolution, config=export, name="asset"
-    )
-    timings = {"load_models": load_seconds, **result.timings, "export": time.perf_counter() - export_start}
-    save_voxels(out / "structure.npz", np.asarray(result.coords), result.resolution)
-    record = {
+    inputs = {
         "model": str(Path(args.model).resolve()) if args.model else None,
         "structure_run": str(Path(args.structure).resolve()) if args.structure else None,
         "slat_run": str(Path(args.slat).resolve()) if args.slat else None,
@@ -144,6 +139,36 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "structure_sampler": _sampler_dict(structure_sampler),
         "slat_sampler": _sampler_dict(slat_sampler),
+    }
+    try:
+        result = pipeline.generate(
+            images,
+            seed=args.seed,
+            structure_sampler=structure_sampler,
+            slat_sampler=slat_sampler,
+            mode=args.mode,
+        )
+    except EmptyStructureError as err:  # an outcome, not a crash: record it and write what exists
+        save_voxels(out / "structure.npz", np.zeros((0, 3), np.int64), pipeline.resolution)
+        record = {**inputs, "status": "empty_structure", "voxels": 0, "files": ["structure.npz"]}
+        (out / "generation.json").write_text(json.dumps(record, indent=1))
+        print(
+            f"voxforge generate: {args.image[0]}: {err} (wrote {out}/structure.npz, generation.json)",
+            file=sys.stderr,
+        )
+        return 1
+    if result.fallback:
+        print(fallback_message(True, len(result.coords)), file=sys.stderr)
+    export_start = time.perf_counter()
+    paths = export_asset(
+        result.gaussians, out, coords=result.coords, resolution=result.resolution, config=export, name="asset"
+    )
+    timings = {"load_models": load_seconds, **result.timings, "export": time.perf_counter() - export_start}
+    save_voxels(out / "structure.npz", np.asarray(result.coords), result.resolution)
+    record = {
+        **inputs,
+        "status": "done",
+        "fallback": result.fallback,
         "resolution": result.resolution,
         "voxels": int(len(result.coords)),
         "gaussians": int(result.gaussians.num_gaussians),

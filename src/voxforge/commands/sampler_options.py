@@ -23,3 +23,23 @@ def add_steps_and_guidance(
         default=preset["cfg_scale"],
         help=f"{what}guidance scale w in v_u + w (v_c - v_u); 1 = off (default {preset['cfg_scale']:g})",
     )
+
+
+def add_fallback_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fallback-voxels",
+        type=int,
+        default=None,
+        metavar="K",
+        help="when no voxel passes probability 0.5, keep the K most likely (default: the VAE data's mean "
+        "occupied count; 0: off, an empty structure stays empty)",
+    )
+
+
+def fallback_message(fallback: bool, voxels: int) -> str:
+    if fallback:
+        return (
+            f"voxforge generate: note: no voxel passed probability 0.5; kept the {voxels} most likely "
+            "(top-k fallback, recorded in generation.json); a longer-trained model or another --seed does better"
+        )
+    return ""

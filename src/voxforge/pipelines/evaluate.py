@@ -60,7 +60,9 @@ def evaluate_generation(
         batch = torch.stack([conds[i]["cond"] for i in chunk])
         images.extend(batch)
         tokens = pipeline.image_tokens(batch)[:, None]  # one view per object
-        decoded = pipeline.decode_structures(pipeline.sample_latents(tokens, seed=seed + first, sampler=sampler))
+        decoded = pipeline.decode_structures(
+            pipeline.sample_latents(tokens, seed=seed + first, sampler=sampler)
+        )
         cond_structs += [d.coords for d in decoded]
         fallbacks += [d.fallback for d in decoded]
         uncond_structs += pipeline.unconditional(len(chunk), seed=seed + first, sampler=sampler)

@@ -82,6 +82,7 @@ from voxforge.pipelines.images import load_condition_image
 from voxforge.pipelines.structure import StructurePipeline
 from voxforge.recipe import recipe_from_data, resolve_recipe_path
 from voxforge.representations.voxels import save_voxels
+from voxforge.stages import Recipe
 from voxforge.train.checkpoint import latest_checkpoint
 from voxforge.train.distributed import resolve_device
 from voxforge.train.engine import train
@@ -215,7 +216,7 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def stage_recipe(spec: PipelineSpec, stage: str, paths: dict[str, Any], source: str = "") -> Any:
+def stage_recipe(spec: PipelineSpec, stage: str, paths: dict[str, Any], source: str = "") -> Recipe:
     """The typed recipe of one stage: its recipe file, the entry's sections, the pipeline's settings."""
     entry = dict(spec.stages[stage])
     recipe_path = resolve_recipe_path(entry.pop("recipe"))
@@ -325,7 +326,7 @@ class _Run:
         return 0
 
     # --- training ----------------------------------------------------------------------
-    def train_stage(self, stage: str, recipe: Any) -> None:
+    def train_stage(self, stage: str, recipe: Recipe) -> None:
         run_dir = self.runs / stage
         start = time.perf_counter()
         result = train(recipe, run_dir)
