@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from voxforge.data.gltf import load_glb
+from voxforge.data.image_io import read_image
 from voxforge.data.manifest import ManifestView, manifest_files
 from voxforge.errors import UserError
 from voxforge.representations.mesh import TexturedMesh
@@ -173,14 +174,13 @@ class PreparedDataset:
 
 
 def _load_viewset(directory: Path) -> ViewSet:
-    from PIL import Image
 
     from voxforge.render.cameras import Cameras
 
     if not (directory / "cameras.json").is_file():
         raise UserError(f"{directory} has no cameras.json (step not run or failed)")
-    pngs = sorted(directory.glob("[0-9]*.png"))
-    images = np.stack([np.asarray(Image.open(p).convert("RGBA")) for p in pngs])
+    pngs = sorted(directory.glob("[0-9]*.png"), key=lambda p: int(p.stem))  # numeric: past 999 views
+    images = np.stack([read_image(p, what="view").rgba for p in pngs])
     depth = None
     if (directory / "depth.npz").is_file():
         with np.load(directory / "depth.npz") as data:
@@ -260,14 +260,13 @@ class _Base:
 
     def _cond(self, index: int) -> Any:
         import torch
-        from PIL import Image
 
         asset_dir = self.data.asset_dir(self.ids[index]) / "cond"
         pngs = sorted(asset_dir.glob("[0-9]*.png"))
         if not pngs:
             raise UserError(f"{asset_dir} has no condition views")
         choice = pngs[int(self._rng(index).integers(len(pngs)))]
-        rgba = np.asarray(Image.open(choice).convert("RGBA"))
+        rgba = read_image(choice, what="condition view").rgba
         return torch.from_numpy(condition_image(rgba, self.cond_size))
 
     def _item(self, index: int) -> dict[str, Any]:

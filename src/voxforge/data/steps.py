@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from voxforge.data.gltf import load_glb
+from voxforge.data.image_io import read_image
 from voxforge.data.safety import Limits
 from voxforge.representations.mesh import AssetError, TexturedMesh
 
@@ -148,13 +149,12 @@ def extractor_options(settings: dict[str, Any]) -> dict[str, Any]:
 
 def load_views(directory: Path) -> tuple[np.ndarray, np.ndarray | None, Any]:
     """Read views/ back: rgba [V, H, W, 4] uint8, depth [V, H, W] float32 or None, Cameras."""
-    from PIL import Image
 
     from voxforge.render.cameras import Cameras
 
     # numeric order: "1000.png" sorts before "101.png" as text (views past 999)
     pngs = sorted(directory.glob("[0-9][0-9][0-9]*.png"), key=lambda p: int(p.stem))
-    rgba = np.stack([np.asarray(Image.open(p).convert("RGBA")) for p in pngs])
+    rgba = np.stack([read_image(p, what="view").rgba for p in pngs])
     depth = None
     if (directory / "depth.npz").is_file():
         with np.load(directory / "depth.npz") as data:

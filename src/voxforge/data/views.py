@@ -25,6 +25,7 @@ from torch import Tensor
 
 from voxforge.config.core import ConfigValueError, option
 from voxforge.data.dataset import PreparedDataset, SparseFeatureDataset, collate_sparse
+from voxforge.data.image_io import read_image
 from voxforge.errors import UserError
 from voxforge.render.cameras import Cameras
 
@@ -107,20 +108,19 @@ class SLatViewDataset(torch.utils.data.Dataset):
         size = self.cfg.image_size
         images = []
         for i in indices:
-            with Image.open(files[i]) as im:
-                rgba = im.convert("RGBA")
-                if rgba.size != (size, size):
-                    # premultiply before resizing so the background does not bleed into edges
-                    arr = np.asarray(rgba, dtype=np.float32) / 255.0
-                    arr[..., :3] *= arr[..., 3:]
-                    channels = [
-                        np.asarray(Image.fromarray(arr[..., c]).resize((size, size), Image.Resampling.BOX))
-                        for c in range(4)
-                    ]
-                    arr = np.stack(channels, -1)
-                    arr[..., :3] /= np.maximum(arr[..., 3:], 1e-6)
-                else:
-                    arr = np.asarray(rgba, dtype=np.float32) / 255.0
+            rgba = Image.fromarray(read_image(files[i], what="view").rgba)
+            if rgba.size != (size, size):
+                # premultiply before resizing so the background does not bleed into edges
+                arr = np.asarray(rgba, dtype=np.float32) / 255.0
+                arr[..., :3] *= arr[..., 3:]
+                channels = [
+                    np.asarray(Image.fromarray(arr[..., c]).resize((size, size), Image.Resampling.BOX))
+                    for c in range(4)
+                ]
+                arr = np.stack(channels, -1)
+                arr[..., :3] /= np.maximum(arr[..., 3:], 1e-6)
+            else:
+                arr = np.asarray(rgba, dtype=np.float32) / 255.0
             images.append(np.clip(arr, 0.0, 1.0))
         scale = np.diag([size / cams.width, size / cams.height, 1.0]).astype(np.float32)
         return {

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from voxforge.data.dataset import ConditionImageDataset, PreparedDataset, condition_image
+from voxforge.data.image_io import read_image
 from voxforge.data.views import SLatDataConfig, SLatViewDataset, collate_views
 from voxforge.errors import UserError
 from voxforge.eval.voxels import voxel_iou, yaw_aligned_iou
@@ -153,8 +154,8 @@ def evaluate_image_to_3d(
         cond_files = sorted((data.asset_dir(asset) / "cond").glob("[0-9]*.png"))
         if not cond_files:
             raise UserError(f"asset {asset} has no condition views in {prepared}")
-        with Image.open(cond_files[0]) as im:
-            image = torch.from_numpy(condition_image(np.asarray(im.convert("RGBA")), pipeline.image_size))
+        rgba = read_image(cond_files[0], what="condition view").rgba
+        image = torch.from_numpy(condition_image(rgba, pipeline.image_size))
         result = pipeline.generate(
             image[None], seed=seed + 2 * index, structure_sampler=structure_sampler, slat_sampler=slat_sampler
         )
