@@ -33,6 +33,7 @@ from voxforge.data.gltf import load_glb
 from voxforge.data.image_io import read_image
 from voxforge.data.manifest import ManifestView, manifest_files
 from voxforge.errors import UserError
+from voxforge.render.cameras import Cameras
 from voxforge.representations.mesh import TexturedMesh
 
 
@@ -174,8 +175,6 @@ class PreparedDataset:
 
 
 def _load_viewset(directory: Path) -> ViewSet:
-
-    from voxforge.render.cameras import Cameras
 
     if not (directory / "cameras.json").is_file():
         raise UserError(f"{directory} has no cameras.json (step not run or failed)")

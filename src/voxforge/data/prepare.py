@@ -31,7 +31,7 @@ from voxforge.config.core import ConfigValueError, option
 from voxforge.data.ingest import ARCHIVE_EXTENSIONS, MESH_EXTENSIONS, RECOVERED_FAILURES, sha256_file
 from voxforge.data.manifest import Manifest, ManifestView, manifest_name
 from voxforge.data.safety import Limits, is_within
-from voxforge.errors import UserError
+from voxforge.errors import MissingDependencyError, UserError
 
 ALL_STEPS = ("ingest", "views", "cond", "voxels", "features")
 
@@ -228,6 +228,7 @@ def _progress(total: int, enabled: bool, description: str) -> Any:
 
 def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = None) -> dict[str, Any]:
     """Prepare (or finish preparing) SRC into OUT; returns `ManifestView(OUT).summary()`."""
+    # the steps load torch and the renderers: imported here so `voxforge data status` stays light
     from voxforge.data.steps import run_asset_task
     from voxforge.data.workers import default_workers, run_tasks, threads_per_process
 
@@ -360,13 +361,11 @@ def preflight(config: PrepareConfig, step_names: list[str]) -> None:
     """
     import importlib.util
 
-    from voxforge.errors import MissingDependencyError
-
     renders = any(step in ("views", "cond") for step in step_names)
     if renders and config.renderer == "blender" and importlib.util.find_spec("bpy") is None:
         raise MissingDependencyError("bpy", "blender", "the Blender renderer (--renderer blender)")
     if config.features == "dinov2" and any(step.startswith("features_") for step in step_names):
-        from voxforge.data.features import get_extractor
+        from voxforge.data.features import get_extractor  # torch and transformers: only for dinov2
         from voxforge.data.steps import extractor_options
 
         get_extractor("dinov2", **extractor_options(config.worker_settings()))  # raises a clear FeatureError

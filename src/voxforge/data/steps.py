@@ -39,9 +39,15 @@ from typing import Any
 
 import numpy as np
 
+from voxforge.data.archive import expand_archive
+from voxforge.data.features import aggregate_features, get_extractor
 from voxforge.data.gltf import load_glb
 from voxforge.data.image_io import read_image
+from voxforge.data.ingest import ingest_file
 from voxforge.data.safety import Limits
+from voxforge.data.voxelize import voxelize
+from voxforge.render.cameras import Cameras, condition_views, hammersley_sphere
+from voxforge.render.mesh_raster import render_mesh
 from voxforge.representations.mesh import AssetError, TexturedMesh
 
 _EXTRACTORS: dict[tuple[str, str], Any] = {}
@@ -108,14 +114,12 @@ def asset_seed(asset_id: str, seed: int) -> int:
 
 
 def feature_cameras(settings: dict[str, Any]) -> Any:
-    from voxforge.render.cameras import hammersley_sphere
 
     size = settings["image_size"]
     return hammersley_sphere(settings["views"], radius=2.0, fov_deg=40.0, width=size, height=size)
 
 
 def condition_cameras(settings: dict[str, Any], asset_id: str) -> Any:
-    from voxforge.render.cameras import condition_views
 
     size = settings["image_size"]
     rng = np.random.default_rng(asset_seed(asset_id, settings["seed"]))
@@ -123,7 +127,6 @@ def condition_cameras(settings: dict[str, Any], asset_id: str) -> Any:
 
 
 def render(mesh: TexturedMesh, cameras: Any, settings: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    from voxforge.render.mesh_raster import render_mesh
 
     if settings["renderer"] == "blender":
         return render_mesh(mesh, cameras, backend="blender")
@@ -132,7 +135,6 @@ def render(mesh: TexturedMesh, cameras: Any, settings: dict[str, Any]) -> tuple[
 
 def extractor(settings: dict[str, Any]) -> Any:
     """Feature extractor, created once per worker process (DINOv2 loads weights)."""
-    from voxforge.data.features import get_extractor
 
     key = (settings["features"], settings.get("feature_model") or "", settings["device"])
     if key not in _EXTRACTORS:
@@ -149,8 +151,6 @@ def extractor_options(settings: dict[str, Any]) -> dict[str, Any]:
 
 def load_views(directory: Path) -> tuple[np.ndarray, np.ndarray | None, Any]:
     """Read views/ back: rgba [V, H, W, 4] uint8, depth [V, H, W] float32 or None, Cameras."""
-
-    from voxforge.render.cameras import Cameras
 
     # numeric order: "1000.png" sorts before "101.png" as text (views past 999)
     pngs = sorted(directory.glob("[0-9][0-9][0-9]*.png"), key=lambda p: int(p.stem))
@@ -186,8 +186,6 @@ def run_asset_task(task: dict[str, Any], send: Callable[[Any], None]) -> None:
     limits = Limits(**settings["limits"])
     out = Path(task["out"])
     if task["kind"] == "archive":
-        from voxforge.data.archive import expand_archive
-
         send(("start", "expand"))
         began = time.perf_counter()
         try:
@@ -210,7 +208,6 @@ def run_asset_task(task: dict[str, Any], send: Callable[[Any], None]) -> None:
         return state["mesh"]
 
     def do_ingest() -> dict[str, Any]:
-        from voxforge.data.ingest import ingest_file
 
         result = ingest_file(
             Path(task["path"]),
@@ -240,7 +237,6 @@ def run_asset_task(task: dict[str, Any], send: Callable[[Any], None]) -> None:
         return {"stats": {"views": len(rgba)}}
 
     def do_voxels(resolution: int) -> dict[str, Any]:
-        from voxforge.data.voxelize import voxelize
 
         vertices, faces = mesh().merged()
         if settings["device"] == "cpu":
@@ -253,7 +249,6 @@ def run_asset_task(task: dict[str, Any], send: Callable[[Any], None]) -> None:
         return {"stats": {"voxels": len(coords)}}
 
     def do_features(resolution: int) -> dict[str, Any]:
-        from voxforge.data.features import aggregate_features
 
         with np.load(asset_dir / f"voxels_{resolution}.npz") as data:
             coords = data["coords"].astype(np.int64)

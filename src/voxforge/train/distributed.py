@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from voxforge.data.workers import threads_per_process
+
 
 @dataclass
 class DistInfo:
@@ -61,7 +63,6 @@ def init_distributed(device_name: str) -> DistInfo:
     if world_size > 1:
         # co-located ranks spin-wait on each other's OpenMP threads when processes x threads >
         # cores; an explicit OMP_NUM_THREADS (torchrun sets 1 for several processes) wins
-        from voxforge.data.workers import threads_per_process
 
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         torch.set_num_threads(threads_per_process(local))
