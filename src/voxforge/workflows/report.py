@@ -189,11 +189,16 @@ def _markdown(report: Report, title: str) -> str:
     def steps_of(stage: str) -> Any:
         return stages.get(stage, {}).get("train", {}).get("max_steps", "recipe default")
 
+    data_spec = spec.get("data", {})
+    synth = data_spec.get("synth")
+    source = (
+        f"{synth['num']} built-in synthetic objects" if synth else f"meshes from {data_spec.get('source')}"
+    )
     lines = [
         f"# {title}",
         "",
-        f"Data: {spec.get('data', {}).get('synth') or spec.get('data', {}).get('source')}; held-out assets: "
-        f"{spec.get('holdout')}; seed {spec.get('seed')}. Steps: SS-VAE {steps_of('ss_vae')}, SS-flow "
+        f"Data: {source}; held-out assets: {spec.get('holdout')}; seed {spec.get('seed')}. Training steps: "
+        f"SS-VAE {steps_of('ss_vae')}, SS-flow "
         f"{steps_of('ss_flow')}, SLat-VAE {steps_of('slat_vae')}, SLat-flow {steps_of('slat_flow')}.",
         "",
         f"## Checks: {'all passed' if report.passed else 'FAILED'}",
@@ -230,7 +235,7 @@ def _markdown(report: Report, title: str) -> str:
         f"| held-out views of training assets | {_num(s.get('views_psnr'), 2)} | {_num(s.get('views_ssim'))} |",
         f"| held-out assets | {_num(s.get('assets_psnr'), 2)} | {_num(s.get('assets_ssim'))} |",
         "",
-        f"Image → 3D on held-out assets ({e.get('assets', 0)} assets, one condition image each):",
+        f"Image → 3D on held-out assets ({e.get('assets', 0)} of them, one condition image each):",
         "",
         "| | structure IoU | yaw-aligned IoU | PSNR (dB) | SSIM |",
         "| --- | --- | --- | --- | --- |",
