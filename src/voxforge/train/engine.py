@@ -37,7 +37,7 @@ from torch import nn
 
 from voxforge.config.core import dump_yaml, to_dict
 from voxforge.errors import UserError
-from voxforge.stages import get_stage
+from voxforge.stages import Recipe, get_stage
 from voxforge.stages.base import Stage
 from voxforge.train import checkpoint as ckpt_io
 from voxforge.train.data import BatchStream
@@ -127,7 +127,7 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _write_config(run_dir: Path, recipe: Any, progress: Progress) -> None:
+def _write_config(run_dir: Path, recipe: Recipe, progress: Progress) -> None:
     path = run_dir / "config.yaml"
     text = dump_yaml(recipe)
     if path.is_file():
@@ -151,7 +151,7 @@ def _diff_keys(old: Any, new: Any, prefix: str = "") -> set[str]:
 
 
 class Trainer:
-    def __init__(self, recipe: Any, run_dir: str | Path, *, stop_after: int | None = None):
+    def __init__(self, recipe: Recipe, run_dir: str | Path, *, stop_after: int | None = None):
         self.recipe = recipe
         self.cfg = recipe.train
         self.run_dir = Path(run_dir)
@@ -513,6 +513,6 @@ class Trainer:
         return final
 
 
-def train(recipe: Any, run_dir: str | Path, *, stop_after: int | None = None) -> TrainResult:
+def train(recipe: Recipe, run_dir: str | Path, *, stop_after: int | None = None) -> TrainResult:
     """Train `recipe` in `run_dir`, resuming from its newest committed checkpoint."""
     return Trainer(recipe, run_dir, stop_after=stop_after).run()
