@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="a family's pipeline on built-in data with a report (default: image -> 3D)",
         description="End-to-end demo on built-in data: for 3d, synth -> prepare -> SS-VAE -> encode -> "
-        "SS-flow -> SLat-VAE -> SLat-flow -> held-out evaluation and exports, with a report (about 15 "
-        "minutes on 2 CPU cores; --quick about 2). Re-run the same command to resume after an interruption. "
+        "SS-flow -> SLat-VAE -> SLat-flow -> held-out evaluation and exports, with a report (15-21 "
+        "minutes on 2 CPU cores; --quick 2-3). Re-run the same command to resume after an interruption. "
         "Exit code 0: every check in the report passed; 1: a check failed; 2: the demo could not run.",
     )
     p.add_argument("family", nargs="?", default="3d", choices=families(), help="which family (default 3d)")
