@@ -183,7 +183,7 @@ def _trimesh_parts(
 
     `materials`: for an OBJ, the material names its `.mtl` defines (None for other formats).
     Where an OBJ has no `.mtl`, it is missing, or `usemtl` names none of its materials,
-    trimesh invents a grey placeholder material; that is replaced by the default material,
+    trimesh makes up a grey stand-in material; voxforge uses its default material instead,
     white, so such a file looks like an STL.
     """
     import trimesh

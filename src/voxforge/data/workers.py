@@ -13,8 +13,8 @@ Threads: OpenMP and OpenBLAS threads spin-wait for work, so processes that toget
 threads than there are cores slow each other down badly (two torch processes on 2 cores: up to
 17x). Each worker therefore gets `threads` CPU threads (`threads_per_process`: the cores this
 process may use divided by the number of workers, unless OMP_NUM_THREADS is set), applied
-through the environment *before* the task function is unpickled, i.e. before the worker
-imports numpy or torch, whose thread pools read those variables when they load.
+through the environment *before* the task function is imported (workers receive it by name,
+`module:qualname`), i.e. before the worker imports numpy or torch, whose thread pools read those variables when they load.
 
 A worker also ends the moment its parent does (killed with SIGKILL, out of memory): each one
 holds the read end of a "lifeline" pipe whose write end only the parent has, and a thread
@@ -34,9 +34,9 @@ Protocol: the task function is called as `fn(task, send)` and reports progress w
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
-import pickle
 import sys
 import threading
 import time
@@ -89,11 +89,33 @@ def _exit_with_parent(lifeline: Connection) -> None:
     os._exit(1)  # no cleanup: the task's partial files are temporary names a re-run replaces
 
 
-def _worker_main(conn: Connection, threads: int | None, payload: bytes, lifeline: Connection) -> None:
+def _reference(fn: Callable[..., Any] | None) -> str | None:
+    """`module:qualname` of a module-level function (what a worker imports it by)."""
+    if fn is None:
+        return None
+    name = f"{fn.__module__}:{fn.__qualname__}"
+    if "<" in fn.__qualname__ or _resolve(name) is not fn:
+        raise ValueError(f"worker tasks must be module-level functions, got {fn!r}")
+    return name
+
+
+def _resolve(name: str | None) -> Any:
+    if name is None:
+        return None
+    module, _, qualname = name.partition(":")
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _worker_main(
+    conn: Connection, threads: int | None, refs: tuple[str, str | None], lifeline: Connection
+) -> None:
     threading.Thread(target=_exit_with_parent, args=(lifeline,), daemon=True).start()
     if threads is not None:
         limit_threads(threads)
-    fn, initializer = pickle.loads(payload)  # imports the task's modules (numpy, torch) only now
+    fn, initializer = (_resolve(ref) for ref in refs)  # imports the task's modules (numpy, torch) only now
     if initializer is not None:
         initializer()
     while True:
@@ -116,11 +138,11 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, threads: int | None, payload: bytes):
+    def __init__(self, ctx: Any, threads: int | None, refs: tuple[str, str | None]):
         parent, child = ctx.Pipe(duplex=True)
         lifeline, self.lifeline = ctx.Pipe(duplex=False)  # (read end: worker, write end: here)
         self.conn = parent
-        self.process = ctx.Process(target=_worker_main, args=(child, threads, payload, lifeline), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, threads, refs, lifeline), daemon=True)
         self.process.start()
         child.close()
         lifeline.close()
@@ -177,7 +199,7 @@ def run_tasks(
         return
     ctx = _context()
     threads = threads_per_process(workers, threads)
-    payload = pickle.dumps((fn, initializer))
+    refs = (_reference(fn), _reference(initializer))
     pool: list[_Worker] = []
     try:
         while queue or any(w.task is not None for w in pool):
@@ -186,7 +208,7 @@ def run_tasks(
                 if worker.task is None and queue:
                     _assign(worker, queue.popleft())
             while queue and len(pool) < workers:
-                worker = _Worker(ctx, threads, payload)
+                worker = _Worker(ctx, threads, refs)
                 pool.append(worker)
                 _assign(worker, queue.popleft())
             busy = [w for w in pool if w.task is not None]
