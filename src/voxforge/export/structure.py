@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from voxforge.representations.mesh import MeshPart, TexturedMesh
 from voxforge.representations.voxels import render_previews, save_voxels, voxel_mesh
 
 __all__ = ["write_structure_files"]
@@ -36,8 +37,13 @@ def write_structure_files(
     written = ["structure.npz"]
     if len(coords):
         mesh = voxel_mesh(coords, resolution)
-        mesh.export(out / "structure.glb")
-        mesh.export(out / "structure.ply")
+        colors = np.asarray(mesh.visual.vertex_colors, dtype=np.float32) / 255.0  # sRGB
+        TexturedMesh([MeshPart(mesh.vertices, mesh.faces, vertex_colors=colors)]).save_glb(
+            out / "structure.glb"
+        )
+        mesh.export(
+            out / "structure.ply"
+        )  # PLY: trimesh's writer (the project's GLB writer is TexturedMesh's)
         written += ["structure.glb", "structure.ply"]
     thumbs = []
     for image in images:
