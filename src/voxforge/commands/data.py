@@ -225,33 +225,34 @@ def format_status(
             lines.append(
                 f"  {step:<{width}}  done {counts.get('done', 0):>6}  failed {counts.get('failed', 0):>6}"
             )
-    if summary["failures"]:
-        lines.append("failures by reason:")
-        for reason, group in summary["failures"].items():
-            steps = ", ".join(f"{k}: {v}" for k, v in group["steps"].items())
-            lines.append(f"  {reason}: {group['count']} ({steps})")
-            if all_failures is None:
-                for example in group["examples"][:3]:
-                    lines.append(f"    {example['source']}: {example['error']}")
-    if all_failures:
-        lines.append("all failures:")
-        for row in all_failures:
-            lines.append(f"  [{row['reason']}] {row['source']} ({row['step']}): {row['error']}")
-    warnings = summary.get("warnings") or {}
-    if warnings:
-        lines.append(f"warnings by reason ({summary.get('warned_assets', 0)} assets, used as they are):")
-        for reason, group in warnings.items():
-            steps = ", ".join(f"{k}: {v}" for k, v in group["steps"].items())
-            lines.append(f"  {reason}: {group['count']} ({steps})")
-            if all_warnings is None:
-                for example in group["examples"][:3]:
-                    lines.append(f"    {example['source']}: {example['warning']}")
-    if all_warnings:
-        lines.append("all warnings:")
-        for row in all_warnings:
-            lines.append(f"  [{row['reason']}] {row['source']} ({row['step']}): {row['warning']}")
+    _by_reason(lines, "failures by reason:", "all failures:", summary["failures"], all_failures, "error")
+    heading = f"warnings by reason ({summary.get('warned_assets', 0)} assets, used as they are):"
+    _by_reason(lines, heading, "all warnings:", summary.get("warnings") or {}, all_warnings, "warning")
     for dup in summary["duplicates"][:10]:
         lines.append(f"  duplicate: {dup['source']} = {dup['duplicate_of']}")
     if len(summary["duplicates"]) > 10:
         lines.append(f"  ... {len(summary['duplicates']) - 10} more duplicates")
     return "\n".join(lines)
+
+
+def _by_reason(
+    lines: list[str],
+    heading: str,
+    all_heading: str,
+    groups: dict[str, Any],
+    every: list[dict[str, Any]] | None,
+    text: str,  # the row field with the message: "error" or "warning"
+) -> None:
+    """Grouped failures or warnings (3 examples each), or every row when `every` is given."""
+    if groups:
+        lines.append(heading)
+        for reason, group in groups.items():
+            steps = ", ".join(f"{k}: {v}" for k, v in group["steps"].items())
+            lines.append(f"  {reason}: {group['count']} ({steps})")
+            if every is None:
+                for example in group["examples"][:3]:
+                    lines.append(f"    {example['source']}: {example[text]}")
+    if every:
+        lines.append(all_heading)
+        for row in every:
+            lines.append(f"  [{row['reason']}] {row['source']} ({row['step']}): {row[text]}")
