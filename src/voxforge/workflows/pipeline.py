@@ -54,6 +54,7 @@ so it sits in the layer above both (docs/architecture.md).
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -369,7 +370,9 @@ class _Run:
         self.record(StepRecord(f"encode_{kind}", status, detail, seconds, {"summary": summary}))
 
     # --- evaluation --------------------------------------------------------------------
+    @functools.cached_property
     def model_steps(self) -> dict[str, int | None]:
+        """The flows' newest checkpoint steps; read once, after the last training step."""
         steps = {}
         for stage in ("ss_flow", "slat_flow"):
             ckpt = latest_checkpoint(self.runs / stage)
@@ -381,7 +384,7 @@ class _Run:
         if not path.is_file():
             return None
         record = json.loads(path.read_text())
-        return record if record.get("model_steps") == self.model_steps() else None
+        return record if record.get("model_steps") == self.model_steps else None
 
     def held_out_ids(self, prepared: Path) -> list[str]:
         ids = sorted(PreparedDataset(prepared).ids(require=("cond",)))
@@ -413,7 +416,7 @@ class _Run:
             image_size=image_size,
             out_dir=self.out / "eval",
         )
-        result["model_steps"] = self.model_steps()
+        result["model_steps"] = self.model_steps
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
         detail = f"{len(ids)} held-out assets: PSNR {result.get('psnr', float('nan')):.2f} dB -> {path}"
@@ -422,11 +425,16 @@ class _Run:
     def examples(self, spec: ExamplesSpec, prepared: Path) -> None:
         start = time.perf_counter()
         ids = self.held_out_ids(prepared)
+        data = PreparedDataset(prepared)
+
+        def cond_views(asset: str) -> list[Path]:
+            return sorted((data.asset_dir(asset) / "cond").glob("[0-9]*.png"))
+
         folder = self.out / "examples"
         made, skipped = [], 0
         cases: list[tuple[str, list[Path], str]] = []
         for n, asset in enumerate(ids[: spec.structure_assets]):
-            views = sorted((PreparedDataset(prepared).asset_dir(asset) / "cond").glob("[0-9]*.png"))
+            views = cond_views(asset)
             white = folder / "inputs" / f"asset{n}_view0_white.png"
             if not white.is_file():  # an RGB copy on white exercises the plain-background removal
                 white.parent.mkdir(parents=True, exist_ok=True)
@@ -452,8 +460,7 @@ class _Run:
             if self._fresh(target / "generation.json") is not None:
                 skipped += 1
             else:
-                views = sorted((PreparedDataset(prepared).asset_dir(ids[0]) / "cond").glob("[0-9]*.png"))
-                self.asset_example(spec, views[:1], target)
+                self.asset_example(spec, cond_views(ids[0])[:1], target)
                 made.append("image_to_3d")
         status = "done" if made else "skipped"
         detail = f"{len(made)} written ({', '.join(made)}), {skipped} up to date -> {folder}"
@@ -482,7 +489,7 @@ class _Run:
             "fallback": decoded.fallback,
             "seconds": round(time.perf_counter() - start, 3),
             "files": files,
-            "model_steps": self.model_steps(),
+            "model_steps": self.model_steps,
         }
         (target / "generation.json").write_text(json.dumps(record, indent=1))
 
@@ -515,7 +522,7 @@ class _Run:
             "fallback": result.fallback,
             "seconds": round(time.perf_counter() - start, 3),
             "files": sorted(p.name for p in paths.values()) + ["structure.npz"],
-            "model_steps": self.model_steps(),
+            "model_steps": self.model_steps,
         }
         (target / "generation.json").write_text(json.dumps(record, indent=1))
 
