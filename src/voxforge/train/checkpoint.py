@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -50,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -379,14 +381,24 @@ def list_damaged(run_dir: str | Path) -> list[tuple[Path, str]]:
 # --- loading -----------------------------------------------------------------------------
 
 
-def _torch_load(directory: Path, name: str) -> Any:
+def _read(directory: Path, name: str, manifest: dict[str, dict[str, Any]] | None) -> bytes:
+    """A checkpoint file's bytes, checked against its manifest entry (when there is one)."""
     path = directory / name
     if not path.is_file():
         raise CheckpointDamaged(directory, name, "missing")
+    data = path.read_bytes()
+    entry = (manifest or {}).get(name)
+    if entry is not None and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise CheckpointDamaged(directory, name, "sha256 differs from the one recorded at commit")
+    return data
+
+
+def _torch_load(directory: Path, name: str, manifest: dict[str, dict[str, Any]] | None = None) -> Any:
+    data = _read(directory, name, manifest)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointDamaged(directory, name, f"unpickling refused ({_one_line(err)})") from None
     except Exception as err:  # truncated zip, bad pickle opcodes: torch raises many types
@@ -395,29 +407,33 @@ def _torch_load(directory: Path, name: str) -> Any:
         ) from None
 
 
-def _safetensors_load(directory: Path, name: str) -> dict[str, torch.Tensor]:
-    path = directory / name
-    if not path.is_file():
-        raise CheckpointDamaged(directory, name, "missing")
+def _safetensors_load(
+    directory: Path, name: str, manifest: dict[str, dict[str, Any]] | None = None
+) -> dict[str, torch.Tensor]:
+    data = _read(directory, name, manifest)
     try:
-        return load_file(str(path))
+        return load_safetensors(data)
     except Exception as err:  # safetensors raises several types for corrupt files
         raise CheckpointDamaged(
             directory, name, f"not a readable safetensors file ({_one_line(err)})"
         ) from None
 
 
-def load_trainer_state(ckpt: CheckpointInfo) -> dict[str, Any]:
-    state = _torch_load(ckpt.path, "trainer_state.pt")
+def load_trainer_state(
+    ckpt: CheckpointInfo, manifest: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    state = _torch_load(ckpt.path, "trainer_state.pt", manifest)
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "optimizer" not in state:
         raise CheckpointDamaged(ckpt.path, "trainer_state.pt", "not a trainer state (no step or optimizer)")
     return state
 
 
-def load_rng_state(ckpt: CheckpointInfo, rank: int) -> dict[str, Any] | None:
+def load_rng_state(
+    ckpt: CheckpointInfo, rank: int, manifest: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any] | None:
     if not (ckpt.path / f"rng_rank{rank}.pt").is_file():
         return None  # e.g. resuming with more processes than the run was saved with
-    return _torch_load(ckpt.path, f"rng_rank{rank}.pt")
+    return _torch_load(ckpt.path, f"rng_rank{rank}.pt", manifest)
 
 
 @dataclass
@@ -438,19 +454,24 @@ def load_checkpoint(
 ) -> LoadedCheckpoint:
     """Verify `ckpt` (when `verify`) and load all it holds for `rank`; CheckpointDamaged on
     any failure. EMA rates the checkpoint does not have are left out (EMA added on resume)."""
-    checksums = verify_checkpoint(ckpt) if verify else False
-    model = _safetensors_load(ckpt.path, "model.safetensors")
-    ema = {
-        rate: _safetensors_load(ckpt.path, f"ema_{rate}.safetensors")
-        for rate in ema_rates
-        if f"ema_{rate}" in ckpt.weights
-    }
-    trainer_state = load_trainer_state(ckpt)
-    rng = load_rng_state(ckpt, rank)
-    if verify and not checksums:  # no manifest: the other ranks' RNG files are checked by loading
-        for other in sorted(ckpt.path.glob("rng_rank*.pt")):
-            if other.name != f"rng_rank{rank}.pt":
-                _torch_load(ckpt.path, other.name)
+    # presence and sizes first (no reading); each file is then read once, hashed and parsed
+    checksums = verify_checkpoint(ckpt, full=False) if verify else False
+    manifest = read_manifest(ckpt) if checksums else None
+    model = _safetensors_load(ckpt.path, "model.safetensors", manifest)
+    ema_names = {rate: f"ema_{rate}.safetensors" for rate in ema_rates if f"ema_{rate}" in ckpt.weights}
+    ema = {rate: _safetensors_load(ckpt.path, name, manifest) for rate, name in ema_names.items()}
+    trainer_state = load_trainer_state(ckpt, manifest)
+    rng = load_rng_state(ckpt, rank, manifest)
+    if verify:  # what this rank does not load (other ranks' RNG, unused EMA) is checked too
+        loaded = {"model.safetensors", "trainer_state.pt", f"rng_rank{rank}.pt", *ema_names.values()}
+        if manifest is not None:
+            for name, entry in manifest.items():
+                if name not in loaded and _sha256(ckpt.path / name) != entry["sha256"]:
+                    raise CheckpointDamaged(ckpt.path, name, "sha256 differs from the one recorded at commit")
+        else:  # no manifest: the other ranks' RNG files are checked by loading
+            for other in sorted(ckpt.path.glob("rng_rank*.pt")):
+                if other.name not in loaded:
+                    _torch_load(ckpt.path, other.name)
     return LoadedCheckpoint(ckpt, model, ema, trainer_state, rng, checksums)
 
 
@@ -524,18 +545,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _load_weights_verified(ckpt: CheckpointInfo, key: str) -> dict[str, torch.Tensor]:
-    """One weight file of `ckpt`, checked against the manifest first when there is one."""
-    path = ckpt.weights[key]
-    files = read_manifest(ckpt)
-    entry = (files or {}).get(path.name)
-    if entry is not None:
-        if not path.is_file():
-            raise CheckpointDamaged(ckpt.path, path.name, "missing (listed in the manifest)")
-        if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
-            raise CheckpointDamaged(
-                ckpt.path, path.name, "size or sha256 differs from the one recorded at commit"
-            )
-    return _safetensors_load(ckpt.path, path.name)
+    """One weight file of `ckpt`, read once and checked against the manifest when there is one."""
+    return _safetensors_load(ckpt.path, ckpt.weights[key].name, read_manifest(ckpt))
 
 
 def load_model_weights(
