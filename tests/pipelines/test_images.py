@@ -36,7 +36,7 @@ def test_condition_image_with_and_without_alpha_match(tmp_path):
 def test_image_limits_are_checked_before_decoding(tmp_path, monkeypatch):
     Image.new("RGB", (50, 50), (255, 255, 255)).save(tmp_path / "big.png")
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100)
-    # the size check sets Pillow's global limit (data.safety); restore it after the test
+    # Pillow's global limit stays as the test found it (data.safety restores it after each parse)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
     with pytest.raises(UserError, match="larger than 100 pixels"):
         load_condition_image(tmp_path / "big.png", 32)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxforge.data.safety import Limits, _open_checked
+from voxforge.data.safety import Limits, open_checked
 from voxforge.errors import UserError
 from voxforge.representations.mesh import AssetError
 
@@ -52,7 +52,7 @@ def read_image(
     data = path.read_bytes()
     limits = Limits(max_texture_pixels=max_pixels)
     try:
-        image = _open_checked(data, path.name, limits)  # header only: no pixel decoded yet
+        image = open_checked(data, path.name, limits)  # header only: no pixel decoded yet
     except AssetError as err:
         if err.reason == "image_too_large":
             raise UserError(

@@ -88,14 +88,15 @@ def url_path(uri: str) -> str:
     return urllib.parse.unquote(uri)
 
 
-def _open_checked(data: bytes, name: str, limits: Limits) -> Any:
+def open_checked(data: bytes, name: str, limits: Limits) -> Any:
     """Open an image lazily (header only) and enforce the declared-size limit."""
     from PIL import Image
 
     if not data:
         raise AssetError("bad_image", f"texture {name!r} is empty")
-    # Pillow raises DecompressionBombError at twice this value and warns above it.
-    Image.MAX_IMAGE_PIXELS = limits.max_texture_pixels
+    # Pillow raises DecompressionBombError at twice this value and warns above it; its limit is
+    # a module global, set for the header parse only and restored for the rest of the process.
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limits.max_texture_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -104,6 +105,8 @@ def _open_checked(data: bytes, name: str, limits: Limits) -> Any:
         raise AssetError("image_too_large", f"texture {name!r}: {err}") from None
     except Exception as err:  # noqa: BLE001 - any decoder failure means "not an image"
         raise AssetError("bad_image", f"texture {name!r} cannot be decoded: {err}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
     width, height = image.size
     if width <= 0 or height <= 0:
         raise AssetError("bad_image", f"texture {name!r} declares size {width}x{height}")
@@ -118,14 +121,14 @@ def _open_checked(data: bytes, name: str, limits: Limits) -> Any:
 
 def check_image_header(data: bytes, name: str, limits: Limits) -> tuple[int, int]:
     """Declared (width, height) of an image, after the size checks; decodes no pixels."""
-    return _open_checked(data, name, limits).size
+    return open_checked(data, name, limits).size
 
 
 def decode_image(data: bytes, name: str, limits: Limits) -> np.ndarray:
     """Decode image bytes to [H, W, 4] uint8 RGBA, checking the declared size first."""
     from PIL import Image
 
-    image = _open_checked(data, name, limits)
+    image = open_checked(data, name, limits)
     try:
         image.draft("RGB", (limits.max_texture_size, limits.max_texture_size))  # JPEG: decode smaller
         image.load()
