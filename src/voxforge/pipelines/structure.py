@@ -162,16 +162,13 @@ class StructurePipeline:
         decoded = []
         for grid in logits[:, 0]:
             occupied = grid > 0
-            if occupied.any() or self.fallback_voxels <= 0:
-                decoded.append(
-                    DecodedStructure(torch.nonzero(occupied).cpu().numpy().astype(np.int64), False)
-                )
-                continue
-            top = grid.flatten().topk(min(self.fallback_voxels, grid.numel())).indices
-            coords = np.stack(np.unravel_index(top.cpu().numpy(), tuple(grid.shape)), axis=1)
-            decoded.append(
-                DecodedStructure(np.sort(coords.view("i8,i8,i8"), axis=0).view(np.int64).reshape(-1, 3), True)
-            )
+            fallback = not occupied.any() and self.fallback_voxels > 0
+            if fallback:  # the k most likely voxels, as a mask so both cases list coords in one order
+                top = grid.flatten().topk(min(self.fallback_voxels, grid.numel())).indices
+                occupied = torch.zeros(grid.numel(), dtype=torch.bool, device=grid.device)
+                occupied[top] = True
+                occupied = occupied.view(grid.shape)
+            decoded.append(DecodedStructure(torch.nonzero(occupied).cpu().numpy().astype(np.int64), fallback))
         return decoded
 
     def decode(self, latents: Tensor) -> list[np.ndarray]:  # [B, C, r, r, r] -> B x coords [N, 3]
