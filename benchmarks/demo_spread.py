@@ -98,7 +98,7 @@ def main() -> int:
             for row in pool.map(lambda job: run_one(out, *job, args.full), jobs):
                 rows.append(row)
                 values = "  ".join(
-                    f"{k.split('.')[-1]}={row.get(k, float('nan')) or float('nan'):.3f}"
+                    f"{k.split('.')[-1]}={float('nan') if row.get(k) is None else row[k]:.3f}"
                     for k in map(".".join, KEYS)
                 )
                 print(
