@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("models", ("voxforge.models",)),
-    ("runs", ("voxforge.runs",)),
+    ("runs", ("voxforge.runs", "voxforge.trellis")),
     ("inference", ("voxforge.pipelines",)),
     ("training", ("voxforge.stages", "voxforge.recipe", "voxforge.train.engine")),
     ("workflows", ("voxforge.workflows",)),
