@@ -58,6 +58,7 @@ __all__ = [
     "SLatVAEOutput",
     "SparseTransformerStack",
     "halton_points",
+    "position_embedding",
     "voxel_centers",
 ]
 
@@ -100,6 +101,12 @@ class SLatVAEConfig:
     qk_norm: bool = option(False, help="RMSNorm on queries and keys")
     attention_backend: Literal["auto", "torch", "flash_attn"] = option("auto")
     grad_checkpoint: bool = option(False, help="recompute transformer blocks in backward (saves memory)")
+    pos_embedding: Literal["cos_sin", "sin_cos"] = option(
+        "cos_sin", help="channel order of each axis' sinusoid (sin_cos: TRELLIS's AbsolutePositionEmbedder)"
+    )
+    norm_affine: bool = option(True, help="gain and bias on the blocks' LayerNorms (TRELLIS: false)")
+    out_norm_affine: bool = option(True, help="gain and bias on the final LayerNorm (TRELLIS: false)")
+    out_norm_eps: float = option(1e-6, gt=0.0, help="epsilon of the final LayerNorm (TRELLIS: 1e-5)")
     head: GaussianHeadConfig = option(default_factory=GaussianHeadConfig)
 
     def __post_init__(self):
@@ -126,18 +133,57 @@ def voxel_centers(coords: Tensor, resolution: int) -> Tensor:  # [N, 3] int (i, 
     return (coords.float() + 0.5) / resolution - 0.5
 
 
+def position_embedding(
+    coords: Tensor,  # [N, 3] voxel coordinates
+    dim: int,
+    order: Literal["cos_sin", "sin_cos"] = "cos_sin",
+) -> Tensor:  # [N, dim] fp32
+    """Fixed sin-cos embedding of voxel coordinates, per axis in either channel order.
+
+    Each axis gets 2·(dim // 3 // 2) channels (zeros pad the rest), the same frequencies
+    either way (1 down to 1/10000); "cos_sin" is `voxforge.nn.sincos_position_embedding`,
+    "sin_cos" puts the sines first as TRELLIS's `AbsolutePositionEmbedder` does. The two
+    differ by a fixed channel permutation, but the embedding is added to the hidden state,
+    so a checkpoint trained with one order cannot be re-used with the other.
+    """
+    emb = sincos_position_embedding(coords.float(), dim)
+    if order == "cos_sin":
+        return emb
+    axes = coords.shape[-1]
+    half = dim // axes // 2
+    body = emb[:, : 2 * half * axes].unflatten(-1, (axes, 2, half)).flip(-2).flatten(-3)
+    return torch.cat([body, emb[:, 2 * half * axes :]], dim=-1)
+
+
 class SparseTransformerStack(nn.Module):
-    """Linear in → + sin-cos voxel positions → sparse transformer blocks → fp32 norm → linear out."""
+    """Linear in → + sin-cos voxel positions → sparse transformer blocks → fp32 norm → linear out.
+
+    The shared backbone of the SLat encoder and decoders (TRELLIS's `SparseTransformerBase`
+    plus the final norm and output layer of the encoder / Gaussian decoder). It reads only
+    the backbone fields of `cfg` (width, heads, mlp_ratio, attn_mode, window_size, qk_norm,
+    attention_backend, grad_checkpoint, pos_embedding, norm_affine, out_norm_*), so other
+    decoders (e.g. the mesh decoder) build it from an `SLatVAEConfig` too. Block i of a
+    "swin" stack shifts its windows by `window_size // 2` when i is odd, as TRELLIS's.
+
+    `out_channels=None` builds the trunk only (no final norm, no output layer): `forward`
+    then returns the blocks' `[N, width]` output, which is what TRELLIS's mesh decoder
+    feeds to its up-sampling convolutions.
+
+    Parameters: `input`, `blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}`,
+    `out_norm`, `output` (TRELLIS: `input_layer`, `blocks.{i}.{attn.to_qkv, attn.to_out,
+    mlp.mlp.0, mlp.mlp.2}`, `out_layer`).
+    """
 
     def __init__(
         self,
         in_channels: int,
-        out_channels: int,
+        out_channels: int | None,
         cfg: SLatVAEConfig,
         blocks: int,
     ):
         super().__init__()
         self.width, self.grad_checkpoint = cfg.width, cfg.grad_checkpoint
+        self.pos_embedding = cfg.pos_embedding
         self.input = nn.Linear(in_channels, cfg.width)
         self.blocks = nn.ModuleList(
             SparseTransformerBlock(
@@ -148,16 +194,22 @@ class SparseTransformerStack(nn.Module):
                 window_size=cfg.window_size,
                 shift_window=(cfg.window_size // 2) * (i % 2) if cfg.attn_mode == "swin" else 0,
                 qk_norm=cfg.qk_norm,
+                norm_affine=cfg.norm_affine,
                 backend=cfg.attention_backend,
             )
             for i in range(blocks)
         )
-        self.out_norm = LayerNorm32(cfg.width, eps=1e-6)
-        self.output = nn.Linear(cfg.width, out_channels)
+        if out_channels is None:
+            self.out_norm = self.output = None
+        else:
+            self.out_norm = LayerNorm32(
+                cfg.width, eps=cfg.out_norm_eps, elementwise_affine=cfg.out_norm_affine
+            )
+            self.output = nn.Linear(cfg.width, out_channels)
 
-    def forward(self, x: SparseTensor) -> SparseTensor:  # [N, in] -> [N, out]
+    def forward(self, x: SparseTensor) -> SparseTensor:  # [N, in] -> [N, out] (trunk: [N, width])
         h = self.input(x.feats)
-        h = h + sincos_position_embedding(x.coords[:, 1:].float(), self.width).to(h.dtype)
+        h = h + position_embedding(x.coords[:, 1:], self.width, self.pos_embedding).to(h.dtype)
         hs = x.replace(h)
         for block in self.blocks:
             if self.grad_checkpoint and torch.is_grad_enabled():
@@ -167,6 +219,8 @@ class SparseTransformerStack(nn.Module):
                 hs = hs.replace(feats)
             else:
                 hs = block(hs)
+        if self.output is None:
+            return hs
         return hs.replace(self.output(self.out_norm(hs.feats)))
 
 

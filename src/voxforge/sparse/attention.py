@@ -225,7 +225,13 @@ class SparseCrossAttention(nn.Module):
 
 
 class SparseTransformerBlock(nn.Module):
-    """Pre-norm (windowed) self-attention + MLP on a sparse batch (TRELLIS's SLat encoder block)."""
+    """Pre-norm (windowed) self-attention + MLP on a sparse batch (TRELLIS's SLat encoder block).
+
+    `norm_affine=False` drops the gain and bias of both LayerNorms, as TRELLIS's
+    `SparseTransformerBlock` does (`ln_affine=False`): its checkpoints carry no norm
+    parameters, and an affine norm initialised to (1, 0) computes the same thing, so the
+    option only decides which parameters exist (and are trained).
+    """
 
     def __init__(
         self,
@@ -238,10 +244,11 @@ class SparseTransformerBlock(nn.Module):
         shift_window: int = 0,
         qk_norm: bool = False,
         use_rope: bool = False,
+        norm_affine: bool = True,
         backend: str = "auto",
     ):
         super().__init__()
-        self.norm1 = LayerNorm32(channels, eps=1e-6)
+        self.norm1 = LayerNorm32(channels, eps=1e-6, elementwise_affine=norm_affine)
         self.attn = SparseSelfAttention(
             channels,
             num_heads,
@@ -252,9 +259,9 @@ class SparseTransformerBlock(nn.Module):
             use_rope=use_rope,
             backend=backend,
         )
-        self.norm2 = LayerNorm32(channels, eps=1e-6)
+        self.norm2 = LayerNorm32(channels, eps=1e-6, elementwise_affine=norm_affine)
         self.mlp = MLP(channels, int(channels * mlp_ratio))
 
-    def forward(self, x: SparseTensor) -> SparseTensor:
+    def forward(self, x: SparseTensor) -> SparseTensor:  # [N, C] -> [N, C]
         h = x + self.attn(x.replace(self.norm1(x.feats)))
         return h.replace(h.feats + self.mlp(self.norm2(h.feats)))
