@@ -57,13 +57,18 @@ __all__ = [
     "SLatVAEConfig",
     "SLatVAEOutput",
     "SparseTransformerStack",
+    "TRELLIS_ATTRIBUTES",
     "halton_points",
+    "hammersley_points",
     "position_embedding",
+    "trellis_offset_perturbation",
     "voxel_centers",
 ]
 
 #: raw channels per Gaussian: offset 3, scale 3, rotation 4, opacity 1, colour 3
 GAUSSIAN_PARAMS = 14
+#: the trellis parametrisation's raw channels: attribute-major, each `[K, width]` (TRELLIS order)
+TRELLIS_ATTRIBUTES = {"offset": 3, "color": 3, "scale": 3, "rotation": 4, "opacity": 1}
 
 
 @dataclass
@@ -76,11 +81,41 @@ class GaussianHeadConfig:
     scale_min: float = option(0.01, gt=0.0, help="smallest scale, in voxels")
     scale_max: float = option(2.0, gt=0.0, help="largest scale, in voxels")
     opacity_init: float = option(0.1, gt=0.0, lt=1.0, help="opacity of an untrained decoder's Gaussians")
+    parametrisation: Literal["voxforge", "trellis"] = option(
+        "voxforge",
+        help="how raw outputs become Gaussians: voxforge's bounded ranges, or TRELLIS's "
+        "(attribute-major layout, softplus/exp scales with a 3-D filter; see the module docstring)",
+    )
+    perturb_offset: bool = option(
+        True, help="trellis: start the K offsets of a voxel at Hammersley points (offset_perturbation)"
+    )
+    scale_activation: Literal["softplus", "exp"] = option("softplus", help="trellis: scale activation")
+    scaling_bias: float = option(
+        0.004, gt=0.0, help="trellis: scale of a zero raw output, in world units (TRELLIS's scaling_bias)"
+    )
+    filter_3d: float = option(
+        0.0009, ge=0.0, help="trellis: 3-D filter, scales are sqrt(s² + filter_3d²) (3d_filter_kernel_size)"
+    )
+    output_lr: dict[str, float] = option(
+        default_factory=dict,
+        help="trellis: multiplier of each raw output (offset, color, scale, rotation, opacity; "
+        "TRELLIS's representation_config.lr), 1 when absent",
+    )
 
     def __post_init__(self):
         if self.scale_init >= self.scale_max:
             raise ConfigValueError(
                 "scale_init", f"must be below scale_max ({self.scale_max}), got {self.scale_init}"
+            )
+        unknown = sorted(set(self.output_lr) - set(TRELLIS_ATTRIBUTES))
+        if unknown:
+            raise ConfigValueError(
+                "output_lr", f"unknown attributes {unknown} (expected some of {list(TRELLIS_ATTRIBUTES)})"
+            )
+        if self.parametrisation == "trellis" and self.perturb_offset and self.offset_extent <= 1.0:
+            raise ConfigValueError(
+                "offset_extent",
+                f"must exceed 1 with perturb_offset (atanh of ±1/extent), got {self.offset_extent}",
             )
 
 
@@ -114,18 +149,38 @@ class SLatVAEConfig:
             raise ConfigValueError("heads", f"width {self.width} is not divisible by {self.heads} heads")
 
 
+def _radical_inverse(base: int, n: int) -> float:
+    """The digits of n in `base`, mirrored behind the radix point (van der Corput)."""
+    f, value = 1.0, 0.0
+    while n > 0:
+        f /= base
+        value += f * (n % base)
+        n //= base
+    return value
+
+
 def halton_points(count: int, bases: tuple[int, ...] = (2, 3, 5)) -> Tensor:  # [count, len(bases)] in (0, 1)
     """The first `count` points of the Halton sequence (index 1 onwards: no point at 0)."""
-    out = torch.zeros(count, len(bases), dtype=torch.float64)
-    for axis, base in enumerate(bases):
-        for i in range(count):
-            n, f, value = i + 1, 1.0, 0.0
-            while n > 0:
-                f /= base
-                value += f * (n % base)
-                n //= base
-            out[i, axis] = value
-    return out.float()
+    points = [[_radical_inverse(base, i + 1) for base in bases] for i in range(count)]
+    return torch.tensor(points, dtype=torch.float64).reshape(count, len(bases)).float()
+
+
+def hammersley_points(count: int) -> Tensor:  # [count, 3] in [0, 1)
+    """The 3-D Hammersley set of `count` points: (i / count, radical inverses of i in bases 2, 3).
+
+    Index 0 is included (the point at the origin), as in TRELLIS's `hammersley_sequence`.
+    """
+    points = [[i / count, _radical_inverse(2, i), _radical_inverse(3, i)] for i in range(count)]
+    return torch.tensor(points, dtype=torch.float64).reshape(count, 3).float()
+
+
+def trellis_offset_perturbation(count: int, extent: float) -> Tensor:  # [count, 3]
+    """TRELLIS's `offset_perturbation`: atanh of Hammersley points in [-1, 1)³ over `extent`.
+
+    Added to the raw offsets before the tanh, it spreads the K Gaussians of a voxel over
+    the voxel (±1/extent of the offset range) when the raw outputs are zero.
+    """
+    return torch.atanh((hammersley_points(count) * 2 - 1) / extent)
 
 
 def voxel_centers(coords: Tensor, resolution: int) -> Tensor:  # [N, 3] int (i, j, k) -> [N, 3] world
@@ -239,7 +294,20 @@ class SLatEncoder(nn.Module):
 
 
 class SLatGaussianDecoder(nn.Module):
-    """Latents `[N, latent]` on voxels → K Gaussians per voxel (see the module docstring)."""
+    """Latents `[N, latent]` on voxels → K Gaussians per voxel (see the module docstring).
+
+    `head.parametrisation` chooses how the K·14 raw outputs of a voxel become Gaussians.
+    "voxforge" reads them Gaussian-major (`[K, 14]`: offset, scale, rotation, opacity,
+    colour) with bounded scales. "trellis" reads them attribute-major as TRELLIS's
+    `SLatGaussianDecoder` (`[K·3 offset | K·3 colour | K·3 scale | K·4 rotation | K opacity]`),
+    multiplies each by its `output_lr`, and activates as TRELLIS's `Gaussian`:
+    centre + tanh(offset + offset_perturbation) · extent/2 voxels,
+    scale = sqrt(act(raw + act⁻¹(scaling_bias))² + filter_3d²), rotation = raw + identity,
+    opacity logit = raw + logit(opacity_init). Either way the result is a voxforge `Gaussians`
+    (log-scales and opacity logits of the activated values), so `.ply` export and the
+    renderers treat decoded TRELLIS Gaussians like any other. The trellis parametrisation has
+    one persistent buffer, `offset_perturbation [K, 3]`, which TRELLIS stores in its checkpoints.
+    """
 
     def __init__(self, cfg: SLatVAEConfig):
         super().__init__()
@@ -249,43 +317,59 @@ class SLatGaussianDecoder(nn.Module):
         self.stack = SparseTransformerStack(cfg.latent_channels, k * GAUSSIAN_PARAMS, cfg, cfg.decoder_blocks)
         nn.init.zeros_(self.stack.output.weight)
         nn.init.zeros_(self.stack.output.bias)
+        self.opacity_bias = math.log(head.opacity_init / (1 - head.opacity_init))
+        if head.parametrisation == "trellis":
+            self.register_buffer("offset_perturbation", trellis_offset_perturbation(k, head.offset_extent))
+            b = head.scaling_bias  # inverse of the scale activation at b
+            self.scale_bias = (
+                b + math.log(-math.expm1(-b)) if head.scale_activation == "softplus" else math.log(b)
+            )
+            return
         # spread the K Gaussians of a voxel over 70 % of the offset range at initialisation
         init = (halton_points(k) * 2 - 1) * 0.7 if k > 1 else torch.zeros(1, 3)
         self.register_buffer("offset_bias", torch.atanh(init), persistent=False)  # [K, 3]
         fraction = (head.scale_init - head.scale_min) / (head.scale_max - head.scale_min)
         self.scale_bias = math.log(fraction / (1 - fraction))  # logit
-        self.opacity_bias = math.log(head.opacity_init / (1 - head.opacity_init))
 
     def gaussian_params(self, x: SparseTensor) -> tuple[Tensor, dict[str, Tensor]]:
         """(voxel centres [N, 3], raw outputs split per parameter, each [N, K, ·] in fp32)."""
-        raw = self.stack(x).feats.float().unflatten(-1, (self.head.gaussians_per_voxel, GAUSSIAN_PARAMS))
-        offset, scale, rot, opacity, color = raw.split([3, 3, 4, 1, 3], dim=-1)
-        centers = voxel_centers(x.coords[:, 1:], self.resolution)
-        return centers, {
-            "offset": offset,
-            "scale": scale,
-            "rotation": rot,
-            "opacity": opacity,
-            "color": color,
-        }
+        feats = self.stack(x).feats.float()
+        k = self.head.gaussians_per_voxel
+        if self.head.parametrisation == "trellis":
+            parts = feats.split([k * width for width in TRELLIS_ATTRIBUTES.values()], dim=-1)
+            raw = {name: part.unflatten(-1, (k, -1)) for name, part in zip(TRELLIS_ATTRIBUTES, parts)}
+        else:
+            offset, scale, rot, opacity, color = feats.unflatten(-1, (k, GAUSSIAN_PARAMS)).split(
+                [3, 3, 4, 1, 3], dim=-1
+            )
+            raw = {"offset": offset, "scale": scale, "rotation": rot, "opacity": opacity, "color": color}
+        return voxel_centers(x.coords[:, 1:], self.resolution), raw
+
+    def _activate(self, centers: Tensor, raw: dict[str, Tensor]) -> tuple[Tensor, ...]:  # each [N, K, ·]
+        head, voxel = self.head, 1.0 / self.resolution
+        if head.parametrisation == "trellis":
+            raw = {name: value * head.output_lr.get(name, 1.0) for name, value in raw.items()}
+            offset = raw["offset"] + self.offset_perturbation if head.perturb_offset else raw["offset"]
+            act = torch.nn.functional.softplus if head.scale_activation == "softplus" else torch.exp
+            scales = torch.sqrt(act(raw["scale"] + self.scale_bias).square() + head.filter_3d**2)
+            log_scales = torch.log(scales)
+        else:
+            offset = raw["offset"] + self.offset_bias
+            span = head.scale_max - head.scale_min
+            log_scales = torch.log(
+                voxel * (head.scale_min + span * torch.sigmoid(raw["scale"] + self.scale_bias))
+            )
+        means = centers[:, None] + torch.tanh(offset) * (0.5 * head.offset_extent * voxel)
+        quats = raw["rotation"] + raw["rotation"].new_tensor([1.0, 0.0, 0.0, 0.0])
+        opacity = raw["opacity"][..., 0] + self.opacity_bias
+        return means, log_scales, quats, opacity, raw["color"]
 
     def forward(self, x: SparseTensor) -> list[Gaussians]:  # one set of N_b * K Gaussians per sample
         if x.num_points and int(x.coords[:, 1:].max()) >= self.resolution:
             raise ValueError(f"voxel coordinates exceed the decoder's resolution {self.resolution}")
         centers, raw = self.gaussian_params(x)
         with torch.autocast(x.device.type, enabled=False):
-            head, voxel = self.head, 1.0 / self.resolution
-            means = centers[:, None] + torch.tanh(raw["offset"] + self.offset_bias) * (
-                0.5 * head.offset_extent * voxel
-            )
-            span = head.scale_max - head.scale_min
-            log_scales = torch.log(
-                voxel * (head.scale_min + span * torch.sigmoid(raw["scale"] + self.scale_bias))
-            )
-            identity = raw["rotation"].new_tensor([1.0, 0.0, 0.0, 0.0])
-            quats = raw["rotation"] + identity
-            opacity = raw["opacity"][..., 0] + self.opacity_bias
-            color = raw["color"]
+            means, log_scales, quats, opacity, color = self._activate(centers, raw)
         out = []
         for rows in x.layout:
             out.append(

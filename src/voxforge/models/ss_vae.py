@@ -15,6 +15,11 @@ channels runs at a few GFLOP/s on CPU, while the same work on 16³ × 8 channels
 matmul speed. The tiny recipe is therefore `patch_size=2, channels=[32, 64]`
 (32³ → 16³ → 8³ × 8).
 
+TRELLIS's released checkpoints (`voxforge.trellis.vaes`) are this network with
+`downsample="conv2"`; its pixel shuffle uses the same channel order as `pixel_shuffle_3d`
+(channel c·8 + 4a + 2b + d goes to sub-voxel (a, b, d) of channel c), and its
+ChannelLayerNorm32 is `ChannelLayerNorm3d` (eps 1e-5, affine).
+
 Norms are computed in fp32. The default "layer" norm normalises each voxel's channel vector
 (no statistics across space or batch, so results do not depend on what else is in the
 batch); "group" is GroupNorm. The second convolution of each residual block starts at zero
@@ -68,6 +73,10 @@ class SSVAEConfig:
     num_res_blocks: int = option(2, ge=0, help="residual blocks per level")
     num_res_blocks_middle: int = option(2, ge=0, help="residual blocks at the latent resolution")
     norm: Literal["layer", "group"] = option("layer", help="per-voxel channel LayerNorm or GroupNorm (fp32)")
+    downsample: Literal["conv3", "conv2"] = option(
+        "conv3",
+        help="encoder down-sampling: 3x3x3 stride-2 conv (padded) or 2x2x2 stride-2 conv (TRELLIS)",
+    )
     kl_weight: float = option(1e-3, ge=0.0)
     bce_weight: float = option(1.0, ge=0.0)
     dice_weight: float = option(1.0, ge=0.0)
@@ -154,6 +163,18 @@ class Upsample3d(nn.Module):
         return pixel_shuffle_3d(self.conv(x), 2)
 
 
+def _downsample(kind: str, channels: int, out_channels: int) -> nn.Conv3d:
+    """Stride-2 convolution halving each axis.
+
+    "conv3" (voxforge's default) sees a 3x3x3 neighbourhood (padding 1), so neighbouring
+    output voxels share inputs; "conv2" is TRELLIS's 2x2x2 kernel over disjoint blocks — a
+    learned space-to-depth, what its released encoders were trained with.
+    """
+    if kind == "conv2":
+        return nn.Conv3d(channels, out_channels, 2, stride=2)
+    return nn.Conv3d(channels, out_channels, 3, stride=2, padding=1)
+
+
 def _run_blocks(blocks: nn.ModuleList, x: Tensor, checkpoint: bool) -> Tensor:
     for block in blocks:
         if checkpoint and torch.is_grad_enabled():
@@ -175,7 +196,7 @@ class SSVAEEncoder(nn.Module):
         for i, width in enumerate(ch):
             self.blocks.extend(ResBlock3d(width, norm=cfg.norm) for _ in range(cfg.num_res_blocks))
             if i + 1 < len(ch):
-                self.blocks.append(nn.Conv3d(width, ch[i + 1], 3, stride=2, padding=1))
+                self.blocks.append(_downsample(cfg.downsample, width, ch[i + 1]))
         self.blocks.extend(ResBlock3d(ch[-1], norm=cfg.norm) for _ in range(cfg.num_res_blocks_middle))
         self.norm_out = _norm(cfg.norm, ch[-1])
         self.conv_out = nn.Conv3d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
