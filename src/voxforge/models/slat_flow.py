@@ -18,6 +18,23 @@ or at inference the structure stage 1 generated):
 - **Outputs start at zero** (the last convolution of every residual block and the output
   layer), so an untrained model predicts zero velocity and deep stacks start as identities.
 
+TRELLIS's released `SLatFlowModel` is this network with options set
+(`voxforge.trellis.flows` derives them from a checkpoint's args):
+- `skip_wiring: block`: TRELLIS concatenates a skip into *every* output block — the output of
+  the matching input block in reverse order, the first one (at the coarse level, before its
+  up-sampling) taking the down-sampling block's output — where voxforge's `level` wiring
+  concatenates one skip per level after the up-sampling.
+- `resample_first: true`: its residual blocks resample their input before the first norm
+  (voxforge: norm → SiLU → resample; the same for nearest up-sampling, not for pooling).
+- `downsample_pool: mean_incl_zero`: its down-sampling averages children with a
+  zero-initialised `scatter_reduce(..., "mean")`, which counts the zero as one more child
+  (sum / (n + 1)); same coarse voxels and order, (b, i, j, k) ascending.
+- `ape_order: sin_cos`, `cross_qk_norm: false`, `qk_norm_kind: l2` as for the structure flow,
+  and `out_norm_affine: false`, `out_norm_eps: 1e-5` (a plain `F.layer_norm` before the
+  output layer).
+TRELLIS's `num_io_res_blocks` counts the down-sampling block, voxforge's `io_res_blocks`
+does not (TRELLIS 2 = voxforge 1).
+
 `SLatFlowModel` is what the stage trains and the pipeline samples: the denoiser, the jointly
 trained image encoder when there is one (a frozen DINOv2 stays outside; its tokens arrive
 through `context=`), and the per-channel statistics of the latents it was trained on
@@ -66,6 +83,22 @@ class SLatFlowConfig:
     mlp_ratio: float = option(4.0, gt=0.0)
     qk_norm: bool = option(True)
     pos_embed: Literal["ape", "rope", "both"] = option("ape")
+    skip_wiring: Literal["level", "block"] = option(
+        "level", help="level: one skip per level after up-sampling; block: one per output block (TRELLIS)"
+    )
+    resample_first: bool = option(False, help="residual blocks resample before their first norm (TRELLIS)")
+    downsample_pool: Literal["mean", "mean_incl_zero"] = option(
+        "mean", help="mean_incl_zero: sum / (children + 1), TRELLIS's pooling"
+    )
+    ape_order: Literal["cos_sin", "sin_cos"] = option(
+        "cos_sin", help="per-axis halves of the ape sinusoid (TRELLIS: sin_cos)"
+    )
+    cross_qk_norm: bool | None = option(
+        None, help="qk-norm in the cross-attention too (default: as qk_norm; TRELLIS: false)"
+    )
+    qk_norm_kind: Literal["rms", "l2"] = option("rms", help="rms: x/sqrt(mean x^2 + eps); l2: TRELLIS's")
+    out_norm_affine: bool = option(True, help="gain and bias in the last LayerNorm (TRELLIS: false)")
+    out_norm_eps: float = option(1e-6, gt=0.0, help="eps of the last LayerNorm (TRELLIS: 1e-5)")
     attention_backend: Literal["auto", "torch", "flash_attn"] = option("auto")
     conv_backend: Literal["auto", "torch", "spconv"] = option("auto")
     grad_checkpoint: bool = option(False, help="recompute blocks in backward (saves memory)")
@@ -91,7 +124,11 @@ class SLatFlowConfig:
 
 
 class SparseResBlock(nn.Module):
-    """norm → SiLU → [resample] → conv → norm·(1+scale)+shift → SiLU → conv (zero init), + skip."""
+    """norm → SiLU → [resample] → conv → norm·(1+scale)+shift → SiLU → conv (zero init), + skip.
+
+    `resample_first`: [resample] → norm → SiLU → conv ... (TRELLIS's order); `pool` is the
+    down-sampling's pooling (`voxforge.sparse.sparse_downsample`).
+    """
 
     def __init__(
         self,
@@ -100,11 +137,13 @@ class SparseResBlock(nn.Module):
         out_channels: int | None = None,
         *,
         resample: Literal["down", "up"] | None = None,
+        resample_first: bool = False,
+        pool: str = "mean",
         conv_backend: str = "auto",
     ):
         super().__init__()
         out_channels = out_channels or channels
-        self.resample = resample
+        self.resample, self.resample_first, self.pool = resample, resample_first, pool
         self.norm1 = LayerNorm32(channels, eps=1e-6)
         self.conv1 = SparseConv3d(channels, out_channels, 3, backend=conv_backend)
         self.norm2 = LayerNorm32(out_channels, elementwise_affine=False, eps=1e-6)
@@ -116,14 +155,18 @@ class SparseResBlock(nn.Module):
 
     def _resample(self, x: SparseTensor) -> SparseTensor:
         if self.resample == "down":
-            return sparse_downsample(x, 2)
+            return sparse_downsample(x, 2, self.pool)
         if self.resample == "up":
             return sparse_upsample(x, 2)
         return x
 
     def forward(self, x: SparseTensor, emb: Tensor) -> SparseTensor:  # emb: [B, emb_channels]
-        h = x.replace(F.silu(self.norm1(x.feats)))
-        h, x = self._resample(h), self._resample(x)
+        if self.resample_first:
+            x = self._resample(x)
+            h = x.replace(F.silu(self.norm1(x.feats)))
+        else:
+            h = x.replace(F.silu(self.norm1(x.feats)))
+            h, x = self._resample(h), self._resample(x)
         h = self.conv1(h)
         scale, shift = self.emb(emb)[h.batch_index].chunk(2, dim=-1)
         h = h.replace(F.silu(self.norm2(h.feats) * (1 + scale) + shift))
@@ -140,29 +183,33 @@ class SLatFlowTransformer(nn.Module):
         self.t_embedder = TimestepEmbedder(cfg.width)
         self.input_layer = nn.Linear(cfg.in_channels, cfg.io_channels[0])
         widths = [*cfg.io_channels, cfg.width]
-        backend = cfg.conv_backend
+        per_block = cfg.skip_wiring == "block"
+
+        def res(cin: int, cout: int | None = None, resample: str | None = None) -> SparseResBlock:
+            return SparseResBlock(
+                cin,
+                cfg.width,
+                cout,
+                resample=resample,
+                resample_first=cfg.resample_first,
+                pool=cfg.downsample_pool,
+                conv_backend=cfg.conv_backend,
+            )
+
         self.down_res = nn.ModuleList()
         self.down = nn.ModuleList()
         self.up = nn.ModuleList()
         self.up_res = nn.ModuleList()
         for level, channels in enumerate(cfg.io_channels):
-            self.down_res.append(
-                nn.ModuleList(
-                    SparseResBlock(channels, cfg.width, conv_backend=backend)
-                    for _ in range(cfg.io_res_blocks)
-                )
-            )
-            self.down.append(
-                SparseResBlock(channels, cfg.width, widths[level + 1], resample="down", conv_backend=backend)
-            )
-            self.up.append(
-                SparseResBlock(widths[level + 1], cfg.width, channels, resample="up", conv_backend=backend)
-            )
-            blocks = [SparseResBlock(2 * channels, cfg.width, channels, conv_backend=backend)]
-            blocks += [
-                SparseResBlock(channels, cfg.width, conv_backend=backend)
-                for _ in range(cfg.io_res_blocks - 1)
-            ]
+            coarse = widths[level + 1]
+            self.down_res.append(nn.ModuleList(res(channels) for _ in range(cfg.io_res_blocks)))
+            self.down.append(res(channels, coarse, "down"))
+            self.up.append(res(2 * coarse if per_block else coarse, channels, "up"))
+            if per_block:  # every output block takes a skip
+                blocks = [res(2 * channels, channels) for _ in range(cfg.io_res_blocks)]
+            else:  # one skip, into the first block after the up-sampling
+                blocks = [res(2 * channels, channels)]
+                blocks += [res(channels) for _ in range(cfg.io_res_blocks - 1)]
             self.up_res.append(nn.ModuleList(blocks))
         self.rope = RotaryEmbedding(cfg.width // cfg.heads) if cfg.pos_embed != "ape" else None
         self.blocks = nn.ModuleList(
@@ -172,11 +219,15 @@ class SLatFlowTransformer(nn.Module):
                 context_dim=context_dim,
                 mlp_ratio=cfg.mlp_ratio,
                 qk_norm=cfg.qk_norm,
+                cross_qk_norm=cfg.cross_qk_norm,
+                qk_norm_kind=cfg.qk_norm_kind,
                 backend=cfg.attention_backend,
             )
             for _ in range(cfg.depth)
         )
-        self.out_norm = LayerNorm32(cfg.io_channels[0], eps=1e-6)
+        self.out_norm = LayerNorm32(
+            cfg.io_channels[0], elementwise_affine=cfg.out_norm_affine, eps=cfg.out_norm_eps
+        )
         self.out_layer = nn.Linear(cfg.io_channels[0], cfg.in_channels)
         nn.init.zeros_(self.out_layer.weight)
         nn.init.zeros_(self.out_layer.bias)
@@ -207,15 +258,21 @@ class SLatFlowTransformer(nn.Module):
             )
         emb = self.t_embedder(t)  # [B, width]
         h = x.replace(self.input_layer(x.feats))
-        skips = []
+        skips: list[list[SparseTensor]] = []  # per level: the outputs of its input blocks, in order
         for level in range(len(cfg.io_channels)):
+            outputs = []
             for block in self.down_res[level]:
                 h = self._run(block, h, emb)
-            skips.append(h)
+                outputs.append(h)
+            if cfg.skip_wiring == "level" and not outputs:
+                outputs.append(h)
             h = self._run(self.down[level], h, emb)
+            outputs.append(h)
+            skips.append(outputs)
         coords = h.coords[:, 1:].float()
         if cfg.pos_embed in ("ape", "both"):
-            h = h.replace(h.feats + sincos_position_embedding(coords, cfg.width).to(h.feats.dtype))
+            pos = sincos_position_embedding(coords, cfg.width, order=cfg.ape_order)
+            h = h.replace(h.feats + pos.to(h.feats.dtype))
         rope = self.rope(coords) if self.rope is not None else None
         context = context.to(h.feats.dtype)
         layout = h.varlen
@@ -228,12 +285,22 @@ class SLatFlowTransformer(nn.Module):
                 feats = block(h.feats, emb, context, rope=rope, layout=layout)
             h = h.replace(feats)
         for level in reversed(range(len(cfg.io_channels))):
-            h = self._run(self.up[level], h, emb)
-            skip = skips[level]
-            h = skip.replace(torch.cat([h.feats, skip.feats.to(h.feats.dtype)], dim=-1))
-            for block in self.up_res[level]:
-                h = self._run(block, h, emb)
+            outputs = skips[level]
+            if cfg.skip_wiring == "block":  # each output block takes the matching input block's output
+                h = self._run(self.up[level], _cat(h, outputs[-1]), emb)
+                for j, block in enumerate(self.up_res[level]):
+                    h = self._run(block, _cat(h, outputs[-2 - j]), emb)
+            else:  # the last full-resolution output joins after the up-sampling
+                h = self._run(self.up[level], h, emb)
+                h = _cat(h, outputs[-2])
+                for block in self.up_res[level]:
+                    h = self._run(block, h, emb)
         return h.replace(self.out_layer(self.out_norm(h.feats)))
+
+
+def _cat(h: SparseTensor, skip: SparseTensor) -> SparseTensor:  # [N, C1] + [N, C2] -> [N, C1 + C2]
+    """Channel concatenation of two tensors on the same voxels (skip's rows and cache)."""
+    return skip.replace(torch.cat([h.feats, skip.feats.to(h.feats.dtype)], dim=-1))
 
 
 class SLatFlowModel(ImageConditionedFlow):

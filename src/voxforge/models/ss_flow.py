@@ -17,6 +17,15 @@ block's adaLN modulation, as SD3 does with its pooled text embedding. A global s
 reaching every block directly is what lets a small model trained for minutes on a CPU pick
 up the image (class, proportions) before cross-attention has learnt where to look.
 
+TRELLIS's released `SparseStructureFlowModel` is this network with four options set
+(`voxforge.trellis.flows` sets them from a checkpoint's args): `ape_order: sin_cos` (its
+position embedding puts each axis's sines first), `cross_qk_norm: false` (qk-norm on the
+self-attention only), `qk_norm_kind: l2` (its qk-norm normalises the L2 norm) and
+`final_modulation: false` with `final_norm_eps: 1e-5` (its last layer is a plain
+`F.layer_norm` and a linear map, without voxforge's adaLN shift/scale before it). Block
+layout, adaLN chunk order, timestep sinusoid (cos first, t·1000) and patch order already
+agree, so those weights load by renaming alone.
+
 `StructureFlowModel` is what the stage trains: the denoiser plus, when the image encoder
 trains jointly (the built-in ViT), that encoder, so both sit behind one forward call (as
 DDP requires). Frozen encoders (DINOv2) stay outside, and their tokens arrive through
@@ -60,6 +69,17 @@ class SSFlowConfig:
     pooled_cond: bool = option(
         False, help="also add the mean condition token (through an MLP) to the timestep embedding"
     )
+    ape_order: Literal["cos_sin", "sin_cos"] = option(
+        "cos_sin", help="per-axis halves of the ape sinusoid (TRELLIS: sin_cos)"
+    )
+    cross_qk_norm: bool | None = option(
+        None, help="qk-norm in the cross-attention too (default: as qk_norm; TRELLIS: false)"
+    )
+    qk_norm_kind: Literal["rms", "l2"] = option("rms", help="rms: x/sqrt(mean x^2 + eps); l2: TRELLIS's")
+    final_modulation: bool = option(
+        True, help="adaLN shift/scale before the output layer (TRELLIS: false, a plain LayerNorm)"
+    )
+    final_norm_eps: float = option(1e-6, gt=0.0, help="eps of the last LayerNorm (TRELLIS: 1e-5)")
     attention_backend: Literal["auto", "torch", "flash_attn"] = option("auto")
     grad_checkpoint: bool = option(False, help="recompute blocks in backward (saves memory)")
 
@@ -99,7 +119,8 @@ class SSFlowTransformer(nn.Module):
         coords = grid_coords(grid).float()  # [L, 3]
         self.register_buffer("coords", coords, persistent=False)
         if cfg.pos_embed in ("ape", "both"):
-            self.register_buffer("pos", sincos_position_embedding(coords, cfg.width)[None], persistent=False)
+            pos = sincos_position_embedding(coords, cfg.width, order=cfg.ape_order)[None]  # [1, L, width]
+            self.register_buffer("pos", pos, persistent=False)
         else:
             self.pos = None
         self.rope = (
@@ -112,16 +133,22 @@ class SSFlowTransformer(nn.Module):
                 context_dim=context_dim,
                 mlp_ratio=cfg.mlp_ratio,
                 qk_norm=cfg.qk_norm,
+                cross_qk_norm=cfg.cross_qk_norm,
+                qk_norm_kind=cfg.qk_norm_kind,
                 backend=cfg.attention_backend,
             )
             for _ in range(cfg.depth)
         )
-        self.final_norm = LayerNorm32(cfg.width, elementwise_affine=False, eps=1e-6)
-        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 2 * cfg.width))
+        self.final_norm = LayerNorm32(cfg.width, elementwise_affine=False, eps=cfg.final_norm_eps)
+        if cfg.final_modulation:
+            self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 2 * cfg.width))
+            nn.init.zeros_(self.final_modulation[1].weight)
+            nn.init.zeros_(self.final_modulation[1].bias)
+        else:
+            self.final_modulation = None
         self.out_layer = nn.Linear(cfg.width, token_dim)
-        for layer in (self.final_modulation[1], self.out_layer):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        nn.init.zeros_(self.out_layer.weight)
+        nn.init.zeros_(self.out_layer.bias)
 
     def forward(
         self,
@@ -150,8 +177,11 @@ class SSFlowTransformer(nn.Module):
                 h = torch.utils.checkpoint.checkpoint(block, h, cond, context, rope=rope, use_reentrant=False)
             else:
                 h = block(h, cond, context, rope=rope)
-        shift, scale = self.final_modulation(cond)[:, None].chunk(2, dim=-1)
-        h = self.out_layer(modulate(self.final_norm(h), shift, scale))  # [B, L, C p^3]
+        h = self.final_norm(h)
+        if self.final_modulation is not None:
+            shift, scale = self.final_modulation(cond)[:, None].chunk(2, dim=-1)
+            h = modulate(h, shift, scale)
+        h = self.out_layer(h)  # [B, L, C p^3]
         grid = cfg.resolution // p
         h = h.transpose(1, 2).reshape(x.shape[0], -1, grid, grid, grid)
         return pixel_shuffle_3d(h, p) if p > 1 else h

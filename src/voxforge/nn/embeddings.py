@@ -9,6 +9,9 @@ under bf16 autocast).
 `sincos_position_embedding` gives fixed absolute positions for coordinates `[L, axes]`:
 each axis gets an equal share of the channels (cos and sin halves), padded with zeros when
 the width does not divide; it serves dense grids and sparse voxel coordinates alike.
+`order="sin_cos"` puts each axis's sine half first, the layout of TRELLIS's
+`AbsolutePositionEmbedder` (same frequencies, same axis blocks, same zero padding), so a
+TRELLIS checkpoint's transformer sees the positions it was trained with.
 """
 
 from __future__ import annotations
@@ -21,12 +24,20 @@ from torch import Tensor, nn
 __all__ = ["TimestepEmbedder", "sincos_position_embedding", "timestep_embedding"]
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:  # t: [B] -> [B, dim]
-    """cat(cos(t f), sin(t f)) with frequencies f from 1 down to 1/max_period (fp32)."""
+def timestep_embedding(
+    t: Tensor, dim: int, max_period: float = 10000.0, *, order: str = "cos_sin"
+) -> Tensor:  # t: [B] -> [B, dim]
+    """cat(cos(t f), sin(t f)) with frequencies f from 1 down to 1/max_period (fp32).
+
+    `order="sin_cos"` swaps the halves: cat(sin(t f), cos(t f)).
+    """
+    if order not in ("cos_sin", "sin_cos"):
+        raise ValueError(f"sinusoid order must be 'cos_sin' or 'sin_cos', got '{order}'")
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    halves = [torch.cos(args), torch.sin(args)]
+    emb = torch.cat(halves if order == "cos_sin" else halves[::-1], dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
@@ -49,12 +60,16 @@ def sincos_position_embedding(
     coords: Tensor,  # [..., L, axes]
     dim: int,
     max_period: float = 10000.0,
+    *,
+    order: str = "cos_sin",  # per axis: "cos_sin" (voxforge) or "sin_cos" (TRELLIS)
 ) -> Tensor:  # [..., L, dim] fp32
     axes = coords.shape[-1]
     per_axis = dim // axes // 2 * 2
     if per_axis == 0:
         raise ValueError(f"width {dim} is too small for a {axes}-D position embedding")
-    parts = [timestep_embedding(coords[..., a].reshape(-1), per_axis, max_period) for a in range(axes)]
+    parts = [
+        timestep_embedding(coords[..., a].reshape(-1), per_axis, max_period, order=order) for a in range(axes)
+    ]
     emb = torch.cat(parts, dim=-1).reshape(*coords.shape[:-1], axes * per_axis)
     if emb.shape[-1] < dim:
         emb = torch.cat([emb, emb.new_zeros(*emb.shape[:-1], dim - emb.shape[-1])], dim=-1)

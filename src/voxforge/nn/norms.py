@@ -8,6 +8,10 @@ back to the input dtype, so the surrounding blocks keep their low-precision spee
 `MultiHeadRMSNorm` is the qk-norm of the attention blocks: an RMSNorm over the head
 dimension with a separate gain per head, applied to queries and keys before the dot
 product. It bounds the attention logits, the main cause of divergence at large widths.
+`kind="l2"` computes it as TRELLIS does (`F.normalize(x) * sqrt(D) * gain`: the L2 norm
+clamped at 1e-12 instead of an epsilon added to the mean square); the two agree to ~eps/|x|²,
+which is below fp32 noise for ordinary activations but not for tiny ones, so a model loaded
+from TRELLIS's weights uses "l2" to reproduce its outputs exactly.
 """
 
 from __future__ import annotations
@@ -61,14 +65,25 @@ class GroupNorm32(nn.GroupNorm):
 
 
 class MultiHeadRMSNorm(nn.Module):
-    """RMSNorm over the head dimension with one gain vector per head (qk-norm)."""
+    """RMSNorm over the head dimension with one gain vector per head (qk-norm).
 
-    def __init__(self, head_dim: int, heads: int, eps: float = 1e-6):
+    kind "rms": x * rsqrt(mean(x²) + eps); kind "l2": x / max(|x|₂, 1e-12) * sqrt(D) (TRELLIS).
+    """
+
+    def __init__(self, head_dim: int, heads: int, eps: float = 1e-6, kind: str = "rms"):
         super().__init__()
-        self.eps = eps
+        if kind not in ("rms", "l2"):
+            raise ValueError(f"qk-norm kind must be 'rms' or 'l2', got '{kind}'")
+        self.eps, self.kind = eps, kind
         self.weight = nn.Parameter(torch.ones(heads, head_dim))
 
     def forward(self, x: Tensor) -> Tensor:  # [..., H, D] -> [..., H, D]
         out = x.float()
-        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        if self.kind == "l2":
+            out = F.normalize(out, dim=-1) * (out.shape[-1] ** 0.5 * self.weight.float())
+        else:
+            out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
         return out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.weight.shape[0]}, head_dim={self.weight.shape[1]}, kind={self.kind}"

@@ -13,6 +13,11 @@ embedding (adaLN). The modulation layer starts at zero ("adaLN-zero"): every res
 branch starts closed, the block is the identity at initialisation, which keeps deep stacks
 stable from the first step. Cross-attention to the condition tokens sits between the two
 with an ordinary affine LayerNorm and an ungated residual, as in TRELLIS.
+
+qk-norm is on for both attentions by default; `cross_qk_norm=False` keeps it on the
+self-attention only, which is TRELLIS's released configuration (`qk_rms_norm` true,
+`qk_rms_norm_cross` false). The 6-way adaLN split is (shift, scale, gate) for the attention
+then for the MLP, TRELLIS's order, so its `adaLN_modulation` weights load unchanged.
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ def _split_heads(x: Tensor, heads: int) -> Tensor:  # [..., C] -> [..., H, C/H]
     return x.unflatten(-1, (heads, -1))
 
 
+def _qk_norms(head_dim: int, heads: int, on: bool, kind: str) -> tuple[nn.Module, nn.Module]:
+    if not on:
+        return nn.Identity(), nn.Identity()
+    return MultiHeadRMSNorm(head_dim, heads, kind=kind), MultiHeadRMSNorm(head_dim, heads, kind=kind)
+
+
 def _check_heads(dim: int, heads: int) -> int:
     if dim % heads:
         raise ValueError(f"width {dim} is not divisible by {heads} heads")
@@ -40,14 +51,20 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with optional qk RMSNorm and rotary positions."""
 
     def __init__(
-        self, dim: int, heads: int, *, qk_norm: bool = False, bias: bool = True, backend: str = "auto"
+        self,
+        dim: int,
+        heads: int,
+        *,
+        qk_norm: bool = False,
+        qk_norm_kind: str = "rms",
+        bias: bool = True,
+        backend: str = "auto",
     ):
         super().__init__()
         self.heads, self.backend = heads, backend
         head_dim = _check_heads(dim, heads)
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.q_norm = MultiHeadRMSNorm(head_dim, heads) if qk_norm else nn.Identity()
-        self.k_norm = MultiHeadRMSNorm(head_dim, heads) if qk_norm else nn.Identity()
+        self.q_norm, self.k_norm = _qk_norms(head_dim, heads, qk_norm, qk_norm_kind)
         self.proj = nn.Linear(dim, dim)
 
     def forward(
@@ -79,6 +96,7 @@ class CrossAttention(nn.Module):
         heads: int,
         *,
         qk_norm: bool = False,
+        qk_norm_kind: str = "rms",
         bias: bool = True,
         backend: str = "auto",
     ):
@@ -87,8 +105,7 @@ class CrossAttention(nn.Module):
         head_dim = _check_heads(dim, heads)
         self.q = nn.Linear(dim, dim, bias=bias)
         self.kv = nn.Linear(context_dim, 2 * dim, bias=bias)
-        self.q_norm = MultiHeadRMSNorm(head_dim, heads) if qk_norm else nn.Identity()
-        self.k_norm = MultiHeadRMSNorm(head_dim, heads) if qk_norm else nn.Identity()
+        self.q_norm, self.k_norm = _qk_norms(head_dim, heads, qk_norm, qk_norm_kind)
         self.proj = nn.Linear(dim, dim)
 
     def forward(
@@ -176,14 +193,19 @@ class DiTBlock(nn.Module):
         context_dim: int | None = None,
         mlp_ratio: float = 4.0,
         qk_norm: bool = True,
+        cross_qk_norm: bool | None = None,  # None: as qk_norm; TRELLIS: False
+        qk_norm_kind: str = "rms",
         backend: str = "auto",
     ):
         super().__init__()
+        cross_qk_norm = qk_norm if cross_qk_norm is None else cross_qk_norm
         self.norm1 = LayerNorm32(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(dim, heads, qk_norm=qk_norm, backend=backend)
+        self.attn = SelfAttention(dim, heads, qk_norm=qk_norm, qk_norm_kind=qk_norm_kind, backend=backend)
         if context_dim is not None:
             self.norm2 = LayerNorm32(dim, elementwise_affine=True, eps=1e-6)
-            self.cross_attn = CrossAttention(dim, context_dim, heads, qk_norm=qk_norm, backend=backend)
+            self.cross_attn = CrossAttention(
+                dim, context_dim, heads, qk_norm=cross_qk_norm, qk_norm_kind=qk_norm_kind, backend=backend
+            )
         else:
             self.norm2 = self.cross_attn = None
         self.norm3 = LayerNorm32(dim, elementwise_affine=False, eps=1e-6)

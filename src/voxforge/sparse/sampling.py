@@ -2,8 +2,14 @@
 
 - `sparse_downsample(x, f, pool)`: a coarse voxel exists where any of its f³ children is
   active (`coords // f`, made unique per sample); its features are the mean or max of those
-  children. The coarse tensor remembers the fine level — its coords, the child→parent map and
-  the fine cache — under `cache[("fine", f)]`.
+  children, or with `pool="mean_incl_zero"` their sum / (count + 1) — what TRELLIS's
+  SparseDownsample computes (a `scatter_reduce` mean over a zero-initialised tensor with
+  `include_self=True`, so the initial zero counts as a child), needed to reproduce its
+  checkpoints. The coarse tensor remembers the fine level — its coords, the child→parent map
+  and the fine cache — under `cache[("fine", f)]`. The coarse coordinates, the map and the
+  coarse cache are memoised on the fine tensor's cache: every later down-sampling of the same
+  voxels (the next layer, the next sampling step of a flow) reuses them, and with them the
+  coarse level's neighbour maps, instead of re-running the unique.
 - `sparse_upsample(x, f)`: the inverse bookkeeping. With that memo, it restores exactly the
   fine voxels, in their original row order, each taking its parent's features. The fine cache
   comes back too, so the neighbour maps of the fine level are not rebuilt, and a U-Net skip
@@ -56,32 +62,53 @@ def _decode_keys(keys: Tensor, shape: tuple[int, int, int]) -> Tensor:  # [M] in
     return torch.stack([b, i, j, k], dim=1).to(torch.int32)
 
 
+POOLS = ("mean", "max", "mean_incl_zero")
+
+
+@dataclass(frozen=True)
+class _CoarseLevel:
+    coords: Tensor  # [M, 4] int32
+    parent: Tensor  # [N_fine] int64
+    counts: Tensor  # [M] int64 children per parent
+    spatial_shape: tuple[int, int, int]
+    cache: dict[Any, Any]  # shared by every coarse tensor of these voxels
+
+
+def _coarse_level(x: SparseTensor, factor: int) -> _CoarseLevel:
+    def build() -> _CoarseLevel:
+        shape = tuple(-(-s // factor) for s in x.spatial_shape)
+        keys = grid_keys(x.batch_index, x.coords[:, 1:].long() // factor, shape)
+        unique_keys, parent = torch.unique(keys, return_inverse=True)
+        counts = torch.bincount(parent, minlength=unique_keys.numel())
+        cache: dict[Any, Any] = {("fine", factor): _FineLevel(x.coords, parent, x.spatial_shape, x.cache)}
+        return _CoarseLevel(_decode_keys(unique_keys, shape), parent, counts, shape, cache)
+
+    return x._cached(("coarse", factor), build)
+
+
 def sparse_downsample(x: SparseTensor, factor: int = 2, pool: str = "mean") -> SparseTensor:
     """Pool children into parents (`coords // factor`); see the module docstring."""
-    if pool not in ("mean", "max"):
-        raise ValueError(f"pool must be 'mean' or 'max', got '{pool}'")
-    shape = tuple(-(-s // factor) for s in x.spatial_shape)
-    keys = grid_keys(x.batch_index, x.coords[:, 1:].long() // factor, shape)
-    unique_keys, parent = torch.unique(keys, return_inverse=True)
-    m, c = unique_keys.numel(), x.num_channels
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, got '{pool}'")
+    level = _coarse_level(x, factor)
+    m, c = level.coords.shape[0], x.num_channels
     feats = x.feats.float()
-    if pool == "mean":
-        sums = feats.new_zeros(m, c).index_add_(0, parent, feats)
-        counts = torch.bincount(parent, minlength=m).clamp(min=1)
-        pooled = sums / counts[:, None]
-    else:
+    if pool == "max":
         pooled = feats.new_zeros(m, c).scatter_reduce(
-            0, parent[:, None].expand(-1, c), feats, reduce="amax", include_self=False
+            0, level.parent[:, None].expand(-1, c), feats, reduce="amax", include_self=False
         )
-    coarse = SparseTensor(
-        _decode_keys(unique_keys, shape),
+    else:
+        sums = feats.new_zeros(m, c).index_add_(0, level.parent, feats)
+        counts = level.counts + 1 if pool == "mean_incl_zero" else level.counts.clamp(min=1)
+        pooled = sums / counts[:, None]
+    return SparseTensor(
+        level.coords,
         pooled.to(x.dtype),
-        spatial_shape=shape,
+        spatial_shape=level.spatial_shape,
         batch_size=x.batch_size,
         check=False,
+        cache=level.cache,
     )
-    coarse.cache[("fine", factor)] = _FineLevel(x.coords, parent, x.spatial_shape, x.cache)
-    return coarse
 
 
 def sparse_upsample(x: SparseTensor, factor: int = 2, target: SparseTensor | None = None) -> SparseTensor:
@@ -130,8 +157,8 @@ def sparse_subdivide(x: SparseTensor, factor: int = 2) -> SparseTensor:
 class SparseDownsample(nn.Module):
     def __init__(self, factor: int = 2, pool: str = "mean"):
         super().__init__()
-        if pool not in ("mean", "max"):
-            raise ValueError(f"pool must be 'mean' or 'max', got '{pool}'")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got '{pool}'")
         self.factor, self.pool = factor, pool
 
     def forward(self, x: SparseTensor) -> SparseTensor:
