@@ -171,3 +171,24 @@ def test_matches_transformers_dinov2_with_registers(tmp_path):
             x_prenorm = model(image)
         assert (out.hidden_states[-1] - x_prenorm).abs().max() < 1e-5
         assert (out.last_hidden_state - model.normed(x_prenorm)).abs().max() < 1e-5
+
+
+def test_image_encoder_config_names_a_weights_file(tmp_path):
+    from voxforge.models.image_encoders import DinoV2Encoder, ImageEncoderConfig, build_image_encoder
+
+    model = _randomised()
+    path = tmp_path / "dinov2_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    path.with_suffix(".json").write_text(json.dumps({"args": {**TINY.__dict__}}))
+    encoder = build_image_encoder(ImageEncoderConfig(kind="dinov2", image_size=28, pretrained=str(path)))
+    assert isinstance(encoder, DinoV2Encoder) and not encoder.trainable
+    assert encoder.out_dim == 32 and encoder.num_tokens == 1 + 4 + 4
+    images = torch.rand(2, 3, 28, 28)
+    tokens = encoder.train()(images)
+    assert not encoder.model.training and tokens.shape == (2, encoder.num_tokens, 32)
+    assert torch.allclose(tokens, model.condition_tokens(imagenet_normalize(images)).detach(), atol=1e-6)
+    with pytest.raises(UserError, match="not found"):
+        ImageEncoderConfig(kind="dinov2", image_size=28, pretrained=str(tmp_path / "absent.pth"))
+        build_image_encoder(
+            ImageEncoderConfig(kind="dinov2", image_size=28, pretrained=str(tmp_path / "a.pth"))
+        )

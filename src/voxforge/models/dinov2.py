@@ -61,6 +61,7 @@ __all__ = [
     "config_from_transformers",
     "convert_transformers_state",
     "imagenet_normalize",
+    "is_dinov2_weights_file",
     "load_dinov2",
     "read_dinov2_state",
 ]
@@ -475,6 +476,14 @@ def _transformers_weights(folder: Path) -> dict[str, Tensor]:
     )
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+def is_dinov2_weights_file(name: str | Path) -> bool:
+    """Whether `name` names a weights file for `load_dinov2` (not a folder or a hub id)."""
+    return Path(name).suffix in WEIGHT_SUFFIXES
+
+
 def read_dinov2_state(path: str | Path) -> tuple[DinoV2Config, dict[str, Tensor]]:
     """(architecture, fp32 state dict in facebookresearch names) of a file or transformers folder."""
     path = Path(path)
@@ -487,7 +496,7 @@ def read_dinov2_state(path: str | Path) -> tuple[DinoV2Config, dict[str, Tensor]
     elif path.is_file():
         if path.suffix == ".safetensors":
             state = _load_safetensors(path)
-        elif path.suffix in (".pth", ".pt"):
+        elif path.suffix in WEIGHT_SUFFIXES:
             state = _load_pth(path)
         else:
             raise UserError(

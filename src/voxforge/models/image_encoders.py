@@ -14,7 +14,10 @@ Two kinds, chosen by `ImageEncoderConfig.kind`:
   conditions its flows. `pretrained` is a local directory or a hub id. Like TRELLIS we take
   the last block's tokens *before* the model's own final norm and normalise them with a
   parameter-free LayerNorm. Offline without the weights the error says so and names the
-  built-in alternative (`image_encoder.kind=vit`).
+  built-in alternative (`image_encoder.kind=vit`). When `pretrained` names a weights *file*
+  (`.safetensors` / `.pth` with facebookresearch key names, e.g. torch.hub's
+  `dinov2_vitl14_reg4_pretrain.pth`, the encoder TRELLIS uses), voxforge's own DINOv2
+  (`voxforge.models.dinov2`) runs it instead: the same network without transformers or the hub.
 
 Frozen encoders are not part of the trained model's module tree (`ImageEncoder.trainable`
 is False): the stage and the pipelines hold them next to the model, so the checkpoints,
@@ -37,6 +40,8 @@ from torch import Tensor, nn
 
 from voxforge.config.core import ConfigValueError, option
 from voxforge.errors import MissingDependencyError, UserError
+from voxforge.models.dinov2 import DinoV2, is_dinov2_weights_file
+from voxforge.models.dinov2 import load_dinov2 as load_native_dinov2
 from voxforge.nn.norms import GroupNorm32, LayerNorm32
 from voxforge.nn.transformer import TransformerBlock
 
@@ -62,7 +67,10 @@ class ImageEncoderConfig:
     heads: int = option(4, ge=1)
     mlp_ratio: float = option(4.0, gt=0.0)
     # DINOv2
-    pretrained: str = option("facebook/dinov2-with-registers-large", help="DINOv2: local directory or hub id")
+    pretrained: str = option(
+        "facebook/dinov2-with-registers-large",
+        help="DINOv2: local directory or hub id (transformers), or a .safetensors/.pth weights file",
+    )
     local_files_only: bool = option(False, help="DINOv2: never contact the hub")
 
     def __post_init__(self):
@@ -162,12 +170,17 @@ class DinoV2Encoder(ImageEncoder):
     def __init__(self, cfg: ImageEncoderConfig):
         super().__init__()
         self.image_size = cfg.image_size
-        self.model = load_dinov2(cfg.pretrained, local_files_only=cfg.local_files_only)
+        if is_dinov2_weights_file(cfg.pretrained):  # voxforge's own DINOv2, from local files only
+            self.model: nn.Module = load_native_dinov2(cfg.pretrained)
+            self.out_dim = self.model.cfg.embed_dim
+            self.num_tokens = self.model.cfg.num_tokens(cfg.image_size, cfg.image_size)
+        else:
+            self.model = load_dinov2(cfg.pretrained, local_files_only=cfg.local_files_only)
+            config = self.model.config
+            self.out_dim = int(config.hidden_size)
+            grid = cfg.image_size // int(config.patch_size)
+            self.num_tokens = 1 + int(getattr(config, "num_register_tokens", 0) or 0) + grid * grid
         self.model.eval().requires_grad_(False)
-        config = self.model.config
-        self.out_dim = int(config.hidden_size)
-        grid = cfg.image_size // int(config.patch_size)
-        self.num_tokens = 1 + int(getattr(config, "num_register_tokens", 0) or 0) + grid * grid
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -177,6 +190,8 @@ class DinoV2Encoder(ImageEncoder):
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:  # [B, 3, H, W] in [0, 1] -> [B, T, hidden]
         x = (self._resize(images).float() - self.mean) / self.std
+        if isinstance(self.model, DinoV2):
+            return self.model.condition_tokens(x)
         out = self.model(pixel_values=x.to(next(self.model.parameters()).dtype), output_hidden_states=True)
         tokens = out.hidden_states[-1]
         return F.layer_norm(tokens.float(), tokens.shape[-1:])
