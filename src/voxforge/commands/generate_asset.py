@@ -13,6 +13,11 @@ MODEL is a model folder — the output of `voxforge pipeline run` (its `runs/ss_
 `--structure SS_FLOW_RUN --slat SLAT_FLOW_RUN`. Each flow run records the VAE it was trained
 on. Several `--image`s are views of one object (`--mode stochastic` or `multidiffusion`).
 
+MODEL may also be TRELLIS's own: a TRELLIS-image-large download (its `pipeline.json`) or the
+folder `voxforge import trellis` made of one; `commands.generate_trellis` runs those, with
+the sampler settings of the folder unless `--steps`/`--cfg` are given, and writes a
+FlexiCubes mesh with a baked texture as `asset.glb`.
+
 `voxforge generate --model ... --image ... --out ...` without a target runs this one
 (`add_default_target`), so the short form of the issue works as written. The pipelines (and
 torch) are imported by `run`, so `voxforge --help` stays fast.
@@ -27,7 +32,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from voxforge.commands.sampler_options import add_fallback_option, add_steps_and_guidance, fallback_message
+from voxforge.commands.sampler_options import (
+    add_fallback_option,
+    add_steps_and_guidance,
+    fallback_message,
+    preset_value,
+)
 from voxforge.errors import UserError
 from voxforge.models.sampler_presets import SLAT_SAMPLER, STRUCTURE_SAMPLER
 
@@ -51,8 +61,8 @@ def _add_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument(
         "--mode", choices=("stochastic", "multidiffusion"), default="stochastic", help="several images"
     )
-    add_steps_and_guidance(p, STRUCTURE_SAMPLER, what="structure ")
-    add_steps_and_guidance(p, SLAT_SAMPLER, prefix="slat-", what="SLat ")
+    add_steps_and_guidance(p, STRUCTURE_SAMPLER, what="structure ", model_defaults=True)
+    add_steps_and_guidance(p, SLAT_SAMPLER, prefix="slat-", what="SLat ", model_defaults=True)
     p.add_argument("--sampler", choices=("euler", "heun"), default=STRUCTURE_SAMPLER["method"])
     p.add_argument(
         "--formats", default="ply,mp4,gif,png,glb", help="comma-separated subset of ply,mp4,gif,png,glb"
@@ -62,6 +72,24 @@ def _add_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
     add_fallback_option(p)
+    p.add_argument(
+        "--dinov2",
+        metavar="PATH",
+        help="TRELLIS models: DINOv2 weights (default: a dinov2_*.safetensors beside pipeline.json, the hub cache)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="TRELLIS models: bf16 autocast for the networks (auto: where the CPU or GPU runs bf16 natively)",
+    )
+    p.add_argument("--texture-size", type=int, default=1024, help="TRELLIS models: side of the .glb texture")
+    p.add_argument(
+        "--simplify",
+        type=float,
+        default=0.95,
+        help="TRELLIS models: fraction of the mesh's faces removed before texturing (default 0.95, as TRELLIS)",
+    )
 
 
 def register(targets: argparse._SubParsersAction) -> None:
@@ -97,6 +125,14 @@ def run(args: argparse.Namespace) -> int:
     from voxforge.representations.voxels import save_voxels
     from voxforge.train.distributed import resolve_device
 
+    if args.model and _is_trellis_model(args.model):
+        from voxforge.commands.generate_trellis import run_trellis
+
+        return run_trellis(args)
+    args.steps = preset_value(args.steps, STRUCTURE_SAMPLER, "steps")
+    args.cfg = preset_value(args.cfg, STRUCTURE_SAMPLER, "cfg_scale")
+    args.slat_steps = preset_value(args.slat_steps, SLAT_SAMPLER, "steps")
+    args.slat_cfg = preset_value(args.slat_cfg, SLAT_SAMPLER, "cfg_scale")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     for bad, message in (
         (args.steps < 1 or args.slat_steps < 1, "--steps and --slat-steps must be >= 1"),
@@ -183,6 +219,12 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _is_trellis_model(model: str) -> bool:
+    """A TRELLIS download (pipeline.json) or a folder `voxforge import trellis` wrote."""
+    folder = Path(model)
+    return (folder / "pipeline.json").is_file() or (folder / "model.json").is_file()
 
 
 def _sampler_dict(sampler: SamplerConfig) -> dict[str, Any]:

@@ -8,21 +8,37 @@ from typing import Any
 
 
 def add_steps_and_guidance(
-    p: argparse.ArgumentParser, preset: dict[str, Any], *, prefix: str = "", what: str = ""
+    p: argparse.ArgumentParser,
+    preset: dict[str, Any],
+    *,
+    prefix: str = "",
+    what: str = "",
+    model_defaults: bool = False,
 ) -> None:
-    """`--{prefix}steps` and `--{prefix}cfg`; `what` names the flow in the help ("SLat ")."""
+    """`--{prefix}steps` and `--{prefix}cfg`; `what` names the flow in the help ("SLat ").
+
+    With `model_defaults`, an option left out stays None so that a model folder that carries
+    its own sampler settings (an imported TRELLIS model) can fill it; `preset_value` gives
+    the preset's value otherwise.
+    """
+    where = " or the model folder's" if model_defaults else ""
     p.add_argument(
         f"--{prefix}steps",
         type=int,
-        default=preset["steps"],
-        help=f"{what}sampler steps (default {preset['steps']})",
+        default=None if model_defaults else preset["steps"],
+        help=f"{what}sampler steps (default {preset['steps']}{where})",
     )
     p.add_argument(
         f"--{prefix}cfg",
         type=float,
-        default=preset["cfg_scale"],
-        help=f"{what}guidance scale w in v_u + w (v_c - v_u); 1 = off (default {preset['cfg_scale']:g})",
+        default=None if model_defaults else preset["cfg_scale"],
+        help=f"{what}guidance scale w in v_u + w (v_c - v_u); 1 = off (default {preset['cfg_scale']:g}{where})",
     )
+
+
+def preset_value(value: Any, preset: dict[str, Any], key: str) -> Any:
+    """An option's value, or the preset's when the option was left out (None)."""
+    return preset[key] if value is None else value
 
 
 def add_fallback_option(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from voxforge.representations.gaussians import Gaussians
@@ -33,7 +32,6 @@ from voxforge.trellis.spec import Compare, GoldenCheck
 __all__ = [
     "GOLDENS",
     "SPECS",
-    "condition_tokens",
     "denormalize_slat",
     "gaussian_outputs",
     "sample_slat",
@@ -42,14 +40,6 @@ __all__ = [
 ]
 
 SPECS: list = []
-
-
-def condition_tokens(encoder: Any, image: Tensor) -> Tensor:  # [B, 3, 518, 518] normalised -> [B, T, C]
-    """TRELLIS's condition: DINOv2's tokens before its final norm, layer-normed without affine."""
-    prenorm = encoder(image)
-    if isinstance(prenorm, Mapping):
-        prenorm = prenorm["x_prenorm"]
-    return F.layer_norm(prenorm, prenorm.shape[-1:])
 
 
 @torch.no_grad()
@@ -113,7 +103,7 @@ def _slat_params() -> dict[str, Any]:
 
 def _run_pipeline(models: Mapping[str, Any], golden: Mapping[str, Tensor]) -> dict[str, Tensor]:
     config = models["pipeline"]
-    tokens = condition_tokens(models["DINOv2"], golden["image"])
+    tokens = models["DINOv2"].condition_tokens(golden["image"])  # the image is ImageNet-normalised
     latent, coords = sample_structure(
         models["SparseStructureFlowModel"],
         models["SparseStructureDecoder"],

@@ -1,0 +1,184 @@
+"""`voxforge generate --model TRELLIS_DIR --image IMG --out DIR`: TRELLIS's released models.
+
+Called by `generate asset` when MODEL is a TRELLIS-image-large download (`pipeline.json`)
+or a folder written by `voxforge import trellis` (`model.json`). Writes into DIR:
+
+- `asset.ply`: the Gaussians (3DGS layout), `asset.mp4`/`asset.gif`/`asset_preview.png`: a
+  turntable of them;
+- `asset.glb`: TRELLIS's kind of asset — the FlexiCubes mesh of the mesh decoder, simplified,
+  UV-unwrapped and textured with colours baked from the Gaussians
+  (`export.textured.textured_glb`); for a folder without a mesh decoder, the voxel mesh
+  coloured from the Gaussians that every voxforge model writes;
+- `structure.npz` (the occupied voxels) and `generation.json` (inputs, sampler settings in
+  TRELLIS's terms, seconds per stage).
+
+Sampler settings are the folder's (`pipeline.json`) unless `--steps`, `--cfg`,
+`--slat-steps`, `--slat-cfg` are given; `--cfg` is voxforge's guidance scale w, which is
+TRELLIS's `cfg_strength` + 1. Everything is in voxforge's Y-up frame (`pipelines.trellis`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from voxforge.errors import UserError
+
+
+def _overrides(steps: int | None, cfg: float | None) -> dict[str, Any]:
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps must be >= 1, got {steps}")
+    if cfg is not None and cfg < 1:
+        raise UserError(f"--cfg must be >= 1 for TRELLIS models (w = cfg_strength + 1), got {cfg}")
+    return {"steps": steps, "cfg_strength": None if cfg is None else cfg - 1.0}
+
+
+def resolve_precision(name: str, device: Any) -> Any:
+    """fp32 | bf16 | auto (bf16 where the device runs it natively: CUDA with bf16, AVX512-BF16/AMX CPUs)."""
+    import torch
+
+    if name == "fp32":
+        return torch.float32
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    capability = torch.backends.cpu.get_cpu_capability()
+    native = capability in ("AVX512_BF16", "AMX") or "AMX" in capability
+    if not native and capability.startswith("AVX512"):
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            flags = ""
+        native = "avx512_bf16" in flags or "amx_bf16" in flags
+    return torch.bfloat16 if native else torch.float32
+
+
+def run_trellis(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from voxforge.export import ExportConfig, export_asset
+    from voxforge.export.textured import textured_glb
+    from voxforge.pipelines.image_to_3d import EmptyStructureError
+    from voxforge.pipelines.trellis import TrellisImageTo3D
+    from voxforge.representations.voxels import save_voxels
+    from voxforge.train.distributed import resolve_device
+    from voxforge.trellis.dinov2 import load_image
+
+    if len(args.image) != 1:
+        raise UserError(f"TRELLIS models take one --image here, got {len(args.image)}")
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    try:
+        export = ExportConfig(
+            formats=[f for f in formats if f != "glb"],
+            frames=args.frames,
+            size=args.size,
+            gif_size=min(args.size, 160),
+        )
+    except Exception as err:  # ConfigValueError: unknown format
+        raise UserError(f"--formats: {err}") from None
+    if args.texture_size < 16 or not 0 <= args.simplify < 1:
+        raise UserError("--texture-size must be >= 16 and --simplify in [0, 1)")
+    structure = _overrides(args.steps, args.cfg)
+    slat = _overrides(args.slat_steps, args.slat_cfg)
+    start = time.perf_counter()
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args.precision, device)
+    pipeline = TrellisImageTo3D.from_folder(args.model, dinov2=args.dinov2, device=device, dtype=dtype)
+    load_seconds = time.perf_counter() - start
+    prepared = load_image(args.image[0])
+    if prepared.note:
+        print(f"voxforge generate: note: {prepared.note}", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = pipeline.models.config
+    inputs = {
+        "model": str(Path(args.model).resolve()),
+        "image": str(Path(args.image[0]).resolve()),
+        "seed": args.seed,
+        "precision": str(dtype).removeprefix("torch."),
+        "structure_sampler": {
+            **config.structure_sampler.as_params(),
+            **{k: v for k, v in structure.items() if v is not None},
+        },
+        "slat_sampler": {
+            **config.slat_sampler.as_params(),
+            **{k: v for k, v in slat.items() if v is not None},
+        },
+    }
+    try:
+        result = pipeline.generate(
+            prepared.image[None], seed=args.seed, structure_params=structure, slat_params=slat
+        )
+    except EmptyStructureError as err:
+        save_voxels(out / "structure.npz", np.zeros((0, 3), np.int64), 64)
+        record = {**inputs, "status": "empty_structure", "voxels": 0, "files": ["structure.npz"]}
+        (out / "generation.json").write_text(json.dumps(record, indent=1))
+        print(
+            f"voxforge generate: {args.image[0]}: {err} (wrote {out}/structure.npz, generation.json)",
+            file=sys.stderr,
+        )
+        return 1
+    export_start = time.perf_counter()
+    paths = export_asset(
+        result.gaussians, out, coords=result.coords, resolution=result.resolution, config=export, name="asset"
+    )
+    timings = {"load_models": load_seconds, **result.timings, "export": time.perf_counter() - export_start}
+    glb_kind = None
+    if "glb" in formats:
+        glb_start = time.perf_counter()
+        if result.mesh is not None and len(result.mesh.faces):
+            mesh = textured_glb(
+                result.mesh.vertices,
+                result.mesh.faces,
+                result.mesh.colors,
+                up="y",
+                gaussians=result.gaussians,
+                texture_size=args.texture_size,
+                simplify_ratio=args.simplify,
+            )
+            glb_kind = "flexicubes_textured"
+            path = out / "asset.glb"
+            tmp = out / "asset.glb.tmp"
+            mesh.save_glb(tmp)
+            tmp.replace(path)
+            paths["glb"] = path
+        else:
+            glb_kind = "voxel_mesh"
+            paths.update(
+                export_asset(
+                    result.gaussians,
+                    out,
+                    coords=result.coords,
+                    resolution=result.resolution,
+                    config=ExportConfig(formats=["glb"]),
+                    name="asset",
+                )
+            )
+        timings["glb"] = time.perf_counter() - glb_start
+    save_voxels(out / "structure.npz", result.coords, result.resolution)
+    record = {
+        **inputs,
+        "status": "done",
+        "resolution": result.resolution,
+        "voxels": int(len(result.coords)),
+        "gaussians": int(result.gaussians.num_gaussians),
+        "mesh": None
+        if result.mesh is None
+        else {"vertices": len(result.mesh.vertices), "faces": len(result.mesh.faces)},
+        "glb": glb_kind,
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "device": str(device),
+        "files": sorted(p.name for p in paths.values()) + ["structure.npz"],
+    }
+    (out / "generation.json").write_text(json.dumps(record, indent=1))
+    print(
+        f"voxforge generate: {len(result.coords)} voxels, {result.gaussians.num_gaussians} Gaussians in "
+        f"{sum(timings.values()):.1f} s -> {out} ({', '.join(record['files'] + ['generation.json'])})",
+        file=sys.stderr,
+    )
+    return 0
