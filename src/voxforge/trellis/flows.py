@@ -272,7 +272,9 @@ def convert_slat_flow(args: Mapping[str, Any], state: Mapping[str, Tensor]) -> d
 
 
 SPECS = [
-    ModelSpec("SparseStructureFlowModel", build_ss_flow, convert_ss_flow, dropped=("pos_emb",)),
+    # pos_emb is not in `dropped`: the loader removes dropped keys before `convert`, and this
+    # one is checked against voxforge's embedding there (then left out of the result)
+    ModelSpec("SparseStructureFlowModel", build_ss_flow, convert_ss_flow),
     ModelSpec("SLatFlowModel", build_slat_flow, convert_slat_flow),
 ]
 
