@@ -27,6 +27,17 @@ voxels at resolution R):
 - **Posterior.** Diagonal Gaussian; KL to N(0, I) is averaged over voxels and channels.
   `encode(..., sample=False)` returns the mean — what the encode step stores for the flow.
 
+**TRELLIS's released checkpoints** (`voxforge.trellis.vaes`) are these networks with a few
+options: `pos_embedding="sin_cos"` (TRELLIS puts each axis' sines before its cosines),
+`norm_affine=False` and `out_norm_affine=False, out_norm_eps=1e-5` (its block norms have
+no parameters and its final norm is a plain `F.layer_norm`), and for the decoder
+`head.parametrisation="trellis"`: the raw outputs laid out attribute by attribute
+(K·3 offsets, K·3 colours, K·3 scales, K·4 rotations, K opacities), per-attribute output
+multipliers (`output_lr`), offsets started at Hammersley points (the checkpoint's
+`offset_perturbation`), and unbounded scales `sqrt(softplus(raw + b)² + filter_3d²)` with
+`b` set so a zero output gives `scaling_bias` (world units), the "3-D filter" keeping
+every Gaussian at least `filter_3d` wide.
+
 Models are single-device and precision-agnostic (the engine applies autocast); norms,
 the Gaussian activations and everything after them run in fp32.
 """
