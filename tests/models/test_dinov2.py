@@ -190,3 +190,21 @@ def test_image_encoder_config_names_a_weights_file(tmp_path):
     absent = ImageEncoderConfig(kind="dinov2", image_size=28, pretrained=str(tmp_path / "absent.pth"))
     with pytest.raises(UserError, match="absent.pth: DINOv2 weights not found"):
         build_image_encoder(absent)  # a file name never falls through to the hub
+
+
+def test_official_transformers_layout_converts_to_the_official_model():
+    transformers = pytest.importorskip("transformers")
+    from voxforge.models.dinov2 import config_from_transformers
+
+    # facebook/dinov2-with-registers-large's config, built on the meta device (no weights)
+    config = transformers.Dinov2WithRegistersConfig(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, image_size=518, patch_size=14
+    )
+    with torch.device("meta"):
+        reference = transformers.Dinov2WithRegistersModel(config)
+        ours = DinoV2(config_from_transformers(config.to_dict()))
+    assert ours.cfg == DinoV2Config()  # dinov2_vitl14_reg
+    converted = convert_transformers_state(reference.state_dict())
+    expected = ours.state_dict()
+    assert set(converted) == set(expected)
+    assert all(converted[k].shape == expected[k].shape for k in expected)

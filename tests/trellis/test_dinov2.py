@@ -23,6 +23,7 @@ from voxforge.trellis.dinov2 import (
     hub_checkpoint_name,
     load_dinov2,
     load_image,
+    load_images,
     prepare_image,
 )
 from voxforge.trellis.verify import run_check
@@ -82,9 +83,16 @@ def test_resolver_order(tmp_path, monkeypatch):
     assert find_dinov2(root) == cached  # 3. the hub cache
     beside = _tiny_weights(root / "dinov2_vit_reg_small.safetensors")
     assert find_dinov2(root) == beside  # 2. beside pipeline.json wins over the cache
+    beside.unlink()
+    folder = root / "dinov2"  # a transformers folder, as `voxforge import trellis` copies it
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert find_dinov2(root) == folder  # 2b. over the cache
     explicit = _tiny_weights(tmp_path / "mine.safetensors")
     assert find_dinov2(root, explicit) == explicit  # 1. --dinov2 wins over both
     assert find_dinov2(root, str(explicit)) == explicit
+    shutil.move(explicit, root / "dinov2_mine.safetensors")
+    assert find_dinov2(root) == root / "dinov2_mine.safetensors"  # the file before the folder
     assert isinstance(load_dinov2(find_dinov2(root)), DinoV2)
 
 
@@ -191,3 +199,5 @@ def test_rgba_file_and_unusable_images(tmp_path):
         prepare_image(empty, where="ghost.png")
     with pytest.raises(UserError, match="not found"):
         load_image(tmp_path / "absent.png")
+    batch, notes = load_images([path, path])
+    assert batch.shape == (2, 3, 518, 518) and notes == []

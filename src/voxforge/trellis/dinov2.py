@@ -5,7 +5,8 @@ never does. `find_dinov2` resolves the weights from local files only, in this or
 
 1. `--dinov2 PATH` (a `.safetensors` / `.pth` file with facebookresearch key names, or a
    transformers `Dinov2WithRegisters` folder);
-2. a `dinov2_*.safetensors` beside `pipeline.json` (with its `.json` config if it has one);
+2. a `dinov2_*.safetensors` beside `pipeline.json` (with its `.json` config if it has one),
+   else a transformers folder `dinov2/` there (what `voxforge import trellis` copies);
 3. the torch-hub cache where `torch.hub.load` leaves the file TRELLIS uses:
    `$TORCH_HOME` (else `$XDG_CACHE_HOME/torch`, else `~/.cache/torch`)
    `/hub/checkpoints/dinov2_vitl14_reg4_pretrain.pth` (the name follows `pipeline.json`'s
@@ -40,7 +41,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ __all__ = [
     "hub_checkpoint_name",
     "load_dinov2",
     "load_image",
+    "load_images",
     "prepare_image",
     "torch_hub_checkpoints",
 ]
@@ -130,6 +132,9 @@ def find_dinov2(src_folder: str | Path, explicit: str | Path | None = None) -> P
             f"{root}: several DINOv2 weight files ({', '.join(p.name for p in beside)}); "
             "choose one with --dinov2 PATH"
         )
+    folder = root / "dinov2"
+    if (folder / "config.json").is_file():
+        return folder
     file_name = hub_checkpoint_name(model_name)
     cached = torch_hub_checkpoints() / file_name
     if cached.is_file():
@@ -138,7 +143,7 @@ def find_dinov2(src_folder: str | Path, explicit: str | Path | None = None) -> P
     raise UserError(
         f"no DINOv2 weights for {root} (its image encoder '{model_name}'). Looked for:\n"
         "  1. --dinov2 PATH: not given\n"
-        f"  2. {root / 'dinov2_*.safetensors'}: none\n"
+        f"  2. {root / 'dinov2_*.safetensors'} or a transformers folder {folder}: none\n"
         f"  3. {cached}: absent (torch.hub's cache; $TORCH_HOME moves it)\n"
         "voxforge never downloads weights. Provide them one of these ways: pass --dinov2 PATH "
         "(a .safetensors or .pth with facebookresearch key names, or a transformers "
@@ -200,6 +205,14 @@ def load_image(path: str | Path, *, size: int = TRELLIS_IMAGE_SIZE) -> PreparedI
     """Read a user's image (size-checked, `voxforge.data.image_io`) and prepare it as TRELLIS does."""
     loaded = read_image(path, what="condition image")
     return prepare_image(loaded.rgba, has_alpha=loaded.has_alpha, where=str(path), size=size)
+
+
+def load_images(paths: Sequence[str | Path]) -> tuple[Tensor, list[str]]:
+    """Several condition images -> ([N, 3, 518, 518] in [0, 1], the notes of those that differ from TRELLIS)."""
+    if not paths:
+        raise UserError("no condition image given")
+    prepared = [load_image(p) for p in paths]
+    return torch.stack([p.image for p in prepared]), [p.note for p in prepared if p.note]
 
 
 @torch.no_grad()
