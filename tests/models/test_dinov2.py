@@ -112,6 +112,10 @@ def test_bad_files_and_configs_are_user_errors(tmp_path):
     torch.save({"cls_token": torch.zeros(1), "net": torch.nn.Linear(2, 2)}, pickled)
     with pytest.raises(UserError, match="weights_only=True"):
         load_dinov2(pickled)
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"teacher": {"cls_token": torch.zeros(1)}}, wrapped)
+    with pytest.raises(UserError, match="not a flat state dict of tensors \\(not a tensor: teacher"):
+        load_dinov2(wrapped)
     with pytest.raises(UserError, match="not found"):
         load_dinov2(tmp_path / "absent.safetensors")
     other = tmp_path / "other.safetensors"

@@ -440,8 +440,14 @@ def _load_pth(path: Path) -> dict[str, Tensor]:
             f"{path}: cannot be read as plain weights with torch.load(weights_only=True) ({first}); "
             "voxforge never unpickles arbitrary objects — convert it to .safetensors"
         ) from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+    if not isinstance(state, Mapping):
         raise UserError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
+    nested = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
+    if nested:
+        raise UserError(
+            f"{path}: not a flat state dict of tensors (not a tensor: {', '.join(nested[:4])}); "
+            "save the backbone's own state_dict()"
+        )
     return dict(state)
 
 
