@@ -20,10 +20,11 @@ docs/data.md):
 
 GLB files: `encode_glb` / `TexturedMesh.save_glb` here are voxforge's one GLB writer (one
 node and mesh per part, tightly packed accessors, PNG textures embedded, `extras` in the
-asset's `extras`, colours converted to glTF's linear space); the export of generated meshes
-uses it too. Reading lives one layer up, in `voxforge.data.gltf` (`read_gltf`, `load_glb`):
-a reader of untrusted files needs the data layer's size limits and contained file access,
-and this module stays below `data` (data imports representations, never the reverse).
+asset's `extras`, colours converted to glTF's linear space, optional vertex normals as
+`NORMAL`); the export of generated meshes uses it too. Reading lives one layer up, in
+`voxforge.data.gltf` (`read_gltf`, `load_glb`): a reader of untrusted files needs the data
+layer's size limits and contained file access, and this module stays below `data` (data
+imports representations, never the reverse).
 voxforge's own codec rather than trimesh's keeps vertex colours and textures together and
 converts colour spaces; `to_trimesh` gives users a merged trimesh object.
 """
@@ -63,6 +64,9 @@ class MeshPart:
     vertex_colors: np.ndarray | None = None  # [V, 4] float32 sRGB in [0, 1]
     texture: np.ndarray | None = None  # [H, W, 4] uint8 sRGB, straight alpha
     base_color: np.ndarray = field(default_factory=lambda: np.ones(4, dtype=np.float32))  # [4]
+    # [V, 3] float32 unit vertex normals, written as glTF NORMAL (smooth shading in viewers);
+    # optional: without them viewers shade flat, and the rasterizer never reads them
+    normals: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.vertices = np.ascontiguousarray(self.vertices, dtype=np.float32).reshape(-1, 3)
@@ -77,6 +81,8 @@ class MeshPart:
         if self.texture is not None:
             self.texture = np.ascontiguousarray(self.texture, dtype=np.uint8)
         self.base_color = np.asarray(self.base_color, dtype=np.float32).reshape(4)
+        if self.normals is not None:
+            self.normals = np.ascontiguousarray(self.normals, dtype=np.float32).reshape(-1, 3)
 
     def check(self) -> None:
         """Raise AssetError when the arrays are inconsistent (shapes, indices, finiteness)."""
@@ -99,6 +105,8 @@ class MeshPart:
             raise AssetError("corrupt_file", f"texture has shape {self.texture.shape}, expected [H, W, 4]")
         if self.texture is not None and self.uv is None:
             raise AssetError("corrupt_file", "a textured part has no UV coordinates")
+        if self.normals is not None and self.normals.shape != (nv, 3):
+            raise AssetError("corrupt_file", f"normals have shape {self.normals.shape}, expected ({nv}, 3)")
 
 
 @dataclass
@@ -142,6 +150,8 @@ class TexturedMesh:
                 vertex_colors=p.vertex_colors,
                 texture=p.texture,
                 base_color=p.base_color,
+                # a uniform scale keeps directions; a negative one mirrors them
+                normals=None if p.normals is None else p.normals * np.float32(np.sign(scale) or 1.0),
             )
             for p in self.parts
         ]
@@ -266,6 +276,10 @@ def encode_glb(mesh: TexturedMesh) -> bytes:
     meshes, materials, textures, images, nodes = [], [], [], [], []
     for index, part in enumerate(mesh.parts):
         attributes = {"POSITION": builder.accessor(part.vertices, "VEC3", _FLOAT, _ARRAY_BUFFER, minmax=True)}
+        if part.normals is not None:  # glTF requires unit length
+            length = np.linalg.norm(part.normals, axis=1, keepdims=True)
+            unit = np.where(length > 1e-12, part.normals / np.maximum(length, 1e-12), [0.0, 0.0, 1.0])
+            attributes["NORMAL"] = builder.accessor(unit, "VEC3", _FLOAT, _ARRAY_BUFFER)
         linear = np.concatenate([srgb_to_linear(part.base_color[:3]), part.base_color[3:]])
         pbr: dict[str, Any] = {
             "baseColorFactor": [float(v) for v in linear],
