@@ -269,11 +269,20 @@ class SLatFlowTransformer(nn.Module):
             h = self._run(self.down[level], h, emb)
             outputs.append(h)
             skips.append(outputs)
+        # positions depend on the coarse voxels only: memoised on their cache, which the
+        # down-sampling memo keeps across calls on the same voxels (every sampling step)
         coords = h.coords[:, 1:].float()
         if cfg.pos_embed in ("ape", "both"):
-            pos = sincos_position_embedding(coords, cfg.width, order=cfg.ape_order)
+            pos = h._cached(
+                ("slat_flow_ape", cfg.width, cfg.ape_order),
+                lambda: sincos_position_embedding(coords, cfg.width, order=cfg.ape_order),
+            )
             h = h.replace(h.feats + pos.to(h.feats.dtype))
-        rope = self.rope(coords) if self.rope is not None else None
+        rope = (
+            h._cached(("slat_flow_rope", cfg.width // cfg.heads), lambda: self.rope(coords))
+            if self.rope is not None
+            else None
+        )
         context = context.to(h.feats.dtype)
         layout = h.varlen
         for block in self.blocks:
