@@ -52,6 +52,12 @@ def run_trellis(args: argparse.Namespace) -> int:
     if args.out:
         target = import_trellis(args.src, args.out, dinov2=args.dinov2)
         print(f"voxforge import: {args.src} -> {target}", file=sys.stderr)
+        skipped = json.loads((target / "model.json").read_text()).get("skipped", {})
+        for stem, cls in skipped.items():
+            print(
+                f"voxforge import: note: {stem} ({cls}) is not imported: voxforge has no module for it",
+                file=sys.stderr,
+            )
     if not args.verify:
         return 0
     models = load_model_folder(target, dinov2=args.dinov2).by_class()

@@ -125,7 +125,7 @@ def sampler_defaults(models: TrellisModels) -> dict[str, Any]:
         ("structure_sampler", models.config.structure_sampler),
         ("slat_sampler", models.config.slat_sampler),
     ):
-        cfg = sampler_config(settings.as_params(), sigma_min=settings.sigma_min)
+        cfg = sampler_config(settings.as_params())  # sigma_min is kept with the TRELLIS settings
         defaults[key] = {"trellis": asdict(settings), "voxforge": asdict(cfg)}
     return defaults
 
@@ -158,6 +158,7 @@ def import_trellis(src: str | Path, out: str | Path, *, dinov2: str | Path | Non
         "pipeline": models.config.raw,
         "roles": models.roles,
         "checkpoints": checkpoints,
+        "skipped": models.skipped,
         "image_encoder": _copy_image_encoder(models.image_encoder_path, out)
         if models.image_encoder_path
         else None,

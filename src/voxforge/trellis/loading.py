@@ -14,7 +14,10 @@ the latent statistics. This module does the same with voxforge's modules:
   unexpected and wrongly shaped keys (in TRELLIS's names where the conversion is a rename);
 - `load_trellis(src, dinov2=...)` loads every checkpoint of the folder (the roles of
   `pipeline.json` and any other `ckpts/*.json` of a known class, e.g. the encoders that
-  TRELLIS releases beside the pipeline) plus the image encoder, as `TrellisModels`.
+  TRELLIS releases beside the pipeline) plus the image encoder, as `TrellisModels`. A
+  checkpoint of a class voxforge has no module for (TRELLIS-image-large's radiance-field
+  decoder, `SLatRadianceFieldDecoder`) is listed in `TrellisModels.skipped`, not loaded:
+  nothing voxforge writes needs it. `load_checkpoint` on it is an error naming the class.
 
 Sampler settings become voxforge's: TRELLIS's `cfg_strength` s guides with
 `(1 + s)·cond − s·uncond`, which is voxforge's guidance scale `1 + s` (see `flows.py`).
@@ -283,6 +286,8 @@ class TrellisModels:
     roles: dict[str, str]  # role -> file stem
     image_encoder: nn.Module | None = None
     image_encoder_path: Path | None = None
+    #: file stem -> TRELLIS class of checkpoints voxforge has no module for (not loaded)
+    skipped: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def role(self, role: str) -> nn.Module:
@@ -328,14 +333,21 @@ def load_trellis(
         for path in sorted(ckpt_dir.glob("*.json")):
             if path.with_suffix(".safetensors").is_file():
                 stems.setdefault(path.stem, path)
+    from voxforge.trellis.registry import all_specs
+
     loaded: dict[str, LoadedCheckpoint] = {}
+    skipped: dict[str, str] = {}
     for stem, path in stems.items():
         trellis_class, _ = read_checkpoint_json(path)
         if only is not None and trellis_class not in only:
             continue
+        if trellis_class not in all_specs():
+            # e.g. the radiance-field decoder of TRELLIS-image-large: nothing voxforge writes needs it
+            skipped[stem] = trellis_class
+            continue
         loaded[stem] = load_checkpoint(path, device)
     roles = {role: Path(rel).name for role, rel in config.models.items() if Path(rel).name in loaded}
-    models = TrellisModels(config=config, checkpoints=loaded, roles=roles)
+    models = TrellisModels(config=config, checkpoints=loaded, roles=roles, skipped=skipped)
     if image_encoder and (only is None or "DINOv2" in only):
         models.image_encoder, models.image_encoder_path = find_image_encoder(root, dinov2, device)
     return models
