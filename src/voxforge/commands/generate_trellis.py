@@ -112,7 +112,11 @@ def run_trellis(args: argparse.Namespace) -> int:
     }
     try:
         result = pipeline.generate(
-            prepared.image[None], seed=args.seed, structure_params=structure, slat_params=slat
+            prepared.image[None],
+            seed=args.seed,
+            structure_params=structure,
+            slat_params=slat,
+            formats=("gaussian", "mesh") if "glb" in formats else ("gaussian",),
         )
     except EmptyStructureError as err:
         save_voxels(out / "structure.npz", np.zeros((0, 3), np.int64), 64)
