@@ -37,6 +37,7 @@ from torch import Tensor
 
 from voxforge.errors import UserError
 from voxforge.flow import SamplerConfig, sample_from_config
+from voxforge.models.conditioning import ImageConditionedFlow
 from voxforge.models.slat_flow import SLatFlowConfig, SLatFlowTransformer
 from voxforge.models.ss_flow import SSFlowConfig, SSFlowTransformer
 from voxforge.nn.embeddings import sincos_position_embedding
@@ -324,14 +325,20 @@ def sampler_config(params: Mapping[str, Any]) -> SamplerConfig:
 
 @torch.no_grad()
 def sample(
-    model: SSFlowTransformer | SLatFlowTransformer,
+    model: SSFlowTransformer | SLatFlowTransformer | ImageConditionedFlow,
     noise: Tensor | SparseTensor,  # [B, C, r, r, r] dense, or a SparseTensor [N, C] (SLat)
     cond: Tensor,  # [B, T, Cc] condition tokens
     neg_cond: Tensor,  # [B, T, Cc] null condition (TRELLIS: zeros)
     params: Mapping[str, Any],  # pipeline.json's sampler params
     sigma_min: float = 1e-5,
 ) -> Tensor | SparseTensor:  # the sample at t = 0, like noise (fp32)
-    """TRELLIS's FlowEulerGuidanceIntervalSampler with a TRELLIS-loaded voxforge flow model."""
+    """TRELLIS's FlowEulerGuidanceIntervalSampler with a TRELLIS-loaded voxforge flow model.
+
+    `model` is a bare denoiser (what the specs build) or a voxforge flow module around one
+    (`StructureFlowModel`, `SLatFlowModel`: its `denoiser` runs on the given tokens).
+    """
+    if isinstance(model, ImageConditionedFlow):
+        model = model.denoiser
     config = sampler_config(params)
     batch = noise.batch_size if isinstance(noise, SparseTensor) else noise.shape[0]
     if cond.shape[0] == 1 and batch > 1:  # TRELLIS repeats a single condition over the batch
