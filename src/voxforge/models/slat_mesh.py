@@ -77,19 +77,29 @@ def features_to_mesh(
     expected = mesh_feature_channels(use_color)
     if feats.shape[1] != expected:
         raise ValueError(f"features_to_mesh: expected {expected} channels per voxel, got {feats.shape[1]}")
-    parts = _split(feats.float(), use_color)
-    corner_values = [parts["sdf"][..., None] - 1.0 / resolution, parts["deform"].reshape(n, 8, 3)]
+    parts = _split(feats, use_color)
+    corner_values = [parts["sdf"].reshape(n, 8, 1), parts["deform"].reshape(n, 8, 3)]
     if use_color:
         corner_values.append(parts["color"].reshape(n, 8, 6))
-    per_corner = torch.cat(corner_values, dim=-1).reshape(n * 8, -1)  # [N·8, 1 + 3 (+ 6)]
 
-    # corners shared by neighbouring cubes take the mean of their predictions
-    corners = torch.tensor(CUBE_CORNERS, dtype=torch.long, device=coords.device)
-    grid_vertices = (coords.long()[:, None, :] + corners).reshape(-1, 3)
-    vertices, inverse = torch.unique(grid_vertices, dim=0, return_inverse=True)  # [V, 3]
-    sums = per_corner.new_zeros(vertices.shape[0], per_corner.shape[1]).index_add_(0, inverse, per_corner)
-    counts = torch.bincount(inverse, minlength=vertices.shape[0]).to(sums.dtype)
-    mean = sums / counts[:, None]
+    # corners shared by neighbouring cubes take the mean of their predictions; int64 keys of
+    # the (4R+1)³ vertex grid make the shared corners one sort (1-D unique, not rows)
+    rv = resolution + 1
+    corners = torch.tensor(CUBE_CORNERS, dtype=torch.long, device=coords.device)  # [8, 3]
+    base = coords.long()
+    base_key = (base[:, 0] * rv + base[:, 1]) * rv + base[:, 2]  # [N]
+    corner_key = (corners[:, 0] * rv + corners[:, 1]) * rv + corners[:, 2]  # [8]
+    keys, inverse = torch.unique(base_key[:, None] + corner_key, return_inverse=True)  # [V], [N, 8]
+    del base_key
+    width = sum(v.shape[-1] for v in corner_values)
+    sums = torch.zeros(keys.numel(), width, device=feats.device)
+    for c in range(8):  # one corner at a time: no [N·8, C] copy of the features
+        sums.index_add_(0, inverse[:, c], torch.cat([v[:, c].float() for v in corner_values], dim=-1))
+    counts = torch.bincount(inverse.reshape(-1), minlength=keys.numel()).to(sums.dtype)
+    del inverse
+    mean = sums.div_(counts[:, None])
+    mean[:, 0] -= 1.0 / resolution
+    vertices = torch.stack([keys // rv**2, keys // rv % rv, keys % rv], dim=1)  # [V, 3]
 
     positions = vertices.float() / resolution - 0.5 + (1 - 1e-8) / (2 * resolution) * torch.tanh(mean[:, 1:4])
     attrs = torch.sigmoid(mean[:, 4:]) if use_color else None
