@@ -195,6 +195,7 @@ def test_sampler_config_from_pipeline_params():
     )
     with pytest.raises(UserError, match="cfg_strenght"):
         flows.sampler_config({"cfg_strenght": 3.0})
+    assert flows.sampler_config({"cfg_interval": [-1.0, 2.0]}).guidance_interval == (0.0, 1.0)
     with pytest.raises(UserError, match="sampler params"):
         flows.sampler_config({"cfg_interval": [0.9, 0.1]})
 

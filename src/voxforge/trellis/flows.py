@@ -312,6 +312,7 @@ def sampler_config(params: Mapping[str, Any]) -> SamplerConfig:
     p = {**_TRELLIS_SAMPLER_DEFAULTS, **params}
     try:
         lo, hi = (float(v) for v in p["cfg_interval"])
+        lo, hi = max(lo, 0.0), min(hi, 1.0)  # TRELLIS tests lo <= t <= hi for t in [0, 1]
         return SamplerConfig(
             method="euler",
             steps=int(p["steps"]),
