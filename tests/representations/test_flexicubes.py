@@ -210,3 +210,19 @@ def test_duplicate_vertices_are_rejected():
     v = torch.tensor([[0, 0, 0], [0, 0, 0]])
     with pytest.raises(ValueError, match="duplicate"):
         flexicubes_extract(v, torch.tensor([-1.0, -1.0]), torch.zeros(2, 3), 4)
+    with pytest.raises(ValueError, match="outside"):
+        flexicubes_extract(torch.tensor([[0, 0, 5]]), torch.tensor([-1.0]), torch.zeros(1, 3), 4)
+
+
+def test_vertices_are_differentiable_in_sdf_positions_weights_and_attributes():
+    n = 6
+    v, sdf, pos = _sphere(n)
+    cubes = _grid(n - 1)
+    sdf = sdf.clone().requires_grad_()
+    pos = pos.clone().requires_grad_()
+    weights = torch.zeros(cubes.shape[0], 21, requires_grad=True)
+    attrs = torch.rand(v.shape[0], 3, requires_grad=True)
+    mesh = flexicubes_extract(v, sdf, pos, n, cubes, weights, attrs)
+    (mesh.vertices.sum() + mesh.vertex_attrs.sum()).backward()
+    for t in (sdf, pos, weights, attrs):
+        assert t.grad is not None and bool(torch.isfinite(t.grad).all()) and float(t.grad.abs().sum()) > 0

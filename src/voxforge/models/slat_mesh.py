@@ -65,7 +65,6 @@ def _split(feats: Tensor, use_color: bool) -> dict[str, Tensor]:  # [N, C] -> na
     return out
 
 
-@torch.no_grad()
 def features_to_mesh(
     coords: Tensor,  # [N, 3] fine voxels (cubes) of one sample, in [0, resolution)
     feats: Tensor,  # [N, 101] (53 without colour) per MESH_LAYOUT

@@ -9,6 +9,8 @@ crossing in the mean), `alpha` (8, one per corner: scales the corner's SDF befor
 interpolation) and `gamma` (1: decides the quad split). This is the version TRELLIS decodes
 its meshes with, at TRELLIS's settings: `training=False` (no quad-centre vertex, no QEF,
 no deviation loss), `weight_scale=0.99`, edge crossings interpolated on the SDF itself.
+The output vertices and attributes are differentiable in the SDF, the positions, the weights
+and the attributes (the faces are discrete); TRELLIS's training form is not implemented.
 
 **Sparse, not dense.** TRELLIS fills dense `(R+1)³` vertex and `R³` cube arrays and scans
 every cube. Here only cubes around vertices whose sign differs from the fill value are ever
@@ -210,7 +212,6 @@ def _empty(positions: Tensor, attrs: Tensor | None, resolution: int, margin: flo
     return ExtractedMesh(positions.new_zeros(0, 3), faces, a, resolution, margin)
 
 
-@torch.no_grad()
 def flexicubes_extract(
     vertex_coords: Tensor,  # [V, 3] integer grid vertices in [0, R], unique
     sdf: Tensor,  # [V] signed distance (negative inside)
@@ -240,11 +241,13 @@ def flexicubes_extract(
     corners = torch.tensor(CUBE_CORNERS, dtype=torch.long, device=dev)  # [8, 3]
     edges = torch.tensor(CUBE_EDGES, dtype=torch.long, device=dev)  # [12, 2]
 
+    if vertex_coords.numel() and (int(vertex_coords.min()) < 0 or int(vertex_coords.max()) > resolution):
+        raise ValueError(f"flexicubes_extract: vertex_coords outside the [0, {resolution}]³ vertex grid")
     vkeys, vorder = torch.sort(_vertex_keys(vertex_coords, rv))
     if vkeys.numel() > 1 and bool((vkeys[1:] == vkeys[:-1]).any()):
         raise ValueError("flexicubes_extract: vertex_coords has duplicate vertices")
     sdf_s, pos_s = sdf.float()[vorder], positions.float()[vorder]
-    margin = float(sdf_s.abs().min()) if sdf_s.numel() else float("inf")
+    margin = float(sdf_s.detach().abs().min()) if sdf_s.numel() else float("inf")
     attrs_s = None if vertex_attrs is None else vertex_attrs.float()[vorder]
 
     # cubes that can be crossed: around every given vertex whose sign differs from the fill's
