@@ -180,6 +180,38 @@ def test_vertex_colour_bake_fills_the_gutters():
     assert np.abs(sampled - colours).max() < 0.04
 
 
+def test_view_bake_skips_occluded_and_back_facing_texels():
+    # Two squares facing +z: a small one in front (z = 0.2) hides the middle of a larger one
+    # behind it (z = -0.2). Each square has its own half of the texture.
+    def square(half, z, u0):
+        corners = np.array([[-half, -half, z], [half, -half, z], [half, half, z], [-half, half, z]])
+        uv = np.array([[u0, 0.95], [u0 + 0.4, 0.95], [u0 + 0.4, 0.05], [u0, 0.05]])
+        return corners, uv
+
+    front, front_uv = square(0.25, 0.2, 0.05)
+    back, back_uv = square(0.45, -0.2, 0.55)
+    vertices = np.concatenate([front, back])
+    uv = np.concatenate([front_uv, back_uv])
+    faces = np.array([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
+    camera = Cameras(look_at(np.array([[0.0, 0.0, 3.0]])), intrinsics(40.0, 64, 64)[None], 64, 64)
+    images = torch.tensor(RED, dtype=torch.float32).expand(1, 64, 64, 3)
+    texels = texel_map(faces, uv, 64)
+    sums, weights = textured.bake_from_views(vertices, faces, uv, images, camera, 64, texels=texels)
+    points = texels.interpolate(vertices, faces).numpy()
+    on_front = points[:, 2] > 0
+    hidden = ~on_front & (np.abs(points[:, :2]).max(1) < 0.2)
+    shown = ~on_front & (np.abs(points[:, :2]).max(1) > 0.35)
+    w = weights.numpy()
+    assert (w[on_front] > 0.9).all() and (w[shown] > 0.5).all() and (w[hidden] == 0).all()
+    np.testing.assert_allclose(
+        sums.numpy()[w > 0] / w[w > 0, None], np.broadcast_to(RED, (int((w > 0).sum()), 3)), atol=1e-5
+    )
+    # Seen from behind, nothing faces the camera.
+    behind = Cameras(look_at(np.array([[0.0, 0.0, -3.0]])), intrinsics(40.0, 64, 64)[None], 64, 64)
+    _, weights = textured.bake_from_views(vertices, faces, uv, images, behind, 64, texels=texels)
+    assert float(weights.max()) == 0.0
+
+
 def _two_colour_gaussians(n: int = 3000, radius: float = 0.3) -> Gaussians:
     gen = torch.Generator().manual_seed(0)
     means = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen), dim=-1) * radius

@@ -25,6 +25,8 @@ own parts and running on CPU:
 4. **Base colour** (`bake_vertex_colors`, and inside `textured_glb`): each texel takes the
    colour of the *original* dense mesh at its 3D position (closest-point transfer again), so
    decimating 95% of the faces does not blur the colours down to the simplified vertices.
+   With Gaussians, which supply the detail, the base is only their fallback and is the
+   cheaper interpolation of the colours carried to the simplified vertices.
 5. **Gaussian bake** (`bake_gaussians` -> `bake_from_views`): the Gaussians are rendered
    from `views` cameras on a Hammersley sphere around the mesh (render.gaussians, black
    background, un-premultiplied by alpha). Each texel is projected into every view; it is
@@ -122,43 +124,39 @@ def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np
 
 
 def _closest_on_triangles(
-    p: np.ndarray,  # [N, 3]
-    a: np.ndarray,  # [N, 3] triangle corners
-    b: np.ndarray,
-    c: np.ndarray,
-) -> np.ndarray:  # [N, 3] barycentrics of the closest point
-    """Closest point of each triangle to each point, by Voronoi region of the triangle
-    (vertex, edge or face region; Ericson, Real-Time Collision Detection 5.1.5)."""
-    ab, ac, ap, bp, cp = b - a, c - a, p - a, p - b, p - c
+    ap: np.ndarray,  # [N, 3] point - a
+    ab: np.ndarray,  # [N, 3] b - a
+    ac: np.ndarray,  # [N, 3] c - a
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # v [N], w [N], squared distance [N]
+    """Closest point a + v * ab + w * ac of each triangle to each point, by the Voronoi region
+    of the triangle it falls in (vertex, edge or face; Ericson, Real-Time Collision Detection
+    5.1.5). Only the two parameters are carried: fewer temporaries than 3-vectors."""
 
     def dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.einsum("ij,ij->i", x, y)
 
-    d1, d2, d3, d4, d5, d6 = dot(ab, ap), dot(ac, ap), dot(ab, bp), dot(ac, bp), dot(ab, cp), dot(ac, cp)
+    d1, d2 = dot(ab, ap), dot(ac, ap)
+    ab2, ac2, abac = dot(ab, ab), dot(ac, ac), dot(ab, ac)
+    d3, d4 = d1 - ab2, d2 - abac  # the same dot products from b (bp = ap - ab)
+    d5, d6 = d1 - abac, d2 - ac2  # and from c (cp = ap - ac)
     va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
     with np.errstate(divide="ignore", invalid="ignore"):
-        denom = va + vb + vc
-        v_in, w_in = vb / denom, vc / denom
-        t_ab = d1 / (d1 - d3)
-        t_ac = d2 / (d2 - d6)
+        v, w = vb / (va + vb + vc), vc / (va + vb + vc)  # face interior
+        edge_bc = (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0)
         t_bc = (d4 - d3) / ((d4 - d3) + (d5 - d6))
-    ones, zeros = np.ones_like(d1), np.zeros_like(d1)
-    # Later entries of `regions` win: face interior first, vertices last (Ericson's order reversed).
-    bary = np.stack([1 - v_in - w_in, v_in, w_in], 1)
-    regions = [
-        ((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), np.stack([zeros, 1 - t_bc, t_bc], 1)),
-        ((vb <= 0) & (d2 >= 0) & (d6 <= 0), np.stack([1 - t_ac, zeros, t_ac], 1)),
-        ((vc <= 0) & (d1 >= 0) & (d3 <= 0), np.stack([1 - t_ab, t_ab, zeros], 1)),
-        ((d6 >= 0) & (d5 <= d6), np.stack([zeros, zeros, ones], 1)),
-        ((d3 >= 0) & (d4 <= d3), np.stack([zeros, ones, zeros], 1)),
-        ((d1 <= 0) & (d2 <= 0), np.stack([ones, zeros, zeros], 1)),
-    ]
-    for mask, value in regions:
-        bary = np.where(mask[:, None], value, bary)
-    # Degenerate triangles (zero area) give NaN above: take their first corner.
-    bad = ~np.isfinite(bary).all(1)
-    bary[bad] = (1.0, 0.0, 0.0)
-    return bary
+        v, w = np.where(edge_bc, 1 - t_bc, v), np.where(edge_bc, t_bc, w)
+        edge_ac = (vb <= 0) & (d2 >= 0) & (d6 <= 0)
+        v, w = np.where(edge_ac, 0.0, v), np.where(edge_ac, d2 / (d2 - d6), w)
+        edge_ab = (vc <= 0) & (d1 >= 0) & (d3 <= 0)
+        v, w = np.where(edge_ab, d1 / (d1 - d3), v), np.where(edge_ab, 0.0, w)
+    # Vertex regions last (they win): c, b, a. Degenerate triangles (NaN) take corner a.
+    corner_c, corner_b = (d6 >= 0) & (d5 <= d6), (d3 >= 0) & (d4 <= d3)
+    v, w = np.where(corner_c, 0.0, v), np.where(corner_c, 1.0, w)
+    v, w = np.where(corner_b, 1.0, v), np.where(corner_b, 0.0, w)
+    corner_a = ((d1 <= 0) & (d2 <= 0)) | ~(np.isfinite(v) & np.isfinite(w))
+    v, w = np.where(corner_a, 0.0, v), np.where(corner_a, 0.0, w)
+    offset = ap - v[:, None] * ab - w[:, None] * ac
+    return v, w, dot(offset, offset)
 
 
 def closest_points(
@@ -167,7 +165,7 @@ def closest_points(
     faces: np.ndarray,  # [F, 3]
     *,
     candidates: int = 8,
-    chunk: int = 1 << 16,
+    chunk: int = 1 << 15,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # face [N] int64, bary [N, 3], distance [N]
     """Nearest point of the mesh surface to each point, as (triangle, barycentrics, distance).
 
@@ -180,27 +178,23 @@ def closest_points(
 
     vertices, faces = _check_mesh(vertices, faces)
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    corners = vertices[faces]  # [F, 3, 3]
+    a = vertices[faces[:, 0]]
+    ab, ac = vertices[faces[:, 1]] - a, vertices[faces[:, 2]] - a
     k = int(min(candidates, len(faces)))
-    tree = cKDTree(corners.mean(1))
+    tree = cKDTree(a + (ab + ac) / 3.0)
     face_out = np.zeros(len(points), np.int64)
     bary_out = np.zeros((len(points), 3))
     dist_out = np.zeros(len(points))
     for begin in range(0, len(points), chunk):
         p = points[begin : begin + chunk]
-        _, cand = tree.query(p, k=k)
-        cand = cand.reshape(len(p), k)
-        flat = cand.reshape(-1)
-        rep = np.repeat(p, k, axis=0)
-        tri = corners[flat]
-        bary = _closest_on_triangles(rep, tri[:, 0], tri[:, 1], tri[:, 2])
-        closest = np.einsum("ni,nij->nj", bary, tri)
-        dist = np.linalg.norm(closest - rep, axis=1).reshape(len(p), k)
-        best = dist.argmin(1)
-        rows = np.arange(len(p))
-        face_out[begin : begin + len(p)] = cand[rows, best]
-        bary_out[begin : begin + len(p)] = bary.reshape(len(p), k, 3)[rows, best]
-        dist_out[begin : begin + len(p)] = dist[rows, best]
+        n = len(p)
+        flat = tree.query(p, k=k, workers=-1)[1].reshape(-1)  # [n * k] candidate triangles
+        v, w, dist2 = _closest_on_triangles(np.repeat(p, k, axis=0) - a[flat], ab[flat], ac[flat])
+        best = dist2.reshape(n, k).argmin(1) + np.arange(n) * k
+        out = slice(begin, begin + n)
+        face_out[out] = flat[best]
+        bary_out[out] = np.stack([1 - v[best] - w[best], v[best], w[best]], 1)
+        dist_out[out] = np.sqrt(dist2[best])
     return face_out, bary_out, dist_out
 
 
@@ -381,6 +375,14 @@ def texel_map(faces: np.ndarray, uv: np.ndarray, size: int) -> TexelMap:
     return TexelMap(size, index, tri.reshape(-1)[index], bary.reshape(-1, 3)[index].float())
 
 
+def _box3(x: Tensor) -> Tensor:
+    """Sum over each 3x3 neighbourhood (zero outside) of [T, T, C]: two shifted-add passes,
+    much faster on CPU than a 3x3 conv2d with a handful of channels."""
+    x = torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1))
+    x = x[:-2] + x[1:-1] + x[2:]
+    return x[:, :-2] + x[:, 1:-1] + x[:, 2:]
+
+
 def dilate(
     texture: Tensor,  # [T, T, C] float
     mask: Tensor,  # [T, T] bool, texels holding a value
@@ -390,24 +392,17 @@ def dilate(
 ) -> Tensor:  # [T, T, C]
     """Grow the covered region ring by ring: an empty texel takes the mean of its covered
     3x3 neighbours. Texels still empty afterwards take the mean covered colour (`fill_rest`)."""
-    channels = texture.shape[2]
-    image = texture.permute(2, 0, 1)[None].float() * mask[None, None]  # [1, C, T, T]
-    have = mask[None, None].float()
-    kernel = torch.ones(1, 1, 3, 3)
+    have = mask[:, :, None].float()  # [T, T, 1]
+    image = torch.cat([texture.float() * have, have], 2)  # colour sums and the count, together
     for _ in range(int(iterations)):
-        count = torch.nn.functional.conv2d(have, kernel, padding=1)
-        total = torch.nn.functional.conv2d(image.reshape(channels, 1, *image.shape[2:]), kernel, padding=1)
-        total = total.reshape(1, channels, *image.shape[2:])
-        grow = (count > 0) & (have == 0)
+        total = _box3(image)
+        grow = (total[:, :, -1:] > 0) & (image[:, :, -1:] == 0)
         if not bool(grow.any()):
             break
-        image = torch.where(grow, total / count.clamp(min=1), image)
-        have = torch.where(grow, torch.ones_like(have), have)
-    out = image[0].permute(1, 2, 0)
-    if fill_rest:
-        filled = have[0, 0] > 0
-        if bool(filled.any()) and not bool(filled.all()):
-            out = torch.where(filled[:, :, None], out, out[filled].mean(0))
+        image = torch.where(grow, total / total[:, :, -1:].clamp(min=1), image)
+    out, filled = image[:, :, :-1], image[:, :, -1] > 0
+    if fill_rest and bool(filled.any()) and not bool(filled.all()):
+        out = torch.where(filled[:, :, None], out, out[filled].mean(0))
     return out
 
 
@@ -509,32 +504,36 @@ def bake_from_views(
             cam_v = vert_t @ rot.T + shift
             pix_v = (cam_v @ K.T)[:, :2] / cam_v[:, 2:3].clamp(min=1e-6)
             _, depth = rasterize(pix_v, cam_v[:, 2], faces_t, width, height)  # [H, W], 0 = empty
-            cam = points @ rot.T + shift  # [M, 3]
+            # A texel on the silhouette may land on an empty pixel next to it: empty pixels
+            # take their farthest neighbour's depth (occluded texels are never helped by it).
+            grown = torch.nn.functional.max_pool2d(depth[None, None], 3, stride=1, padding=1)[0, 0]
+            depth = torch.where(depth > 0, depth, grown)
+            # Texels facing the camera first (about half), then project only those.
+            centre = -(rot.T @ shift)
+            cosine = (normal * torch.nn.functional.normalize(centre - points, dim=1)).sum(1)
+            idx = torch.nonzero(cosine > min_cosine).squeeze(1)
+            cosine = cosine[idx]
+            cam = points[idx] @ rot.T + shift  # [m, 3]
             z = cam[:, 2]
             pix = (cam @ K.T)[:, :2] / z.clamp(min=1e-6)[:, None]
-            centre = -(rot.T @ shift)
-            to_cam = torch.nn.functional.normalize(centre - points, dim=1)
-            cosine = (normal * to_cam).sum(1)
             col = torch.floor(pix[:, 0]).long()
             row = torch.floor(pix[:, 1]).long()
-            inside = (z > 1e-6) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
-            seen = inside & (cosine > min_cosine)
+            seen = (z > 1e-6) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
             surface = depth[row.clamp(0, height - 1), col.clamp(0, width - 1)]
             # The depth map holds the surface at the pixel centre, up to half a pixel away
             # along a slope of tan(angle): a tolerance that grows with the slope.
-            footprint = z / K[0, 0]
-            tangent = torch.sqrt((1 - cosine.clamp(max=1) ** 2).clamp(min=0)) / cosine.clamp(min=min_cosine)
-            tol = depth_tolerance * radius + footprint * tangent.clamp(max=10.0)
+            tangent = torch.sqrt((1 - cosine.clamp(max=1) ** 2).clamp(min=0)) / cosine
+            tol = depth_tolerance * radius + z / K[0, 0] * tangent.clamp(max=10.0)
             seen &= (surface > 0) & (z <= surface + tol)
-            idx = torch.nonzero(seen).squeeze(1)
-            if len(idx) == 0:
+            keep = torch.nonzero(seen).squeeze(1)
+            if len(keep) == 0:
                 continue
             rgba = torch.cat([images[view], alphas[view, :, :, None]], -1)  # [H, W, 4]
-            at = pix[idx].clamp(min=torch.tensor([0.5, 0.5]), max=torch.tensor([width - 0.5, height - 0.5]))
+            at = pix[keep].clamp(min=torch.tensor([0.5, 0.5]), max=torch.tensor([width - 0.5, height - 0.5]))
             sample = sample_texture_bilinear(rgba, at / torch.tensor([float(width), float(height)]))
-            weight = sample[:, 3].clamp(0, 1) * cosine[idx] ** angle_power
-            sums.index_add_(0, idx, sample[:, :3] * weight[:, None])
-            weights.index_add_(0, idx, weight)
+            weight = sample[:, 3].clamp(0, 1) * cosine[keep] ** angle_power
+            sums.index_add_(0, idx[keep], sample[:, :3] * weight[:, None])
+            weights.index_add_(0, idx[keep], weight)
     return sums, weights
 
 
@@ -634,22 +633,25 @@ def textured_glb(
         raise UserError(f"textured_glb: up must be 'y' or 'z', got {up!r}")
     vertices, faces = _check_mesh(vertices, faces)
     colors = _colors_rgba(vertex_colors, len(vertices))
+    # With Gaussians the vertex colours are only the fallback: carry them to the simplified
+    # vertices (cheap). Without, each texel takes the input surface's colour (the detail).
+    carry = colors if gaussians is not None else None
     if target_faces is not None:
-        low_v, low_f, _ = simplify(vertices, faces, target_faces=target_faces)
+        low_v, low_f, low_c = simplify(vertices, faces, target_faces=target_faces, attrs=carry)
     elif simplify_ratio > 0:
-        low_v, low_f, _ = simplify(vertices, faces, reduction=simplify_ratio)
+        low_v, low_f, low_c = simplify(vertices, faces, reduction=simplify_ratio, attrs=carry)
     else:
-        low_v, low_f = vertices.astype(np.float32), faces
+        low_v, low_f, low_c = vertices.astype(np.float32), faces, colors
+    simplified = len(low_f) != len(faces) or low_v.shape != vertices.shape
     normals = vertex_normals(low_v, low_f)
     atlas = unwrap(low_v, low_f, texture_size=texture_size, padding=padding)
     split_normals = normals[atlas.vertex_map]
     texels = texel_map(atlas.faces, atlas.uv, texture_size)
-    points = texels.interpolate(atlas.vertices, atlas.faces)  # [M, 3]
-    if len(low_f) == len(faces) and low_v.shape == vertices.shape:
-        # not simplified: the texels lie on the input triangles, interpolate directly
-        base = texels.interpolate(colors[atlas.vertex_map], atlas.faces)
-    else:
-        base = torch.from_numpy(transfer_attributes(points.numpy(), vertices, faces, colors))
+    if simplified and low_c is None:
+        points = texels.interpolate(atlas.vertices, atlas.faces).numpy()  # [M, 3]
+        base = torch.from_numpy(transfer_attributes(points, vertices, faces, colors))
+    else:  # not simplified (texels lie on the input triangles), or colours carried along
+        base = texels.interpolate((colors if low_c is None else low_c)[atlas.vertex_map], atlas.faces)
     if gaussians is not None:
         sums, weights = bake_gaussians(
             atlas.vertices,
