@@ -19,6 +19,7 @@ from voxforge.export.textured import (  # noqa: E402
     Z_UP_TO_Y_UP,
     bake_vertex_colors,
     closest_points,
+    remove_hidden,
     simplify,
     texel_map,
     textured_glb,
@@ -154,6 +155,21 @@ def test_closest_points_in_every_voronoi_region_of_a_triangle():
     assert (face == 0).all()
     values = transfer_attributes(points, vertices, faces, np.array([[0.0], [1.0], [2.0]]))
     np.testing.assert_allclose(values[:, 0], expected[:, 0] + 2 * expected[:, 1], atol=1e-6)
+
+
+def test_hidden_inner_shell_is_removed_and_visible_parts_kept():
+    outer_v, outer_f = _sphere(2, radius=0.4)
+    inner_v, inner_f = _sphere(1, radius=0.2)  # sealed inside the outer sphere
+    side_v, side_f = _sphere(1, radius=0.05)
+    side_v = side_v + [0.46, 0.0, 0.0]  # a small visible part next to it
+    parts = [(outer_v, outer_f), (inner_v, inner_f), (side_v, side_f)]
+    offsets = np.cumsum([0] + [len(v) for v, _ in parts[:-1]])
+    vertices = np.concatenate([v for v, _ in parts])
+    faces = np.concatenate([f + o for (_, f), o in zip(parts, offsets)])
+    kept_v, kept_f, used = remove_hidden(vertices, faces, views=12, resolution=128)
+    assert len(kept_f) == len(outer_f) + len(side_f)
+    np.testing.assert_array_equal(kept_v, vertices[used].astype(np.float32))
+    assert not np.isin(np.arange(len(outer_v), len(outer_v) + len(inner_v)), used).any()
 
 
 def test_vertex_colour_bake_fills_the_gutters():

@@ -82,6 +82,7 @@ __all__ = [
     "closest_points",
     "dilate",
     "orbit_cameras",
+    "remove_hidden",
     "simplify",
     "texel_map",
     "textured_glb",
@@ -359,11 +360,15 @@ class TexelMap:
         return out.view(self.size, self.size, -1)
 
 
-def texel_map(faces: np.ndarray, uv: np.ndarray, size: int) -> TexelMap:
-    """Rasterize the triangles at their UVs into a size x size texture (glTF texel centres)."""
+def _check_size(size: Any) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 8 <= size <= 16384:
         raise UserError(f"texture size must be an integer in [8, 16384], got {size!r}")
-    size = int(size)
+    return int(size)
+
+
+def texel_map(faces: np.ndarray, uv: np.ndarray, size: int) -> TexelMap:
+    """Rasterize the triangles at their UVs into a size x size texture (glTF texel centres)."""
+    size = _check_size(size)
     with torch.no_grad():
         pix = torch.as_tensor(np.asarray(uv, np.float32)) * size  # [V, 2]
         z = torch.ones(len(pix))
@@ -450,6 +455,51 @@ def _bounding_sphere(vertices: np.ndarray) -> tuple[np.ndarray, float]:
     return center, max(float(np.linalg.norm(vertices - center, axis=1).max()), 1e-6)
 
 
+def _rasterize_view(
+    vertices: Tensor, faces: Tensor, rot: Tensor, shift: Tensor, K: Tensor, width: int, height: int
+) -> tuple[Tensor, Tensor]:  # triangle [H, W] (-1 empty), depth [H, W] (0 empty)
+    cam = vertices @ rot.T + shift
+    pix = (cam @ K.T)[:, :2] / cam[:, 2:3].clamp(min=1e-6)
+    return rasterize(pix, cam[:, 2], faces, width, height)
+
+
+def remove_hidden(
+    vertices: np.ndarray,  # [V, 3]
+    faces: np.ndarray,  # [F, 3]
+    *,
+    views: int = 16,
+    resolution: int = 256,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # vertices [V', 3], faces [F', 3], kept vertex ids [V']
+    """Drop the connected parts of the mesh that no view sees (interior shells, sealed voids).
+
+    Visibility is rasterized from `views` orbit cameras. TRELLIS also cuts hidden faces out of
+    visible parts (a min-cut on the face graph) and refills the holes; removing whole
+    components only can never open a hole in a visible surface, and costs `views` rasters.
+    A part smaller than a pixel in every view counts as hidden.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    vertices, faces = _check_mesh(vertices, faces)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(vertices),) * 2)
+    _, label = connected_components(graph, directed=False)
+    face_label = label[faces[:, 0]]
+    center, radius = _bounding_sphere(vertices[np.unique(faces)])
+    cameras = orbit_cameras(center, radius, views, resolution)
+    vert_t, faces_t = torch.as_tensor(vertices, dtype=torch.float32), torch.as_tensor(faces)
+    seen = np.zeros(label.max() + 1, bool)
+    with torch.no_grad():
+        for view in range(len(cameras)):
+            w2c, K = torch.as_tensor(cameras.world_to_cam[view]), torch.as_tensor(cameras.K[view])
+            tri, _ = _rasterize_view(vert_t, faces_t, w2c[:3, :3], w2c[:3, 3], K, resolution, resolution)
+            visible = torch.unique(tri[tri >= 0]).numpy()
+            seen[face_label[visible]] = True
+    keep_faces = faces[seen[face_label]]
+    used, new_faces = np.unique(keep_faces.reshape(-1), return_inverse=True)
+    return vertices[used].astype(np.float32), new_faces.reshape(-1, 3).astype(np.int64), used
+
+
 def bake_from_views(
     vertices: np.ndarray,  # [V, 3]
     faces: np.ndarray,  # [F, 3]
@@ -501,9 +551,7 @@ def bake_from_views(
     with torch.no_grad():
         for view in range(count):
             rot, shift, K = w2c_all[view, :3, :3], w2c_all[view, :3, 3], K_all[view]
-            cam_v = vert_t @ rot.T + shift
-            pix_v = (cam_v @ K.T)[:, :2] / cam_v[:, 2:3].clamp(min=1e-6)
-            _, depth = rasterize(pix_v, cam_v[:, 2], faces_t, width, height)  # [H, W], 0 = empty
+            _, depth = _rasterize_view(vert_t, faces_t, rot, shift, K, width, height)  # 0 = empty
             # A texel on the silhouette may land on an empty pixel next to it: empty pixels
             # take their farthest neighbour's depth (occluded texels are never helped by it).
             grown = torch.nn.functional.max_pool2d(depth[None, None], 3, stride=1, padding=1)[0, 0]
@@ -616,6 +664,7 @@ def textured_glb(
     views: int = 32,
     view_resolution: int = 512,
     fallback_weight: float = 0.01,
+    hidden_parts: str = "remove",
     backend: str = "auto",
 ) -> TexturedMesh:
     """A one-part TexturedMesh with UVs, normals and a baked base-colour texture (module docstring).
@@ -628,10 +677,15 @@ def textured_glb(
       point; with `gaussians` (same frame as `vertices`), renders of `views` views at
       `view_resolution` replace them wherever a view sees the texel (`fallback_weight` is the
       weight of the vertex-colour texture in that mean). Alpha comes from the vertex colours.
+    - `hidden_parts="remove"` drops connected parts that no orbit view sees (`remove_hidden`);
+      "keep" keeps them.
     """
     if up not in ("y", "z"):
         raise UserError(f"textured_glb: up must be 'y' or 'z', got {up!r}")
+    if hidden_parts not in ("remove", "keep"):
+        raise UserError(f"textured_glb: hidden_parts must be 'remove' or 'keep', got {hidden_parts!r}")
     vertices, faces = _check_mesh(vertices, faces)
+    texture_size = _check_size(texture_size)
     colors = _colors_rgba(vertex_colors, len(vertices))
     # With Gaussians the vertex colours are only the fallback: carry them to the simplified
     # vertices (cheap). Without, each texel takes the input surface's colour (the detail).
@@ -642,6 +696,10 @@ def textured_glb(
         low_v, low_f, low_c = simplify(vertices, faces, reduction=simplify_ratio, attrs=carry)
     else:
         low_v, low_f, low_c = vertices.astype(np.float32), faces, colors
+    if hidden_parts == "remove":
+        kept_v, kept_f, used = remove_hidden(low_v, low_f)
+        if len(kept_f):
+            low_v, low_f, low_c = kept_v, kept_f, None if low_c is None else low_c[used]
     simplified = len(low_f) != len(faces) or low_v.shape != vertices.shape
     normals = vertex_normals(low_v, low_f)
     atlas = unwrap(low_v, low_f, texture_size=texture_size, padding=padding)
