@@ -16,30 +16,20 @@ own parts and running on CPU:
 2. **Unwrap** (`unwrap`): `xatlas` charts and packs the simplified mesh for the texture size
    with a gutter of `padding` texels between charts; vertices are split along chart seams,
    and `vertex_map` says which input vertex each output vertex came from.
-3. **Texel map** (`texel_map`): the mesh is rasterized *in UV space* with voxforge's torch
-   rasterizer (`render.mesh_raster`: triangles placed at ``uv * T`` pixels, constant depth),
-   which gives every covered texel its triangle and barycentrics -- so its 3D position and
-   normal. Texel centres follow the glTF convention of `representations.mesh` (texel (c, r)
-   is uv ((c + 0.5) / T, (r + 0.5) / T), v down), which is what `sample_texture_bilinear`
-   and every glTF viewer read back.
-4. **Base colour** (`bake_vertex_colors`, and inside `textured_glb`): each texel takes the
-   colour of the *original* dense mesh at its 3D position (closest-point transfer again), so
-   decimating 95% of the faces does not blur the colours down to the simplified vertices.
-   With Gaussians, which supply the detail, the base is only their fallback and is the
-   cheaper interpolation of the colours carried to the simplified vertices.
-5. **Gaussian bake** (`bake_gaussians` -> `bake_from_views`): the Gaussians are rendered
-   from `views` cameras on a Hammersley sphere around the mesh (render.gaussians, black
-   background, un-premultiplied by alpha). Each texel is projected into every view; it is
-   visible there when it faces the camera and its depth matches the mesh's own depth map
-   rasterized from that view (a slope-aware tolerance); it then takes the view's colour,
-   bilinearly sampled, with weight ``alpha * cos(angle)^angle_power``. The texel colour is
-   the weighted mean, blended with the base colour at a small constant weight so texels
-   that no view sees (or sees only grazing) fall back to it continuously. TRELLIS instead
-   fits the texture with 2500 Adam steps through nvdiffrast; the weighted mean is the closed
-   form of the same kind of per-texel least-squares fit and needs no GPU.
-6. **Dilate** (`dilate`): texels outside every chart take the mean of their covered
-   neighbours, `dilate_px` rings deep, so bilinear and mip-mapped lookups at chart borders
-   never pick up background; what is still empty after that gets the mean colour.
+3. **Texel map** (`bake.texel_map`): the mesh rasterized in UV space with voxforge's torch
+   rasterizer: every covered texel gets its triangle and barycentrics, so its 3D position.
+4. **Base colour**: each texel takes the colour of the *original* dense mesh at its 3D
+   position (closest-point transfer again), so decimating 95% of the faces does not blur
+   the colours down to the simplified vertices. With Gaussians, which supply the detail,
+   the base is only their fallback: the interpolated colours carried to the new vertices.
+5. **Gaussian bake** (`bake.bake_gaussians`): renders from `views` orbit cameras; each texel
+   takes the mean colour of the views that see it (depth-tested against the mesh, weighted
+   by alpha and view angle; see `voxforge.export.bake`), blended with the base colour at a
+   small constant weight so texels no view sees (or sees only grazing) fall back to it
+   continuously.
+6. **Gutters** (`bake.dilate`) are filled from the charts' edges, `dilate_px` rings deep.
+   Before unwrapping, `remove_hidden` drops connected parts that no view sees (interior
+   shells), which would only waste texture space.
 7. **Orientation.** TRELLIS's decoders produce Z-up geometry, glTF is Y-up: ``up="z"`` maps
    (x, y, z) -> (x, z, -y) (a rotation of -90 deg about +X, TRELLIS's own), so Blender's
    importer ((x, y, z)_blender = (x, -z, y)_gltf) gives back exactly the Z-up coordinates
@@ -57,18 +47,25 @@ inside the functions that use them; a missing one raises `MissingDependencyError
 from __future__ import annotations
 
 import importlib
-import math
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from voxforge.errors import MissingDependencyError, UserError
-from voxforge.render.cameras import Cameras, intrinsics, look_at, sphere_hammersley
-from voxforge.render.gaussians import render_gaussians_cameras
-from voxforge.render.mesh_raster import barycentrics, rasterize, sample_texture_bilinear, setup_triangles
+from voxforge.export.bake import (
+    TexelMap,
+    bake_from_views,
+    bake_gaussians,
+    bake_vertex_colors,
+    bounding_sphere,
+    check_mesh,
+    check_size,
+    dilate,
+    orbit_cameras,
+    rasterize_view,
+    texel_map,
+)
 from voxforge.representations.gaussians import Gaussians
 from voxforge.representations.mesh import MeshPart, TexturedMesh
 
@@ -101,23 +98,6 @@ def _require(module: str, package: str, feature: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(package, "mesh", feature) from exc
-
-
-def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    vertices = np.asarray(vertices, dtype=np.float64)
-    faces = np.asarray(faces)
-    if vertices.ndim != 2 or vertices.shape[1] != 3:
-        raise UserError(f"mesh vertices must be [V, 3], got {list(vertices.shape)}")
-    if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
-        raise UserError(f"mesh faces must be a non-empty [F, 3] array, got {list(faces.shape)}")
-    if not np.issubdtype(faces.dtype, np.integer):
-        raise UserError(f"mesh faces must be integer indices, got dtype {faces.dtype}")
-    faces = faces.astype(np.int64)
-    if faces.min() < 0 or faces.max() >= len(vertices):
-        raise UserError(f"face indices must lie in [0, {len(vertices)}), found {faces.min()}..{faces.max()}")
-    if not np.isfinite(vertices).all():
-        raise UserError("mesh vertices contain NaN or Inf")
-    return vertices, faces
 
 
 # ------------------------------------------------------------------------------------
@@ -177,7 +157,7 @@ def closest_points(
     """
     from scipy.spatial import cKDTree
 
-    vertices, faces = _check_mesh(vertices, faces)
+    vertices, faces = check_mesh(vertices, faces)
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     a = vertices[faces[:, 0]]
     ab, ac = vertices[faces[:, 1]] - a, vertices[faces[:, 2]] - a
@@ -245,7 +225,7 @@ def simplify(
     `attrs` are carried to the new vertices by closest-point transfer from the input surface
     (module docstring). A target at or above the face count returns the mesh unchanged.
     """
-    vertices, faces = _check_mesh(vertices, faces)
+    vertices, faces = check_mesh(vertices, faces)
     if (reduction is None) == (target_faces is None):
         raise UserError("simplify: give exactly one of reduction (fraction of faces removed) or target_faces")
     if reduction is not None:
@@ -300,7 +280,7 @@ def unwrap(
     padding: int = 4,
 ) -> UVMesh:
     """xatlas charts packed for a `texture_size` texture with `padding` texels between charts."""
-    vertices, faces = _check_mesh(vertices, faces)
+    vertices, faces = check_mesh(vertices, faces)
     xatlas = _require("xatlas", "xatlas", "UV unwrapping")
     pack = xatlas.PackOptions()
     pack.resolution = int(texture_size)
@@ -328,141 +308,6 @@ def unwrap(
     )
 
 
-# ------------------------------------------------------------------------------------
-# texel map and dilation
-
-
-@dataclass
-class TexelMap:
-    """The covered texels of a size x size texture: flat index, triangle and barycentrics."""
-
-    size: int
-    index: Tensor  # [M] int64 flat texel index (row * size + col)
-    face: Tensor  # [M] int64 triangle
-    bary: Tensor  # [M, 3] float32
-
-    @property
-    def mask(self) -> Tensor:  # [T, T] bool
-        mask = torch.zeros(self.size * self.size, dtype=torch.bool)
-        mask[self.index] = True
-        return mask.view(self.size, self.size)
-
-    def interpolate(self, attributes: Tensor | np.ndarray, faces: Tensor | np.ndarray) -> Tensor:
-        """attributes [V, C] -> [M, C] at the covered texels (float32)."""
-        attributes = torch.as_tensor(np.asarray(attributes, np.float32))
-        corner = torch.as_tensor(np.asarray(faces, np.int64))[self.face]  # [M, 3]
-        return (attributes[corner] * self.bary[:, :, None]).sum(1)
-
-    def scatter(self, values: Tensor) -> Tensor:
-        """values [M, C] -> [T, T, C] image, zeros where no triangle covers the texel."""
-        out = torch.zeros(self.size * self.size, values.shape[1], dtype=values.dtype)
-        out[self.index] = values
-        return out.view(self.size, self.size, -1)
-
-
-def _check_size(size: Any) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 8 <= size <= 16384:
-        raise UserError(f"texture size must be an integer in [8, 16384], got {size!r}")
-    return int(size)
-
-
-def texel_map(faces: np.ndarray, uv: np.ndarray, size: int) -> TexelMap:
-    """Rasterize the triangles at their UVs into a size x size texture (glTF texel centres)."""
-    size = _check_size(size)
-    with torch.no_grad():
-        pix = torch.as_tensor(np.asarray(uv, np.float32)) * size  # [V, 2]
-        z = torch.ones(len(pix))
-        faces_t = torch.as_tensor(np.asarray(faces, np.int64))
-        setup = setup_triangles(pix, z, faces_t, size, size)
-        tri, _ = rasterize(pix, z, faces_t, size, size, setup=setup)
-        bary = barycentrics(pix, z, faces_t, tri, setup=setup)
-    index = torch.nonzero(tri.reshape(-1) >= 0).squeeze(1)
-    return TexelMap(size, index, tri.reshape(-1)[index], bary.reshape(-1, 3)[index].float())
-
-
-def _box3(x: Tensor) -> Tensor:
-    """Sum over each 3x3 neighbourhood (zero outside) of [T, T, C]: two shifted-add passes,
-    much faster on CPU than a 3x3 conv2d with a handful of channels."""
-    x = torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1))
-    x = x[:-2] + x[1:-1] + x[2:]
-    return x[:, :-2] + x[:, 1:-1] + x[:, 2:]
-
-
-def dilate(
-    texture: Tensor,  # [T, T, C] float
-    mask: Tensor,  # [T, T] bool, texels holding a value
-    iterations: int = 8,
-    *,
-    fill_rest: bool = True,
-) -> Tensor:  # [T, T, C]
-    """Grow the covered region ring by ring: an empty texel takes the mean of its covered
-    3x3 neighbours. Texels still empty afterwards take the mean covered colour (`fill_rest`)."""
-    have = mask[:, :, None].float()  # [T, T, 1]
-    image = torch.cat([texture.float() * have, have], 2)  # colour sums and the count, together
-    for _ in range(int(iterations)):
-        total = _box3(image)
-        grow = (total[:, :, -1:] > 0) & (image[:, :, -1:] == 0)
-        if not bool(grow.any()):
-            break
-        image = torch.where(grow, total / total[:, :, -1:].clamp(min=1), image)
-    out, filled = image[:, :, :-1], image[:, :, -1] > 0
-    if fill_rest and bool(filled.any()) and not bool(filled.all()):
-        out = torch.where(filled[:, :, None], out, out[filled].mean(0))
-    return out
-
-
-def bake_vertex_colors(
-    faces: np.ndarray,  # [F, 3]
-    uv: np.ndarray,  # [V, 2] glTF convention
-    colors: np.ndarray,  # [V, C] float in [0, 1]
-    texture_size: int = 1024,
-    *,
-    dilate_px: int = 8,
-) -> np.ndarray:  # [T, T, C] float32 in [0, 1]
-    """Per-vertex colours interpolated over each triangle's texels, dilated into the gutters."""
-    texels = texel_map(faces, uv, texture_size)
-    values = texels.interpolate(colors, faces)
-    return dilate(texels.scatter(values), texels.mask, dilate_px).clamp(0, 1).numpy()
-
-
-# ------------------------------------------------------------------------------------
-# baking from views
-
-
-def orbit_cameras(
-    center: np.ndarray,  # [3]
-    radius: float,  # bounding-sphere radius of the object
-    views: int,
-    resolution: int,
-    *,
-    fov_deg: float = 40.0,
-    margin: float = 1.1,
-) -> Cameras:
-    """`views` cameras on a Hammersley sphere (TRELLIS's view sequence) looking at `center`,
-    far enough that the bounding sphere, grown by `margin`, fills the field of view."""
-    yaw, pitch = sphere_hammersley(int(views))
-    direction = np.stack([np.cos(yaw) * np.cos(pitch), np.sin(pitch), -np.sin(yaw) * np.cos(pitch)], 1)
-    distance = float(radius) * margin / math.sin(math.radians(fov_deg) / 2)
-    center = np.asarray(center, np.float64)
-    w2c = look_at(center + distance * direction, center)
-    K = np.repeat(intrinsics(fov_deg, resolution, resolution)[None], len(w2c), axis=0)
-    return Cameras(w2c, K, resolution, resolution)
-
-
-def _bounding_sphere(vertices: np.ndarray) -> tuple[np.ndarray, float]:
-    lo, hi = vertices.min(0), vertices.max(0)
-    center = (lo + hi) / 2
-    return center, max(float(np.linalg.norm(vertices - center, axis=1).max()), 1e-6)
-
-
-def _rasterize_view(
-    vertices: Tensor, faces: Tensor, rot: Tensor, shift: Tensor, K: Tensor, width: int, height: int
-) -> tuple[Tensor, Tensor]:  # triangle [H, W] (-1 empty), depth [H, W] (0 empty)
-    cam = vertices @ rot.T + shift
-    pix = (cam @ K.T)[:, :2] / cam[:, 2:3].clamp(min=1e-6)
-    return rasterize(pix, cam[:, 2], faces, width, height)
-
-
 def remove_hidden(
     vertices: np.ndarray,  # [V, 3]
     faces: np.ndarray,  # [F, 3]
@@ -480,155 +325,24 @@ def remove_hidden(
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    vertices, faces = _check_mesh(vertices, faces)
+    vertices, faces = check_mesh(vertices, faces)
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
     graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(vertices),) * 2)
     _, label = connected_components(graph, directed=False)
     face_label = label[faces[:, 0]]
-    center, radius = _bounding_sphere(vertices[np.unique(faces)])
+    center, radius = bounding_sphere(vertices[np.unique(faces)])
     cameras = orbit_cameras(center, radius, views, resolution)
     vert_t, faces_t = torch.as_tensor(vertices, dtype=torch.float32), torch.as_tensor(faces)
     seen = np.zeros(label.max() + 1, bool)
     with torch.no_grad():
         for view in range(len(cameras)):
             w2c, K = torch.as_tensor(cameras.world_to_cam[view]), torch.as_tensor(cameras.K[view])
-            tri, _ = _rasterize_view(vert_t, faces_t, w2c[:3, :3], w2c[:3, 3], K, resolution, resolution)
+            tri, _ = rasterize_view(vert_t, faces_t, w2c[:3, :3], w2c[:3, 3], K, resolution, resolution)
             visible = torch.unique(tri[tri >= 0]).numpy()
             seen[face_label[visible]] = True
     keep_faces = faces[seen[face_label]]
     used, new_faces = np.unique(keep_faces.reshape(-1), return_inverse=True)
     return vertices[used].astype(np.float32), new_faces.reshape(-1, 3).astype(np.int64), used
-
-
-def bake_from_views(
-    vertices: np.ndarray,  # [V, 3]
-    faces: np.ndarray,  # [F, 3]
-    uv: np.ndarray,  # [V, 2]
-    images: Tensor | np.ndarray,  # [N, H, W, 3] float in [0, 1], straight (not premultiplied)
-    cameras: Cameras,  # N cameras, H x W
-    texture_size: int = 1024,
-    *,
-    alphas: Tensor | np.ndarray | None = None,  # [N, H, W] coverage of each view; None = 1
-    normals: np.ndarray | None = None,  # [V, 3] shading normals; None = face normals
-    texels: TexelMap | None = None,
-    depth_tolerance: float = 0.01,
-    min_cosine: float = 0.1,
-    angle_power: float = 2.0,
-) -> tuple[Tensor, Tensor]:  # colour sums [M, 3] / weights [M] at texels.index, not normalized
-    """Accumulate each view's colour at the texels it sees (module docstring, step 5).
-
-    Returns the weighted colour sum and the weight per covered texel (`texels` order), so the
-    caller decides the fallback; ``sums / weights`` is the baked colour where weights > 0.
-    `depth_tolerance` is a fraction of the mesh's bounding radius.
-    """
-    vertices, faces = _check_mesh(vertices, faces)
-    images = torch.as_tensor(np.asarray(images, np.float32) if isinstance(images, np.ndarray) else images)
-    images = images.float().cpu()
-    count, height, width = len(cameras), cameras.height, cameras.width
-    if images.shape != (count, height, width, 3):
-        raise UserError(
-            f"bake_from_views: images must be [{count}, {height}, {width}, 3], got {list(images.shape)}"
-        )
-    if alphas is None:
-        alphas = torch.ones(count, height, width)
-    alphas = torch.as_tensor(np.asarray(alphas, np.float32) if isinstance(alphas, np.ndarray) else alphas)
-    alphas = alphas.float().cpu().reshape(count, height, width)
-    texels = texels or texel_map(faces, uv, texture_size)
-    vert_t = torch.as_tensor(vertices, dtype=torch.float32)
-    faces_t = torch.as_tensor(faces)
-    points = texels.interpolate(vert_t, faces_t)  # [M, 3]
-    if normals is None:
-        tri = vert_t[faces_t]
-        normal = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])[texels.face]
-    else:
-        normal = texels.interpolate(normals, faces_t)
-    normal = torch.nn.functional.normalize(normal, dim=1)
-    _, radius = _bounding_sphere(vertices)
-    sums = torch.zeros(len(points), 3)
-    weights = torch.zeros(len(points))
-    w2c_all = torch.as_tensor(cameras.world_to_cam)
-    K_all = torch.as_tensor(cameras.K)
-    with torch.no_grad():
-        for view in range(count):
-            rot, shift, K = w2c_all[view, :3, :3], w2c_all[view, :3, 3], K_all[view]
-            _, depth = _rasterize_view(vert_t, faces_t, rot, shift, K, width, height)  # 0 = empty
-            # A texel on the silhouette may land on an empty pixel next to it: empty pixels
-            # take their farthest neighbour's depth (occluded texels are never helped by it).
-            grown = torch.nn.functional.max_pool2d(depth[None, None], 3, stride=1, padding=1)[0, 0]
-            depth = torch.where(depth > 0, depth, grown)
-            # Texels facing the camera first (about half), then project only those.
-            centre = -(rot.T @ shift)
-            cosine = (normal * torch.nn.functional.normalize(centre - points, dim=1)).sum(1)
-            idx = torch.nonzero(cosine > min_cosine).squeeze(1)
-            cosine = cosine[idx]
-            cam = points[idx] @ rot.T + shift  # [m, 3]
-            z = cam[:, 2]
-            pix = (cam @ K.T)[:, :2] / z.clamp(min=1e-6)[:, None]
-            col = torch.floor(pix[:, 0]).long()
-            row = torch.floor(pix[:, 1]).long()
-            seen = (z > 1e-6) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
-            surface = depth[row.clamp(0, height - 1), col.clamp(0, width - 1)]
-            # The depth map holds the surface at the pixel centre, up to half a pixel away
-            # along a slope of tan(angle): a tolerance that grows with the slope.
-            tangent = torch.sqrt((1 - cosine.clamp(max=1) ** 2).clamp(min=0)) / cosine
-            tol = depth_tolerance * radius + z / K[0, 0] * tangent.clamp(max=10.0)
-            seen &= (surface > 0) & (z <= surface + tol)
-            keep = torch.nonzero(seen).squeeze(1)
-            if len(keep) == 0:
-                continue
-            rgba = torch.cat([images[view], alphas[view, :, :, None]], -1)  # [H, W, 4]
-            at = pix[keep].clamp(min=torch.tensor([0.5, 0.5]), max=torch.tensor([width - 0.5, height - 0.5]))
-            sample = sample_texture_bilinear(rgba, at / torch.tensor([float(width), float(height)]))
-            weight = sample[:, 3].clamp(0, 1) * cosine[keep] ** angle_power
-            sums.index_add_(0, idx[keep], sample[:, :3] * weight[:, None])
-            weights.index_add_(0, idx[keep], weight)
-    return sums, weights
-
-
-def bake_gaussians(
-    vertices: np.ndarray,  # [V, 3]
-    faces: np.ndarray,  # [F, 3]
-    uv: np.ndarray,  # [V, 2]
-    gaussians: Gaussians,
-    texture_size: int = 1024,
-    *,
-    views: int = 32,
-    resolution: int = 512,
-    texels: TexelMap | None = None,
-    normals: np.ndarray | None = None,
-    backend: str = "auto",
-    **options: Any,
-) -> tuple[Tensor, Tensor]:  # colour sums [M, 3], weights [M] (see bake_from_views)
-    """Render the Gaussians from `views` orbit cameras and bake them onto the mesh's texels.
-
-    The renders are un-premultiplied (black background, rgb / alpha) and their alpha weights
-    each sample; `options` go to `bake_from_views`.
-    """
-    vertices, faces = _check_mesh(vertices, faces)
-    center, radius = _bounding_sphere(vertices)
-    cameras = orbit_cameras(center, radius, views, resolution)
-    images = torch.zeros(len(cameras), resolution, resolution, 3)
-    alphas = torch.zeros(len(cameras), resolution, resolution)
-    g = gaussians.detach()
-    with torch.no_grad():
-        for view in range(len(cameras)):
-            out = render_gaussians_cameras(g, cameras[view], None, backend=backend)
-            alpha = out["alpha"][0, :, :, 0].float().cpu()
-            rgb = out["rgb"][0].float().cpu() / alpha.clamp(min=1e-4)[:, :, None]
-            images[view] = torch.where(alpha[:, :, None] > 1e-4, rgb.clamp(0, 1), torch.zeros_like(rgb))
-            alphas[view] = alpha
-    return bake_from_views(
-        vertices,
-        faces,
-        uv,
-        images,
-        cameras,
-        texture_size,
-        alphas=alphas,
-        normals=normals,
-        texels=texels,
-        **options,
-    )
 
 
 # ------------------------------------------------------------------------------------
@@ -684,8 +398,8 @@ def textured_glb(
         raise UserError(f"textured_glb: up must be 'y' or 'z', got {up!r}")
     if hidden_parts not in ("remove", "keep"):
         raise UserError(f"textured_glb: hidden_parts must be 'remove' or 'keep', got {hidden_parts!r}")
-    vertices, faces = _check_mesh(vertices, faces)
-    texture_size = _check_size(texture_size)
+    vertices, faces = check_mesh(vertices, faces)
+    texture_size = check_size(texture_size)
     colors = _colors_rgba(vertex_colors, len(vertices))
     # With Gaussians the vertex colours are only the fallback: carry them to the simplified
     # vertices (cheap). Without, each texel takes the input surface's colour (the detail).
