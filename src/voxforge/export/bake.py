@@ -187,6 +187,7 @@ def orbit_cameras(
 
 
 def bounding_sphere(vertices: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre of the bounding box [3] and the largest distance of a vertex from it."""
     lo, hi = vertices.min(0), vertices.max(0)
     center = (lo + hi) / 2
     return center, max(float(np.linalg.norm(vertices - center, axis=1).max()), 1e-6)
@@ -195,6 +196,7 @@ def bounding_sphere(vertices: np.ndarray) -> tuple[np.ndarray, float]:
 def rasterize_view(
     vertices: Tensor, faces: Tensor, rot: Tensor, shift: Tensor, K: Tensor, width: int, height: int
 ) -> tuple[Tensor, Tensor]:  # triangle [H, W] (-1 empty), depth [H, W] (0 empty)
+    """Nearest triangle and depth per pixel of one view (world->camera rotation, shift, K)."""
     cam = vertices @ rot.T + shift
     pix = (cam @ K.T)[:, :2] / cam[:, 2:3].clamp(min=1e-6)
     return rasterize(pix, cam[:, 2], faces, width, height)
@@ -215,7 +217,7 @@ def bake_from_views(
     min_cosine: float = 0.1,
     angle_power: float = 2.0,
 ) -> tuple[Tensor, Tensor]:  # colour sums [M, 3] / weights [M] at texels.index, not normalized
-    """Accumulate each view's colour at the texels it sees (module docstring, step 5).
+    """Accumulate each view's colour at the texels it sees (module docstring).
 
     Returns the weighted colour sum and the weight per covered texel (`texels` order), so the
     caller decides the fallback; ``sums / weights`` is the baked colour where weights > 0.
@@ -292,7 +294,7 @@ def bake_gaussians(
     gaussians: Gaussians,
     texture_size: int = 1024,
     *,
-    views: int = 32,
+    views: int = 24,
     resolution: int = 512,
     texels: TexelMap | None = None,
     normals: np.ndarray | None = None,
