@@ -10,7 +10,7 @@ Small, layout-level pieces that more than one conversion needs:
   own outputs by the SLat-flow golden) — so the conversion is a pure axis permutation, no
   kernel flip. voxforge's spconv backend applies the inverse permutation for its call.
 - **Key renaming.** `rename(state, rules)` maps a state dict through ordered
-  `(regex, replacement)` rules (first full match wins) and names the key no rule covers, so
+  `(regex, replacement)` rules (first full match wins) and names every key no rule covers, so
   a spec's conversion is a readable table instead of string surgery.
 """
 
@@ -58,6 +58,7 @@ def rename(
     compiled = [(re.compile(pattern), repl) for pattern, repl in rules]
     dropped = [re.compile(pattern) for pattern in drop]
     out: dict[str, Tensor] = {}
+    unknown: list[str] = []
     for key, value in state.items():
         if any(p.fullmatch(key) for p in dropped):
             continue
@@ -66,7 +67,13 @@ def rename(
                 out[pattern.sub(repl, key)] = value
                 break
         else:
-            raise UserError(f"{source}: unexpected key '{key}' (no conversion rule covers it)")
+            unknown.append(key)
+    if unknown:
+        listed = ", ".join(f"'{k}'" for k in unknown[:12]) + (
+            f" (+{len(unknown) - 12} more)" if len(unknown) > 12 else ""
+        )
+        noun = "key" if len(unknown) == 1 else f"keys ({len(unknown)})"
+        raise UserError(f"{source}: unexpected {noun} {listed} (no conversion rule covers them)")
     return out
 
 
