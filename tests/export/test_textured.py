@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,6 +141,29 @@ def test_simplify_reaches_the_target_keeps_the_surface_and_carries_colours():
         simplify(vertices, faces, reduction=1.0)
 
 
+MESHES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "meshes"
+
+
+def test_real_scan_simplified_textured_and_reopened():
+    path = MESHES / "plain" / "bunny.ply"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    scan = trimesh.load(path, force="mesh", process=False)
+    vertices = np.asarray(scan.vertices, np.float64)
+    vertices = (vertices - (vertices.min(0) + vertices.max(0)) / 2) / np.ptp(vertices, axis=0).max()
+    colours = (_height_colours(vertices, axis=1) * 255).round().astype(np.uint8)  # uint8 input
+    mesh = textured_glb(vertices, scan.faces, colours, up="y", target_faces=3000, texture_size=256)
+    loaded = _reload(mesh)
+    assert abs(len(loaded.faces) - 3000) <= 150
+    image = np.asarray(loaded.visual.material.baseColorTexture.convert("RGB"))
+    error = np.abs(
+        _sample_trimesh_texture(image, loaded.visual.uv) - _height_colours(loaded.vertices, axis=1)
+    )
+    assert error.mean() < 0.01 and error.max() < 0.06, (error.mean(), error.max())
+    distance = closest_points(np.asarray(loaded.vertices), vertices, scan.faces)[2]
+    assert distance.max() < 0.01  # the simplified vertices stay on the scan (longest side 1)
+
+
 def test_closest_points_in_every_voronoi_region_of_a_triangle():
     vertices = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]])
     faces = np.array([[0, 1, 2]])
@@ -226,6 +250,17 @@ def test_view_bake_skips_occluded_and_back_facing_texels():
     behind = Cameras(look_at(np.array([[0.0, 0.0, -3.0]])), intrinsics(40.0, 64, 64)[None], 64, 64)
     _, weights = textured.bake_from_views(vertices, faces, uv, images, behind, 64, texels=texels)
     assert float(weights.max()) == 0.0
+
+
+def test_a_sliver_that_covers_no_texel_centre_still_gets_its_texels():
+    # 10 texels long, 0.3 texel tall, between two rows of texel centres (texture 32).
+    uv = np.array([[2.2, 5.55], [12.2, 5.6], [12.2, 5.85]]) / 32
+    texels = texel_map(np.array([[0, 1, 2]]), uv, 32)
+    rows = (texels.index // 32).numpy()
+    assert len(texels.index) >= 10 and (rows == 5).all() and (texels.face == 0).all()
+    colours = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    texture = bake_vertex_colors(np.array([[0, 1, 2]]), uv, colours, 32, dilate_px=2)
+    assert texture[5, 2, 0] > 0.8 and texture[5, 12, 0] < 0.2  # red end to green/blue end
 
 
 def _two_colour_gaussians(n: int = 3000, radius: float = 0.3) -> Gaussians:

@@ -104,7 +104,13 @@ def check_size(size: Any) -> int:
 
 
 def texel_map(faces: np.ndarray, uv: np.ndarray, size: int) -> TexelMap:
-    """Rasterize the triangles at their UVs into a size x size texture (glTF texel centres)."""
+    """Rasterize the triangles at their UVs into a size x size texture (glTF texel centres).
+
+    A triangle can cover no texel centre at all (a sliver, or a tiny chart of its own); left
+    alone, dilation would give it a neighbouring chart's colour. Such triangles then claim
+    the free texels their edges pass through (sampled every half texel), each with the
+    barycentrics of the edge point that claimed it.
+    """
     size = check_size(size)
     with torch.no_grad():
         pix = torch.as_tensor(np.asarray(uv, np.float32)) * size  # [V, 2]
@@ -114,7 +120,46 @@ def texel_map(faces: np.ndarray, uv: np.ndarray, size: int) -> TexelMap:
         tri, _ = rasterize(pix, z, faces_t, size, size, setup=setup)
         bary = barycentrics(pix, z, faces_t, tri, setup=setup)
     index = torch.nonzero(tri.reshape(-1) >= 0).squeeze(1)
-    return TexelMap(size, index, tri.reshape(-1)[index], bary.reshape(-1, 3)[index].float())
+    face, bary = tri.reshape(-1)[index], bary.reshape(-1, 3)[index].float()
+    missing = torch.nonzero(torch.bincount(face, minlength=len(faces_t)) == 0).squeeze(1)
+    if len(missing):
+        extra = _edge_texels(pix, faces_t, missing, tri.reshape(-1) < 0, size)
+        index, face, bary = (torch.cat(pair) for pair in zip((index, face, bary), extra))
+    return TexelMap(size, index, face, bary)
+
+
+def _edge_texels(
+    pix: Tensor,  # [V, 2] texel coordinates
+    faces: Tensor,  # [F, 3]
+    missing: Tensor,  # [K] triangles that cover no texel centre
+    free: Tensor,  # [T * T] bool, texels no triangle covers
+    size: int,
+) -> tuple[Tensor, Tensor, Tensor]:  # flat texel [E], triangle [E], barycentrics [E, 3]
+    corner = faces[missing]  # [K, 3]
+    starts, ends = [0, 1, 2], [1, 2, 0]
+    a = pix[corner[:, starts]].reshape(-1, 2)  # [3K, 2] edge starts
+    b = pix[corner[:, ends]].reshape(-1, 2)
+    count = (torch.ceil((b - a).norm(dim=1) * 2).long() + 1).clamp(max=4 * size)  # [3K]
+    edge = torch.repeat_interleave(torch.arange(len(a)), count)
+    first = torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+    t = (torch.arange(len(edge)) - first).float() / (count[edge] - 1).clamp(min=1).float()
+    point = a[edge] + t[:, None] * (b[edge] - a[edge])
+    bary = torch.zeros(len(edge), 3)
+    slot = edge % 3  # the edge runs from corner `slot` to corner `slot + 1`
+    rows = torch.arange(len(edge))
+    bary[rows, slot] = 1 - t
+    bary[rows, (slot + 1) % 3] = t
+    col = point[:, 0].floor().long().clamp(0, size - 1)
+    row = point[:, 1].floor().long().clamp(0, size - 1)
+    flat = row * size + col
+    keep = free[flat]
+    flat, tri, bary = flat[keep], missing[edge[keep] // 3], bary[keep]
+    # one claim per texel: the first sample that lands there
+    unique, inverse = torch.unique(flat, return_inverse=True)
+    pick = torch.full((len(unique),), len(flat), dtype=torch.int64).scatter_reduce(
+        0, inverse, torch.arange(len(flat)), reduce="amin"
+    )
+    return unique, tri[pick], bary[pick]
 
 
 def _box3(x: Tensor) -> Tensor:
