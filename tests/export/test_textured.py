@@ -14,6 +14,7 @@ pytest.importorskip("xatlas")
 pytest.importorskip("fast_simplification")
 trimesh = pytest.importorskip("trimesh")
 
+from voxforge.data.gltf import read_gltf  # noqa: E402
 from voxforge.errors import MissingDependencyError, UserError  # noqa: E402
 from voxforge.export import textured  # noqa: E402
 from voxforge.export.textured import (  # noqa: E402
@@ -90,6 +91,11 @@ def test_glb_reopens_in_trimesh_with_texture_uvs_normals_and_vertex_colours():
     expected = _height_colours(back, axis=2)
     error = np.abs(_sample_trimesh_texture(image, uv) - expected)
     assert error.max() < 0.03, error.max()
+    # voxforge's own reader gets the same geometry, UVs and texture back.
+    again = read_gltf(encode_glb(mesh)).parts[0]
+    np.testing.assert_allclose(again.vertices, mesh.parts[0].vertices, atol=1e-6)
+    np.testing.assert_allclose(again.uv, mesh.parts[0].uv, atol=1e-6)
+    np.testing.assert_array_equal(again.texture, mesh.parts[0].texture)
     # Smooth outward normals travel as glTF NORMAL.
     normals = np.asarray(loaded.vertex_normals)
     outward = (normals * loaded.vertices).sum(1) / np.linalg.norm(loaded.vertices, axis=1)
