@@ -58,11 +58,49 @@ def resolve_precision(name: str, device: Any) -> Any:
     return torch.bfloat16 if native else torch.float32
 
 
+def _write_glb(result: Any, path: Path, args: argparse.Namespace) -> tuple[str, Path]:
+    """The best `.glb` this model and install can make; returns (kind, path).
+
+    "flexicubes_textured": the mesh decoder's mesh, simplified, unwrapped, texture baked from
+    the Gaussians (needs the `mesh` extra); "flexicubes_vertex_colors": that mesh as it is,
+    coloured per vertex, when xatlas or fast-simplification is missing; "voxel_mesh": a
+    surface-nets mesh of the structure, for folders without a mesh decoder.
+    """
+    from voxforge.errors import MissingDependencyError
+    from voxforge.export.mesh import mesh_from_structure, write_glb
+    from voxforge.export.textured import textured_glb
+    from voxforge.representations.mesh import MeshPart, TexturedMesh
+
+    mesh = result.mesh
+    if mesh is None or not len(mesh.faces):
+        return "voxel_mesh", write_glb(
+            mesh_from_structure(result.coords, result.resolution, result.gaussians), path
+        )
+    try:
+        textured = textured_glb(
+            mesh.vertices,
+            mesh.faces,
+            mesh.colors,
+            up="y",
+            gaussians=result.gaussians,
+            texture_size=args.texture_size,
+            simplify_ratio=args.simplify,
+        )
+        return "flexicubes_textured", write_glb(textured, path)
+    except MissingDependencyError as err:
+        print(
+            f"voxforge generate: note: {err}; writing the mesh with vertex colours instead", file=sys.stderr
+        )
+        part = MeshPart(
+            vertices=mesh.vertices, faces=mesh.faces, vertex_colors=mesh.colors, normals=mesh.normals
+        )
+        return "flexicubes_vertex_colors", write_glb(TexturedMesh(parts=[part]), path)
+
+
 def run_trellis(args: argparse.Namespace) -> int:
     import numpy as np
 
     from voxforge.export import ExportConfig, export_asset
-    from voxforge.export.textured import textured_glb
     from voxforge.pipelines.image_to_3d import EmptyStructureError
     from voxforge.pipelines.trellis import TrellisImageTo3D
     from voxforge.representations.voxels import save_voxels
@@ -135,34 +173,7 @@ def run_trellis(args: argparse.Namespace) -> int:
     glb_kind = None
     if "glb" in formats:
         glb_start = time.perf_counter()
-        if result.mesh is not None and len(result.mesh.faces):
-            mesh = textured_glb(
-                result.mesh.vertices,
-                result.mesh.faces,
-                result.mesh.colors,
-                up="y",
-                gaussians=result.gaussians,
-                texture_size=args.texture_size,
-                simplify_ratio=args.simplify,
-            )
-            glb_kind = "flexicubes_textured"
-            path = out / "asset.glb"
-            tmp = out / "asset.glb.tmp"
-            mesh.save_glb(tmp)
-            tmp.replace(path)
-            paths["glb"] = path
-        else:
-            glb_kind = "voxel_mesh"
-            paths.update(
-                export_asset(
-                    result.gaussians,
-                    out,
-                    coords=result.coords,
-                    resolution=result.resolution,
-                    config=ExportConfig(formats=["glb"]),
-                    name="asset",
-                )
-            )
+        glb_kind, paths["glb"] = _write_glb(result, out / "asset.glb", args)
         timings["glb"] = time.perf_counter() - glb_start
     save_voxels(out / "structure.npz", result.coords, result.resolution)
     record = {

@@ -42,7 +42,7 @@ from voxforge.trellis.dinov2 import condition_tokens
 from voxforge.trellis.importer import load_model_folder
 from voxforge.trellis.loading import TrellisModels
 
-__all__ = ["TrellisImageTo3D", "TrellisMesh", "TrellisResult", "z_up_to_y_up"]
+__all__ = ["TrellisImageTo3D", "TrellisMesh", "TrellisResult", "voxels_z_up_to_y_up", "z_up_to_y_up"]
 
 #: rows map TRELLIS's (x, y, z) to voxforge's: x' = x, y' = z, z' = -y
 Z_UP_TO_Y_UP = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
@@ -88,6 +88,12 @@ def z_up_to_y_up(gaussians: Gaussians) -> Gaussians:
         means=gaussians.means @ rot.T,
         quats=_quat_mul(q.expand_as(gaussians.quats), gaussians.quats),
     )
+
+
+def voxels_z_up_to_y_up(ijk: np.ndarray, resolution: int) -> np.ndarray:  # [N, 3] -> [N, 3] int64
+    """Voxel indices under the same rotation: a voxel's centre maps to the new voxel's centre."""
+    ijk = np.asarray(ijk, dtype=np.int64)
+    return np.stack([ijk[:, 0], ijk[:, 2], resolution - 1 - ijk[:, 1]], axis=1)
 
 
 @dataclass
@@ -213,8 +219,7 @@ class TrellisImageTo3D:
             gaussians = z_up_to_y_up(decoded.detach().to("cpu"))
         if "mesh" in formats and self.has_mesh_decoder:
             mesh = timed("decode_mesh", self._mesh, slat)
-        ijk = coords[:, 1:].cpu().numpy().astype(np.int64)
-        voxels = np.stack([ijk[:, 0], ijk[:, 2], grid - 1 - ijk[:, 1]], axis=1)
+        voxels = voxels_z_up_to_y_up(coords[:, 1:].cpu().numpy(), grid)
         return TrellisResult(voxels, grid, gaussians, mesh, timings)
 
     def _mesh(self, slat: SparseTensor) -> TrellisMesh:
