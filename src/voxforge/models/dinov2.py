@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from voxforge.errors import UserError
 from voxforge.nn.norms import LayerNorm32
+from voxforge.nn.state import state_mismatch
 from voxforge.nn.transformer import SelfAttention
 
 __all__ = [
@@ -68,7 +69,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_MAX_LISTED = 12
 
 
 @dataclass(frozen=True)
@@ -525,26 +525,9 @@ def read_dinov2_state(path: str | Path) -> tuple[DinoV2Config, dict[str, Tensor]
 
 def check_keys(module: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
     """Raise a UserError naming the missing, unexpected and wrongly shaped keys, if any."""
-    expected = module.state_dict()
-    missing = sorted(k for k in expected if k not in state)
-    unexpected = sorted(k for k in state if k not in expected)
-    wrong = sorted(
-        f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
-        for k in state
-        if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)
-    )
-    if not (missing or unexpected or wrong):
-        return
-
-    def listed(title: str, keys: list[str]) -> str:
-        more = f" (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
-        return f"\n  {title} ({len(keys)}): " + ", ".join(keys[:_MAX_LISTED]) + more
-
-    message = f"{where}: the DINOv2 weights do not match the architecture"
-    message += listed("missing", missing) if missing else ""
-    message += listed("unexpected", unexpected) if unexpected else ""
-    message += listed("wrong shape", wrong) if wrong else ""
-    raise UserError(message)
+    problems = state_mismatch(module, state)
+    if problems:
+        raise UserError(f"{where}: the DINOv2 weights do not match the architecture{problems}")
 
 
 def load_dinov2(path: str | Path, *, device: torch.device | str = "cpu") -> DinoV2:

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from voxforge.errors import UserError
+from voxforge.nn.state import state_mismatch
 from voxforge.trellis.registry import spec_for
 
 __all__ = [
@@ -61,7 +62,6 @@ ROLES = (
     "slat_decoder_mesh",
     "slat_flow_model",
 )
-_MAX_LISTED = 12
 
 
 class TrellisLoadError(UserError):
@@ -186,34 +186,11 @@ def _inside(root: Path, rel: str, where: str) -> None:
         raise TrellisLoadError(f"{where}: '{rel}' points outside {root}")
 
 
-def check_state_dict(
-    module: nn.Module, state: Mapping[str, Tensor], where: str, renamed: Mapping[str, str] | None = None
-) -> None:
+def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
     """Raise a TrellisLoadError naming missing, unexpected and wrongly shaped keys."""
-    expected = module.state_dict()
-    name = (lambda k: renamed.get(k, k)) if renamed else (lambda k: k)
-    missing = sorted(k for k in expected if k not in state)
-    unexpected = sorted(k for k in state if k not in expected)
-    wrong = sorted(
-        f"{name(k)}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
-        for k in state
-        if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)
-    )
-    if not (missing or unexpected or wrong):
-        return
-
-    def listed(title: str, keys: list[str]) -> str:
-        more = f" (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
-        return f"\n  {title} ({len(keys)}): " + ", ".join(keys[:_MAX_LISTED]) + more
-
-    message = f"{where}: the weights do not match the model built from its config"
-    if missing:
-        message += listed("missing", [name(k) for k in missing])
-    if unexpected:
-        message += listed("unexpected", [name(k) for k in unexpected])
-    if wrong:
-        message += listed("wrong shape", wrong)
-    raise TrellisLoadError(message)
+    problems = state_mismatch(module, state)
+    if problems:
+        raise TrellisLoadError(f"{where}: the weights do not match the model built from its config{problems}")
 
 
 @dataclass
