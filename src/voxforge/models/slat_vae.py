@@ -204,21 +204,13 @@ def position_embedding(
     dim: int,
     order: Literal["cos_sin", "sin_cos"] = "cos_sin",
 ) -> Tensor:  # [N, dim] fp32
-    """Fixed sin-cos embedding of voxel coordinates, per axis in either channel order.
+    """Fixed sin-cos embedding of voxel coordinates (`voxforge.nn.sincos_position_embedding`).
 
-    Each axis gets 2·(dim // 3 // 2) channels (zeros pad the rest), the same frequencies
-    either way (1 down to 1/10000); "cos_sin" is `voxforge.nn.sincos_position_embedding`,
-    "sin_cos" puts the sines first as TRELLIS's `AbsolutePositionEmbedder` does. The two
-    differ by a fixed channel permutation, but the embedding is added to the hidden state,
-    so a checkpoint trained with one order cannot be re-used with the other.
+    "sin_cos" puts each axis' sines first, as TRELLIS's `AbsolutePositionEmbedder` does. The
+    two orders differ by a fixed channel permutation, but the embedding is added to the
+    hidden state, so a checkpoint trained with one cannot be re-used with the other.
     """
-    emb = sincos_position_embedding(coords.float(), dim)
-    if order == "cos_sin":
-        return emb
-    axes = coords.shape[-1]
-    half = dim // axes // 2
-    body = emb[:, : 2 * half * axes].unflatten(-1, (axes, 2, half)).flip(-2).flatten(-3)
-    return torch.cat([body, emb[:, 2 * half * axes :]], dim=-1)
+    return sincos_position_embedding(coords.float(), dim, order=order)
 
 
 class SparseTransformerStack(nn.Module):

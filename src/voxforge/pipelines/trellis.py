@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from voxforge.errors import UserError
+from voxforge.export.textured import Z_UP_TO_Y_UP as GLTF_Z_UP_TO_Y_UP
 from voxforge.representations.gaussians import Gaussians
 from voxforge.sparse.tensor import SparseTensor
 from voxforge.trellis.compose import sample_slat, sample_structure
@@ -44,8 +45,8 @@ from voxforge.trellis.loading import TrellisModels
 
 __all__ = ["TrellisImageTo3D", "TrellisMesh", "TrellisResult", "voxels_z_up_to_y_up", "z_up_to_y_up"]
 
-#: rows map TRELLIS's (x, y, z) to voxforge's: x' = x, y' = z, z' = -y
-Z_UP_TO_Y_UP = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+#: p_voxforge = Z_UP_TO_Y_UP @ p_trellis: x' = x, y' = z, z' = -y (the export's row-vector matrix, transposed)
+Z_UP_TO_Y_UP = torch.from_numpy(GLTF_Z_UP_TO_Y_UP.T.astype(np.float32))
 
 
 def _quat_of_matrix(m: Tensor) -> Tensor:  # [3, 3] proper rotation -> (w, x, y, z)
