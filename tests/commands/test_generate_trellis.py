@@ -40,8 +40,10 @@ def _generate(model, image, out, *extra):
     return main(argv + ["--steps", "1", "--slat-steps", "1", "--seed", "5", *extra])
 
 
-def test_generate_from_download_and_from_import_give_the_same_asset(trellis_dir, image, tmp_path, capsys):
-    assert _generate(trellis_dir, image, tmp_path / "a", "--formats", "ply") == 0
+def test_import_then_generate_with_the_folder_defaults(trellis_dir, image, tmp_path):
+    model = tmp_path / "imported"
+    assert main(["import", "trellis", str(trellis_dir), "--out", str(model)]) == 0
+    assert _generate(model, image, tmp_path / "a", "--formats", "ply") == 0
     record = json.loads((tmp_path / "a" / "generation.json").read_text())
     assert record["status"] == "done" and record["structure_sampler"]["steps"] == 1
     assert record["structure_sampler"]["cfg_strength"] == 7.5  # pipeline.json's, not overridden
@@ -50,6 +52,10 @@ def test_generate_from_download_and_from_import_give_the_same_asset(trellis_dir,
     gaussians = load_ply(tmp_path / "a" / "asset.ply")
     assert len(gaussians) > 0 and np.abs(gaussians.means.numpy()).max() < 0.6
 
+
+@pytest.mark.slow
+def test_download_and_import_give_the_same_asset(trellis_dir, image, tmp_path):
+    assert _generate(trellis_dir, image, tmp_path / "a", "--formats", "ply") == 0
     model = tmp_path / "imported"
     assert main(["import", "trellis", str(trellis_dir), "--out", str(model)]) == 0
     assert _generate(model, image, tmp_path / "b", "--formats", "ply", "--cfg", "8.5") == 0
