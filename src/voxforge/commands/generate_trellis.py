@@ -37,27 +37,6 @@ def _overrides(steps: int | None, cfg: float | None) -> dict[str, Any]:
     return {"steps": steps, "cfg_strength": None if cfg is None else cfg - 1.0}
 
 
-def resolve_precision(name: str, device: Any) -> Any:
-    """fp32 | bf16 | auto (bf16 where the device runs it natively: CUDA with bf16, AVX512-BF16/AMX CPUs)."""
-    import torch
-
-    if name == "fp32":
-        return torch.float32
-    if name == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    capability = torch.backends.cpu.get_cpu_capability()
-    native = capability in ("AVX512_BF16", "AMX") or "AMX" in capability
-    if not native and capability.startswith("AVX512"):
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            flags = ""
-        native = "avx512_bf16" in flags or "amx_bf16" in flags
-    return torch.bfloat16 if native else torch.float32
-
-
 def _write_glb(result: Any, path: Path, args: argparse.Namespace) -> tuple[str, Path]:
     """The best `.glb` this model and install can make; returns (kind, path).
 
@@ -105,6 +84,7 @@ def run_trellis(args: argparse.Namespace) -> int:
     from voxforge.pipelines.trellis import TrellisImageTo3D
     from voxforge.representations.voxels import save_voxels
     from voxforge.train.distributed import resolve_device
+    from voxforge.train.precision import DTYPES, resolve_precision
     from voxforge.trellis.dinov2 import load_image
 
     if len(args.image) != 1:
@@ -125,7 +105,8 @@ def run_trellis(args: argparse.Namespace) -> int:
     slat = _overrides(args.slat_steps, args.slat_cfg)
     start = time.perf_counter()
     device = resolve_device(args.device)
-    dtype = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device)  # auto: the engine's bf16 matmul probe
+    dtype = DTYPES[precision.resolved]
     pipeline = TrellisImageTo3D.from_folder(args.model, dinov2=args.dinov2, device=device, dtype=dtype)
     load_seconds = time.perf_counter() - start
     prepared = load_image(args.image[0])
@@ -138,7 +119,7 @@ def run_trellis(args: argparse.Namespace) -> int:
         "model": str(Path(args.model).resolve()),
         "image": str(Path(args.image[0]).resolve()),
         "seed": args.seed,
-        "precision": str(dtype).removeprefix("torch."),
+        "precision": precision.describe().removeprefix("train.precision="),
         "structure_sampler": {
             **config.structure_sampler.as_params(),
             **{k: v for k, v in structure.items() if v is not None},
