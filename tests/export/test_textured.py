@@ -357,3 +357,21 @@ def test_timing_20k_faces_1024_texture_with_gaussians():
     elapsed = time.perf_counter() - start
     print(f"textured_glb: {elapsed:.1f} s for {mesh.num_faces} faces")
     assert mesh.num_faces == 20000 and mesh.parts[0].texture.shape == (1024, 1024, 4)
+
+
+def test_blender_opens_the_textured_glb_upright(tmp_path):
+    """Blender's glTF importer (Z-up) puts the top of a Z-up input on top, with the texture."""
+    bpy = pytest.importorskip("bpy")
+    vertices, faces = _sphere(2, stretch=(0.5, 0.5, 1.2))
+    colours = np.where(vertices[:, 2:3] > 0.2, RED, BLUE)
+    path = tmp_path / "upright.glb"
+    textured_glb(vertices, faces, colours, up="z", simplify_ratio=0.0, texture_size=64).save_glb(path)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.import_scene.gltf(filepath=str(path))
+    (obj,) = [o for o in bpy.context.scene.objects if o.type == "MESH"]
+    world = np.array([obj.matrix_world @ v.co for v in obj.data.vertices])
+    assert np.ptp(world, axis=0).argmax() == 2  # Blender's up axis is Z: the long axis stands up
+    np.testing.assert_allclose(world[:, 2].max(), vertices[:, 2].max(), atol=1e-5)
+    nodes = obj.active_material.node_tree.nodes
+    images = [n.image for n in nodes if n.type == "TEX_IMAGE" and n.image is not None]
+    assert images and tuple(images[0].size) == (64, 64)
