@@ -1,0 +1,388 @@
+"""Text → image inference of the image family (Sana's row): prompts → latents → pixels.
+
+`ImagePipeline` holds a denoiser (diffusers' `SanaTransformer2DModel`), an autoencoder
+(`AutoencoderDC`) and a text encoder with `encode(prompts) -> (embeds [B, L, C], mask [B, L])`.
+`generate` runs: text → (embeds, mask) for the prompts and the negative (unconditional)
+texts in one call → noise from `flow.make_noise` (a CPU generator per image, seeded
+`seed + i`, so a seed gives the same image on every device and whatever else is in the batch)
+→ the flow ODE over the latents (`flow.sample`: Euler or Heun; `flow.dpm.sample_dpm`:
+DPM-Solver++ 2M) with classifier-free guidance batched (cond and uncond in one forward of
+batch 2B) → `latents / latent_scale + latent_shift` → the autoencoder's decoder → uint8.
+
+Conventions, mapped onto diffusers' `SanaPipeline` exactly (the parity test in
+tests/pipelines/test_image_pipeline.py checks it):
+
+- time: voxforge's flow time t (t = 1 noise, t = 0 data; `flow.path`) is diffusers' sigma;
+  the transformer receives `timestep = 1000 t * transformer.config.timestep_scale`, which
+  is what SanaPipeline passes (the scheduler's `sigma * num_train_timesteps`, times the
+  scale).
+- velocity: Sana's transformer predicts v = eps - x0 (`prediction_type="flow_prediction"`),
+  the voxforge path's velocity with sigma_min = 0; an Euler step x += (t_next - t) v is
+  FlowMatchEulerDiscreteScheduler's. DPM-Solver++ uses x0 = x_t - t v (sigma_min = 0 here,
+  as Sana trains).
+- guidance: v = v_uncond + cfg (v_cond - v_uncond); cfg = 1 skips the unconditional call.
+  Unlike SanaPipeline (which turns guidance off for cfg <= 1), cfg = 0 here is the purely
+  unconditional sample, which the evaluation uses.
+- time grid: `flow.time_grid(steps, flow_shift)`, linspace(1, 0, steps + 1) through the
+  shift s t / (1 + (s - 1) t) — SanaPipeline's FlowMatchEuler grid when it is given
+  `sigmas=linspace(1, 0, steps + 1)[:-1]` with `shift=flow_shift`. SanaPipeline's default
+  DPM grid differs slightly (it starts at shift(0.999) and rounds the network's timesteps to
+  integers); docs/image.md ("Sampling") says how to compare.
+- pixels: the decoder's [-1, 1] → clamp((x + 1) / 2, 0, 1) → round(255 x), as diffusers'
+  image processor does.
+
+Loading: `from_run(run_dir)` rebuilds the three models of an image_flow run through
+`voxforge.runs.load_image_models`; `from_diffusers(folder)` reads a local diffusers Sana
+folder (`SanaPipeline.save_pretrained` layout) without the network; `from_model(path)`
+tells the two apart. The Gemma-2 text encoder of a diffusers folder is wrapped by
+`PretrainedTextEncoder`, which encodes as SanaPipeline does without its optional extras
+(no caption cleaning, no "complex human instruction" prefix).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from voxforge import runs
+from voxforge.errors import MissingDependencyError, UserError
+from voxforge.flow import make_noise, sample
+from voxforge.flow.dpm import sample_dpm
+
+__all__ = ["SAMPLERS", "ImagePipeline", "PretrainedTextEncoder", "TextEncoderLike"]
+
+SAMPLERS = ("euler", "heun", "dpm")
+#: diffusers' `num_train_timesteps` of Sana's schedulers: the transformer's timestep is 1000 t
+TIMESTEP_RANGE = 1000.0
+
+
+class TextEncoderLike(Protocol):
+    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:  # (embeds [B, L, C], mask [B, L])
+        ...
+
+
+class PretrainedTextEncoder(nn.Module):
+    """A transformers tokenizer + encoder (Gemma-2 for Sana) that encodes as SanaPipeline does:
+    right padding to `max_length` tokens, truncation, the tokenizer's special tokens, the
+    encoder's last hidden state."""
+
+    def __init__(self, tokenizer: Any, model: nn.Module, *, max_length: int = 300):
+        super().__init__()
+        self.tokenizer, self.model, self.max_length = tokenizer, model, max_length
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:  # ([B, L, C], [B, L] bool)
+        self.tokenizer.padding_side = "right"
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        device = next(self.model.parameters()).device
+        mask = tokens.attention_mask.to(device)
+        embeds = self.model(tokens.input_ids.to(device), attention_mask=mask)[0]
+        return embeds, mask.bool()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: cannot read ({err})") from None
+
+
+class ImagePipeline:
+    """Denoiser + autoencoder + text encoder: prompts → images (see the module docstring)."""
+
+    def __init__(
+        self,
+        transformer: nn.Module,  # diffusers SanaTransformer2DModel
+        autoencoder: nn.Module,  # diffusers AutoencoderDC
+        text_encoder: TextEncoderLike,
+        *,
+        latent_scale: float,
+        flow_shift: float,
+        latent_shift: float = 0.0,
+        resolution: int | tuple[int, int] | None = None,  # default (W, H); None: the model's sample size
+        sigma_min: float = 0.0,
+        device: torch.device | str | None = None,
+    ):
+        if latent_scale <= 0:
+            raise UserError(f"latent_scale must be > 0, got {latent_scale}")
+        if flow_shift <= 0:
+            raise UserError(f"flow_shift must be > 0, got {flow_shift}")
+        if getattr(transformer.config, "guidance_embeds", False):
+            raise UserError(
+                "this denoiser embeds the guidance scale (a distilled Sana-Sprint model); voxforge samples "
+                "with classifier-free guidance and does not support it"
+            )
+        self.device = torch.device(device) if device is not None else next(transformer.parameters()).device
+        self.transformer = transformer.eval().to(self.device)
+        self.autoencoder = autoencoder.eval().to(self.device)
+        self.text_encoder = text_encoder
+        if isinstance(text_encoder, nn.Module):
+            text_encoder.eval().to(self.device)
+        self.latent_scale, self.latent_shift = float(latent_scale), float(latent_shift)
+        self.flow_shift, self.sigma_min = float(flow_shift), float(sigma_min)
+        self.latent_channels = int(transformer.config.in_channels)
+        ae_factor = getattr(autoencoder, "spatial_compression_ratio", None)
+        if ae_factor is None:
+            ae_factor = 2 ** (len(autoencoder.config.encoder_block_out_channels) - 1)
+        self.autoencoder_factor = int(ae_factor)
+        #: image sizes must be multiples of this: autoencoder downsampling x denoiser patch
+        self.factor = self.autoencoder_factor * int(transformer.config.patch_size)
+        if resolution is None:
+            side = int(transformer.config.sample_size) * self.autoencoder_factor
+            resolution = (side, side)
+        elif isinstance(resolution, int):
+            resolution = (resolution, resolution)
+        self.resolution = (int(resolution[0]), int(resolution[1]))
+
+    # ---------------------------------------------------------------- loading
+
+    @classmethod
+    def from_run(
+        cls, run_dir: str | Path, *, device: torch.device | str = "cpu", ema: bool = True
+    ) -> ImagePipeline:
+        """An image_flow run folder → its denoiser, autoencoder and text encoder
+        (`voxforge.runs.load_image_models`) and the latent statistics it recorded."""
+        loader = getattr(runs, "load_image_models", None)
+        if loader is None:
+            raise UserError(
+                f"{run_dir}: loading image_flow runs needs voxforge.runs.load_image_models, which this "
+                "install does not have; pass a diffusers Sana folder instead"
+            )
+        transformer, autoencoder, text_encoder, info = loader(run_dir, device=device, ema=ema)
+        missing = [key for key in ("latent_scale", "flow_shift") if key not in info]
+        if missing:
+            raise UserError(f"{run_dir}: the run's image record lacks {', '.join(missing)}")
+        return cls(
+            transformer,
+            autoencoder,
+            text_encoder,
+            latent_scale=info["latent_scale"],
+            latent_shift=info.get("latent_shift", 0.0),
+            flow_shift=info["flow_shift"],
+            resolution=info.get("resolution"),
+            sigma_min=info.get("sigma_min", 0.0),
+            device=device,
+        )
+
+    @classmethod
+    def from_diffusers(
+        cls,
+        folder: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_sequence_length: int = 300,
+        flow_shift: float | None = None,  # None: the scheduler's
+    ) -> ImagePipeline:
+        """A local diffusers Sana folder (transformer/, vae/, text_encoder/, tokenizer/,
+        scheduler/), loaded with `local_files_only=True`: never the network."""
+        folder = Path(folder)
+        missing = [
+            name
+            for name in ("transformer", "vae", "text_encoder", "tokenizer")
+            if not (folder / name).is_dir()
+        ]
+        if missing:
+            raise UserError(
+                f"{folder}: not a diffusers Sana folder (missing {', '.join(f'{m}/' for m in missing)}); "
+                "expected the layout SanaPipeline.save_pretrained writes"
+            )
+        try:
+            from diffusers import AutoencoderDC, SanaTransformer2DModel  # optional dependency
+            from transformers import AutoModel, AutoTokenizer  # optional dependency
+        except ImportError as err:
+            raise MissingDependencyError(
+                f"loading a diffusers Sana folder needs diffusers and transformers ({err}); "
+                "pip install 'voxforge[image]'"
+            ) from None
+        if flow_shift is None:
+            scheduler = folder / "scheduler" / "scheduler_config.json"
+            config = _read_json(scheduler) if scheduler.is_file() else {}
+            flow_shift = float(config.get("flow_shift", config.get("shift", 1.0)))
+        local = dict(local_files_only=True)
+        try:
+            transformer = SanaTransformer2DModel.from_pretrained(
+                folder / "transformer", torch_dtype=dtype, **local
+            )
+            autoencoder = AutoencoderDC.from_pretrained(folder / "vae", torch_dtype=dtype, **local)
+            tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", **local)
+            text_model = AutoModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype, **local)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{folder}: cannot load the Sana components ({err})") from None
+        return cls(
+            transformer,
+            autoencoder,
+            PretrainedTextEncoder(tokenizer, text_model, max_length=max_sequence_length),
+            latent_scale=float(autoencoder.config.scaling_factor),
+            flow_shift=flow_shift,
+            device=device,
+        )
+
+    @classmethod
+    def from_model(
+        cls, path: str | Path, *, device: torch.device | str = "cpu", ema: bool = True
+    ) -> ImagePipeline:
+        """An image_flow run folder (config.yaml) or a diffusers Sana folder (model_index.json)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise UserError(f"{path}: model folder not found (an image_flow run or a diffusers Sana folder)")
+        if (path / runs.CONFIG_FILE).is_file():
+            return cls.from_run(path, device=device, ema=ema)
+        if (path / "model_index.json").is_file() or (path / "transformer").is_dir():
+            return cls.from_diffusers(path, device=device)
+        raise UserError(
+            f"{path}: neither an image_flow run ({runs.CONFIG_FILE}) nor a diffusers Sana folder (model_index.json)"
+        )
+
+    # ---------------------------------------------------------------- sampling
+
+    def check_size(self, size: Sequence[int] | None) -> tuple[int, int]:
+        """(W, H), checked against the model's factor."""
+        width, height = self.resolution if size is None else (int(size[0]), int(size[1]))
+        if width <= 0 or height <= 0 or width % self.factor or height % self.factor:
+            raise UserError(
+                f"image size {width}x{height}: width and height must be positive multiples of {self.factor} "
+                f"(the autoencoder's {self.autoencoder_factor}x downsampling times the denoiser's patch size)"
+            )
+        return width, height
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:  # ([B, L, C], [B, L] bool)
+        embeds, mask = self.text_encoder.encode(list(prompts))
+        return embeds.to(self.device), mask.to(self.device).bool()
+
+    def make_latent_noise(self, batch: int, size: tuple[int, int], seed: int) -> Tensor:  # [B, C, h, w]
+        """Image i's noise from seed + i, drawn on the CPU (the same on every device)."""
+        width, height = size
+        shape = (1, self.latent_channels, height // self.autoencoder_factor, width // self.autoencoder_factor)
+        return torch.cat([make_noise(shape, seed=seed + i) for i in range(batch)]).to(self.device)
+
+    def velocity(self, x: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:  # [N, C, h, w] fp32
+        """The denoiser at flow time t (`[N]`, 1 = noise) in voxforge's convention."""
+        dtype = self.transformer.dtype
+        timestep = t * (TIMESTEP_RANGE * float(getattr(self.transformer.config, "timestep_scale", 1.0)))
+        out = self.transformer(
+            x.to(dtype),
+            encoder_hidden_states=cond["embeds"].to(dtype),
+            encoder_attention_mask=cond["mask"],
+            timestep=timestep,
+            return_dict=False,
+        )[0].float()
+        if out.shape[1] == 2 * self.latent_channels:  # a learned-variance head: keep the mean
+            out = out[:, : self.latent_channels]
+        return out
+
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        prompts: list[str],
+        negative: str | list[str] | None = None,
+        *,
+        steps: int = 20,
+        cfg: float = 4.5,
+        seed: int = 0,
+        size: Sequence[int] | None = None,
+        sampler: str = "euler",
+        latents: Tensor | None = None,  # [B, C, h, w] the noise at t = 1; None: from `seed`
+    ) -> Tensor:  # [B, C, h, w] fp32 scaled latents at t = 0
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise UserError("no prompt given")
+        if sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler '{sampler}' ({', '.join(SAMPLERS)})")
+        if steps < 1:
+            raise UserError(f"steps must be >= 1, got {steps}")
+        if cfg < 0:
+            raise UserError(f"cfg must be >= 0, got {cfg}")
+        size = self.check_size(size)
+        batch = len(prompts)
+        if negative is None:
+            negative = ""
+        negatives = [negative] * batch if isinstance(negative, str) else list(negative)
+        if len(negatives) != batch:
+            raise UserError(f"{len(negatives)} negative prompts for {batch} prompts")
+        guided = cfg != 1.0
+        embeds, mask = self.encode_prompts(prompts + negatives if guided else prompts)
+        cond = {"embeds": embeds[:batch], "mask": mask[:batch]}
+        uncond = {"embeds": embeds[batch:], "mask": mask[batch:]} if guided else None
+        if latents is None:
+            noise = self.make_latent_noise(batch, size, seed)
+        else:
+            width, height = size
+            expected = (
+                batch,
+                self.latent_channels,
+                height // self.autoencoder_factor,
+                width // self.autoencoder_factor,
+            )
+            if tuple(latents.shape) != expected:
+                raise UserError(f"latents of shape {tuple(latents.shape)}, expected {expected}")
+            noise = latents.to(self.device, torch.float32)
+        solve = sample_dpm if sampler == "dpm" else sample
+        kwargs = {} if sampler == "dpm" else {"method": sampler}
+        return solve(
+            self.velocity,
+            noise,
+            cond,
+            uncond,
+            steps=steps,
+            cfg_scale=cfg,
+            time_shift=self.flow_shift,
+            sigma_min=self.sigma_min,
+            batch_guidance=True,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:  # [B, C, h, w] scaled -> [B, 3, H, W] float in [0, 1]
+        z = latents / self.latent_scale + self.latent_shift
+        image = self.autoencoder.decode(z.to(self.autoencoder.dtype), return_dict=False)[0].float()
+        return (image * 0.5 + 0.5).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: str | list[str],
+        negative: str | list[str] | None = None,
+        steps: int = 20,
+        cfg: float = 4.5,
+        seed: int = 0,
+        size: Sequence[int] | None = None,  # (W, H); None: the model's resolution
+        sampler: str = "euler",
+        *,
+        latents: Tensor | None = None,
+        output: Literal["uint8", "float", "latent"] = "uint8",
+    ) -> (
+        np.ndarray | Tensor
+    ):  # uint8 [B, H, W, 3]; "float": float32 [B, H, W, 3] in [0, 1]; "latent": [B, C, h, w]
+        """Images for `prompts`; `negative` is the unconditional text (default empty)."""
+        if output not in ("uint8", "float", "latent"):
+            raise ValueError(f"unknown output '{output}' (uint8, float, latent)")
+        x = self.sample_latents(
+            [prompts] if isinstance(prompts, str) else list(prompts),
+            negative,
+            steps=steps,
+            cfg=cfg,
+            seed=seed,
+            size=size,
+            sampler=sampler,
+            latents=latents,
+        )
+        if output == "latent":
+            return x
+        images = self.decode(x).permute(0, 2, 3, 1).cpu().numpy()
+        if output == "float":
+            return images
+        return (images * 255.0).round().astype(np.uint8)
