@@ -29,18 +29,38 @@ from torch import nn
 from voxforge.config.core import from_dict, load_yaml
 from voxforge.errors import UserError
 from voxforge.models.conditioning import ImageConditionedFlow, frozen_image_encoder
+from voxforge.models.image import (
+    ImageFlowConfig,
+    LoRAConfig,
+    LoRATransformer,
+    TextEncoder,
+    TextEncoderConfig,
+    apply_lora,
+    build_text_encoder,
+    build_transformer,
+    load_autoencoder,
+    load_transformer_weights,
+)
 from voxforge.models.image_encoders import ImageEncoder, ImageEncoderConfig
 from voxforge.models.slat_vae import SLatVAE, SLatVAEConfig
 from voxforge.models.ss_vae import SSVAE, SSVAEConfig
-from voxforge.train.checkpoint import CheckpointInfo, latest_checkpoint, load_model_weights
+from voxforge.train.checkpoint import (
+    CheckpointInfo,
+    latest_checkpoint,
+    load_model_weights,
+    load_state_dict_file,
+)
 
 __all__ = [
     "CONFIG_FILE",
+    "IMAGE_INFO",
     "OCCUPANCY_INFO",
     "SLAT_INFO",
     "STRUCTURE_INFO",
     "Run",
     "load_image_flow",
+    "load_image_models",
+    "load_image_transformer",
     "load_slat_vae",
     "load_ss_vae",
     "write_info",
@@ -53,6 +73,8 @@ OCCUPANCY_INFO = "occupancy.json"
 STRUCTURE_INFO = "structure.json"
 #: written by the slat_flow stage: the SLat-VAE run, latents and prepared folders, extractor
 SLAT_INFO = "slat.json"
+#: written by the image_flow stage: autoencoder folder, latent scale, flow shift, text encoder, base
+IMAGE_INFO = "image.json"
 
 Section = TypeVar("Section")
 
@@ -161,3 +183,58 @@ def load_slat_vae(
     vae = SLatVAE(cfg, in_channels)
     ckpt = run.load_weights(vae, ema=ema)
     return vae.to(device).eval(), ckpt
+
+
+def _run_weights(run: Run, ema: bool) -> tuple[dict[str, torch.Tensor], Path]:
+    """The newest checkpoint's state dict (its slowest EMA when `ema` and the run has one)."""
+    ckpt = run.latest_checkpoint()
+    ema_keys = [k for k in ckpt.weights if k.startswith("ema_")]
+    key = max(ema_keys, key=lambda k: float(k[4:])) if (ema and ema_keys) else "model"
+    return load_state_dict_file(ckpt.weights[key]), Path(ckpt.weights[key])
+
+
+def load_image_transformer(run: str | Path | Run, *, ema: bool = True) -> nn.Module:
+    """The denoiser of an image_flow run with its newest weights, eval mode: a
+    `SanaTransformer2DModel` (full runs) or a `models.image.LoRATransformer` whose base is
+    rebuilt from the run's `model.init_from` / `model.pretrained` (LoRA runs)."""
+    run = Run.open(run, "image_flow", "the image model")
+    cfg = run.section("model", ImageFlowConfig)
+    info = run.read_info(IMAGE_INFO)
+    if cfg.init_from:
+        base = load_image_transformer(cfg.init_from, ema=ema)
+        if isinstance(base, LoRATransformer):
+            raise UserError(
+                f"{cfg.init_from}: a LoRA run cannot be the base of another run; use its base run"
+            )
+        base.register_to_config(sample_size=info["sample_size"])
+    else:
+        base = build_transformer(
+            cfg, caption_channels=info["caption_channels"], sample_size=info["sample_size"]
+        )
+    state, path = _run_weights(run, ema)
+    if cfg.finetune == "lora":
+        model = apply_lora(base, run.section("lora", LoRAConfig))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise UserError(
+                f"{path}: adapter weights do not fit (missing: {list(missing)[:5]}, unexpected: {list(unexpected)[:5]})"
+            )
+    else:
+        load_transformer_weights(base, state, str(path))
+        model = base
+    return model.eval()
+
+
+def load_image_models(
+    run: str | Path | Run, device: torch.device | str = "cpu", *, ema: bool = True
+) -> tuple[nn.Module, nn.Module, TextEncoder, dict[str, Any]]:
+    """(denoiser, autoencoder, text encoder, the run's `IMAGE_INFO` record) of an image_flow
+    run, in eval mode on `device`; the record holds `latent_scale`, `flow_shift`,
+    `resolution` and what else sampling needs."""
+    run = Run.open(run, "image_flow", "the image model")
+    info = run.read_info(IMAGE_INFO)
+    transformer = load_image_transformer(run, ema=ema)
+    autoencoder = load_autoencoder(info["autoencoder"])
+    text_cfg = from_dict(TextEncoderConfig, info["text_encoder"], source=str(run.path / IMAGE_INFO))
+    text_encoder = build_text_encoder(text_cfg, folder=info.get("text_encoder_folder") or None)
+    return transformer.to(device), autoencoder.to(device), text_encoder.to(device), info

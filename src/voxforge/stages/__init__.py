@@ -38,6 +38,8 @@ _BUILTIN = {
     "ss_flow": "voxforge.stages.ss_flow:SSFlowStage",
     "slat_vae": "voxforge.stages.slat_vae:SLatVAEStage",
     "slat_flow": "voxforge.stages.slat_flow:SLatFlowStage",
+    "image_ae": "voxforge.stages.image_ae:ImageAEStage",
+    "image_flow": "voxforge.stages.image_flow:ImageFlowStage",
 }
 _REGISTERED: dict[str, type] = {}
 
