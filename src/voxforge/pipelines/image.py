@@ -13,9 +13,10 @@ Conventions, mapped onto diffusers' `SanaPipeline` exactly (the parity test in
 tests/pipelines/test_image_pipeline.py checks it):
 
 - time: voxforge's flow time t (t = 1 noise, t = 0 data; `flow.path`) is diffusers' sigma;
-  the transformer receives `timestep = 1000 t * transformer.config.timestep_scale`, which
-  is what SanaPipeline passes (the scheduler's `sigma * num_train_timesteps`, times the
-  scale).
+  the transformer receives `timestep = timestep_scale * t`. For a diffusers folder
+  timestep_scale = 1000 * transformer.config.timestep_scale, what SanaPipeline passes (the
+  scheduler's `sigma * num_train_timesteps`, times the config's scale); an image_flow run
+  records the scale it trained with (`timestep_scale` in its image.json, 1000).
 - velocity: Sana's transformer predicts v = eps - x0 (`prediction_type="flow_prediction"`),
   the voxforge path's velocity with sigma_min = 0; an Euler step x += (t_next - t) v is
   FlowMatchEulerDiscreteScheduler's. DPM-Solver++ uses x0 = x_t - t v (sigma_min = 0 here,
@@ -35,8 +36,8 @@ Loading: `from_run(run_dir)` rebuilds the three models of an image_flow run thro
 `voxforge.runs.load_image_models`; `from_diffusers(folder)` reads a local diffusers Sana
 folder (`SanaPipeline.save_pretrained` layout) without the network; `from_model(path)`
 tells the two apart. The Gemma-2 text encoder of a diffusers folder is wrapped by
-`PretrainedTextEncoder`, which encodes as SanaPipeline does without its optional extras
-(no caption cleaning, no "complex human instruction" prefix).
+`SanaTextEncoder`, which encodes exactly as SanaPipeline does without its optional extras
+(no caption cleaning, no "complex human instruction" prefix; prompts are not lower-cased).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from voxforge.errors import MissingDependencyError, UserError
 from voxforge.flow import make_noise, sample
 from voxforge.flow.dpm import sample_dpm
 
-__all__ = ["SAMPLERS", "ImagePipeline", "PretrainedTextEncoder", "TextEncoderLike"]
+__all__ = ["SAMPLERS", "ImagePipeline", "SanaTextEncoder", "TextEncoderLike"]
 
 SAMPLERS = ("euler", "heun", "dpm")
 #: diffusers' `num_train_timesteps` of Sana's schedulers: the transformer's timestep is 1000 t
@@ -67,7 +68,7 @@ class TextEncoderLike(Protocol):
         ...
 
 
-class PretrainedTextEncoder(nn.Module):
+class SanaTextEncoder(nn.Module):
     """A transformers tokenizer + encoder (Gemma-2 for Sana) that encodes as SanaPipeline does:
     right padding to `max_length` tokens, truncation, the tokenizer's special tokens, the
     encoder's last hidden state."""
@@ -93,6 +94,11 @@ class PretrainedTextEncoder(nn.Module):
         return embeds, mask.bool()
 
 
+def _dtype(module: nn.Module) -> torch.dtype:
+    dtype = getattr(module, "dtype", None)  # diffusers models; a LoRA wrapper has none
+    return dtype if isinstance(dtype, torch.dtype) else next(module.parameters()).dtype
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -114,6 +120,7 @@ class ImagePipeline:
         latent_shift: float = 0.0,
         resolution: int | tuple[int, int] | None = None,  # default (W, H); None: the model's sample size
         sigma_min: float = 0.0,
+        timestep_scale: float | None = None,  # transformer timestep = timestep_scale * t; None: Sana's
         device: torch.device | str | None = None,
     ):
         if latent_scale <= 0:
@@ -133,6 +140,9 @@ class ImagePipeline:
             text_encoder.eval().to(self.device)
         self.latent_scale, self.latent_shift = float(latent_scale), float(latent_shift)
         self.flow_shift, self.sigma_min = float(flow_shift), float(sigma_min)
+        if timestep_scale is None:
+            timestep_scale = TIMESTEP_RANGE * float(getattr(transformer.config, "timestep_scale", 1.0))
+        self.timestep_scale = float(timestep_scale)
         self.latent_channels = int(transformer.config.in_channels)
         ae_factor = getattr(autoencoder, "spatial_compression_ratio", None)
         if ae_factor is None:
@@ -174,6 +184,7 @@ class ImagePipeline:
             flow_shift=info["flow_shift"],
             resolution=info.get("resolution"),
             sigma_min=info.get("sigma_min", 0.0),
+            timestep_scale=info.get("timestep_scale"),
             device=device,
         )
 
@@ -225,7 +236,7 @@ class ImagePipeline:
         return cls(
             transformer,
             autoencoder,
-            PretrainedTextEncoder(tokenizer, text_model, max_length=max_sequence_length),
+            SanaTextEncoder(tokenizer, text_model, max_length=max_sequence_length),
             latent_scale=float(autoencoder.config.scaling_factor),
             flow_shift=flow_shift,
             device=device,
@@ -271,8 +282,8 @@ class ImagePipeline:
 
     def velocity(self, x: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:  # [N, C, h, w] fp32
         """The denoiser at flow time t (`[N]`, 1 = noise) in voxforge's convention."""
-        dtype = self.transformer.dtype
-        timestep = t * (TIMESTEP_RANGE * float(getattr(self.transformer.config, "timestep_scale", 1.0)))
+        dtype = _dtype(self.transformer)
+        timestep = t * self.timestep_scale
         out = self.transformer(
             x.to(dtype),
             encoder_hidden_states=cond["embeds"].to(dtype),
@@ -294,7 +305,7 @@ class ImagePipeline:
         cfg: float = 4.5,
         seed: int = 0,
         size: Sequence[int] | None = None,
-        sampler: str = "euler",
+        sampler: str = "dpm",
         latents: Tensor | None = None,  # [B, C, h, w] the noise at t = 1; None: from `seed`
     ) -> Tensor:  # [B, C, h, w] fp32 scaled latents at t = 0
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -348,7 +359,7 @@ class ImagePipeline:
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:  # [B, C, h, w] scaled -> [B, 3, H, W] float in [0, 1]
         z = latents / self.latent_scale + self.latent_shift
-        image = self.autoencoder.decode(z.to(self.autoencoder.dtype), return_dict=False)[0].float()
+        image = self.autoencoder.decode(z.to(_dtype(self.autoencoder)), return_dict=False)[0].float()
         return (image * 0.5 + 0.5).clamp(0.0, 1.0)
 
     @torch.no_grad()
@@ -360,7 +371,7 @@ class ImagePipeline:
         cfg: float = 4.5,
         seed: int = 0,
         size: Sequence[int] | None = None,  # (W, H); None: the model's resolution
-        sampler: str = "euler",
+        sampler: str = "dpm",
         *,
         latents: Tensor | None = None,
         output: Literal["uint8", "float", "latent"] = "uint8",
