@@ -1,4 +1,4 @@
-"""`voxforge data synth | prepare | status`: build, prepare and inspect datasets."""
+"""`voxforge data synth | prepare | status | images | synth-images`: build, prepare and inspect datasets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="make, prepare and inspect datasets (synth, prepare, status)")
+    data = sub.add_parser(
+        "data", help="make, prepare and inspect datasets (synth, prepare, status, images, synth-images)"
+    )
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda args: data.print_help() or 0)
 
@@ -85,6 +87,67 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     status.set_defaults(func=run_status)
 
+    images = commands.add_parser(
+        "images",
+        help="validate captioned images into aspect buckets for the image family (resumable)",
+        description="Validate every image of SRC (folders, .zip, .tar, .tar.gz), read its caption (a .txt beside "
+        "it, or metadata.jsonl / metadata.csv with file_name and text) and its optional mask (<name>_mask.png or "
+        "a mask column), and store it resized and centre-cropped to its aspect bucket in OUT/images/. Failures "
+        "and warnings go to OUT/manifest.jsonl; re-running skips finished images. See docs/image.md.",
+    )
+    images.add_argument("paths", nargs="+", metavar="SRC", help="source folders or archives, then OUT")
+    images.add_argument("out", metavar="OUT", help="output folder")
+    images.add_argument(
+        "--resolution", type=int, default=512, help="target side; buckets hold about its square"
+    )
+    images.add_argument(
+        "--multiple", type=int, default=32, help="bucket sides are multiples of this (default 32)"
+    )
+    images.add_argument(
+        "--max-aspect", type=float, default=2.0, help="widest bucket aspect ratio (default 2)"
+    )
+    images.add_argument("--buckets", default="aspect", choices=("aspect", "square"), help="bucket table")
+    images.add_argument(
+        "--weights", default=None, help="mixing weight per source, comma-separated (e.g. 1,0.3)"
+    )
+    images.add_argument(
+        "--min-size", type=int, default=0, help="fail images whose shorter side is under this"
+    )
+    images.add_argument(
+        "--small",
+        default="warn",
+        choices=("warn", "fail"),
+        help="an image smaller than its bucket: upscale with a warning (default) or fail",
+    )
+    images.add_argument("--background", default="255,255,255", help="RGB behind transparent pixels")
+    images.add_argument(
+        "--max-pixels", type=int, default=None, help="declared pixel limit (decompression bombs)"
+    )
+    images.add_argument("--workers", type=int, default=-1, help="worker processes (-1: auto, 0: none)")
+    images.add_argument("--retry-failed", action="store_true", help="process failed images again")
+    images.add_argument("--no-progress", action="store_true", help="no progress bar")
+    images.add_argument("--json", action="store_true", help="print the summary as JSON")
+    images.set_defaults(func=run_images)
+
+    synth_images = commands.add_parser(
+        "synth-images",
+        help="write the built-in captioned shapes dataset (PNG + metadata.jsonl)",
+        description='Write images of shapes with exact captions ("two small red circles on the left, blue '
+        'background") and their attributes in OUT/metadata.jsonl, deterministic by seed; `voxforge data images` '
+        "reads the folder as it is.",
+    )
+    synth_images.add_argument("out", help="output folder")
+    synth_images.add_argument("--num", type=int, default=256, help="number of images (default 256)")
+    synth_images.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    synth_images.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth_images.add_argument(
+        "--exclude-color", "--exclude-colour", default="", help="shape colours to hold back, comma-separated"
+    )
+    synth_images.add_argument(
+        "--only-color", "--only-colour", default="", help="draw shapes only in these colours, comma-separated"
+    )
+    synth_images.set_defaults(func=run_synth_images)
+
 
 def run_synth(args: argparse.Namespace) -> int:
     from voxforge.config.core import from_dict
@@ -96,6 +159,88 @@ def run_synth(args: argparse.Namespace) -> int:
     for item in labels["items"].values():
         counts[item["class"]] = counts.get(item["class"], 0) + 1
     print(f"wrote {config.num} objects to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
+    return 0
+
+
+def _numbers(text: str | None, key: str, kind: type) -> list[Any]:
+    from voxforge.errors import UserError
+
+    if not text:
+        return []
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{key}: expected comma-separated numbers, got {text!r}") from None
+
+
+def run_images(args: argparse.Namespace) -> int:
+    from voxforge.config.core import from_dict
+    from voxforge.data.images import ImagePrepareConfig, prepare_images
+
+    values: dict[str, Any] = {
+        "resolution": args.resolution,
+        "multiple": args.multiple,
+        "max_aspect": args.max_aspect,
+        "buckets": args.buckets,
+        "weights": _numbers(args.weights, "--weights", float),
+        "min_size": args.min_size,
+        "small": args.small,
+        "background": _numbers(args.background, "--background", int),
+        "workers": args.workers,
+        "retry_failed": args.retry_failed,
+        "progress": not args.no_progress,
+    }
+    if args.max_pixels is not None:
+        values["limits"] = {"max_texture_pixels": args.max_pixels}
+    config = from_dict(ImagePrepareConfig, values, source="command line")
+    summary = prepare_images(args.paths, args.out, config)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    run = summary["this_run"]
+    print(
+        f"{args.out}: {summary['count']} images ready, {summary['failed']} failed "
+        f"({run['processed']} processed now, {run['skipped']} unchanged)"
+    )
+    for source in summary["sources"]:
+        print(
+            f"  {source['path']}: {source['done']} done, {source['failed']} failed, weight {source['weight']:g}"
+        )
+    if summary["bucket_counts"]:
+        print("  buckets: " + ", ".join(f"{k}: {v}" for k, v in summary["bucket_counts"].items()))
+    for title, groups in (("failures", summary["failures"]), ("warnings", summary["warnings"])):
+        if groups:
+            print(
+                f"  {title}: "
+                + ", ".join(f"{k}: {v}" for k, v in sorted(groups.items(), key=lambda kv: -kv[1]))
+            )
+    for note in summary["notes"][:10]:
+        print(f"  note: {note}")
+    if summary["failed"] or summary["warnings"]:
+        print(f"  details per file: {args.out}/manifest.jsonl")
+    return 0
+
+
+def run_synth_images(args: argparse.Namespace) -> int:
+    from voxforge.config.core import from_dict
+    from voxforge.data.synth_images import SynthImagesConfig, write_synth_images
+
+    def names(text: str) -> list[str]:
+        return [v.strip() for v in text.split(",") if v.strip()]
+
+    values = {
+        "num": args.num,
+        "size": args.size,
+        "seed": args.seed,
+        "exclude_colours": names(args.exclude_color),
+        "only_colours": names(args.only_color),
+    }
+    config = from_dict(SynthImagesConfig, values, source="command line")
+    rows = write_synth_images(args.out, config)
+    colours = sorted({row["colour"] for row in rows})
+    print(
+        f"wrote {len(rows)} captioned images ({config.size}x{config.size}) to {args.out}; colours: {', '.join(colours)}"
+    )
     return 0
 
 

@@ -171,7 +171,7 @@ def bucket_table(resolution: int, multiple: int = 32, max_aspect: float = 2.0) -
         height = max(multiple, round(area / width / multiple) * multiple)
         aspect = max(width / height, height / width)
         if aspect <= max_aspect + 1e-9 and 0.8 <= width * height / area <= 1.25:
-            found.add((width, height))
+            found |= {(width, height), (height, width)}  # the table is symmetric: portrait = landscape
         width += multiple
     by_aspect: dict[float, tuple[int, int]] = {}
     for w, h in sorted(found, key=lambda b: (b[0] / b[1], abs(b[0] * b[1] - area))):
@@ -234,7 +234,8 @@ def _open(data: bytes, name: str, limits: Limits) -> Any:
                 "image_too_large",
                 f"{name} declares more than {limits.max_texture_pixels} pixels (possible decompression bomb)",
             ) from None
-        raise AssetError("not_an_image", f"{name} is not a readable image ({err})") from None
+        detail = str(err).split("cannot be decoded: ")[-1].split(" <_io.")[0]  # no object addresses
+        raise AssetError("not_an_image", f"{name} is not a readable image ({detail})") from None
 
 
 def _png_bit_depth(data: bytes) -> int | None:
@@ -250,18 +251,21 @@ def decode_rgb(
     from PIL import Image, ImageOps
 
     image = _open(data, name, limits)
+    width, height = image.size
     if getattr(image, "n_frames", 1) > 1:
         log.add("animated", f"{name} has {image.n_frames} frames; the first is used")
     try:
         if image.format == "JPEG" and draft:  # decode big JPEGs at a reduced scale, still >= draft px
             image.draft(image.mode, (draft, draft))
         image.load()
+        orientation = image.getexif().get(0x0112, 1)
+        if orientation in (2, 3, 4, 5, 6, 7, 8):
+            image = ImageOps.exif_transpose(image)
+            log.add("exif_orientation", f"{name}: EXIF orientation {orientation} applied")
+            if orientation >= 5:
+                width, height = height, width
     except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data
         raise AssetError("corrupt_image", f"{name} cannot be decoded (truncated or corrupt): {err}") from None
-    orientation = image.getexif().get(0x0112, 1)
-    if orientation not in (1, None):
-        image = ImageOps.exif_transpose(image)
-        log.add("exif_orientation", f"{name}: EXIF orientation {orientation} applied")
     mode = image.mode
     if _png_bit_depth(data) == 16 or mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         log.add("high_bit_depth", f"{name}: {mode} samples reduced to 8 bits")
@@ -275,7 +279,7 @@ def decode_rgb(
             mode = "L"
     if mode == "CMYK":
         log.add("cmyk", f"{name}: CMYK converted to RGB")
-        return image.convert("RGB")
+        return image.convert("RGB"), (width, height)
     if mode == "P":
         log.add("palette", f"{name}: palette image converted to RGB")
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -288,9 +292,9 @@ def decode_rgb(
             log.add("alpha", f"{name}: transparent pixels composited over RGB {tuple(background)}")
             flat = Image.new("RGBA", rgba.size, (*background, 255))
             flat.alpha_composite(rgba)
-            return flat.convert("RGB")
-        return rgba.convert("RGB")
-    return image.convert("RGB")
+            return flat.convert("RGB"), (width, height)
+        return rgba.convert("RGB"), (width, height)
+    return image.convert("RGB"), (width, height)
 
 
 def _save_png(image: Any, path: Path) -> None:
@@ -313,12 +317,9 @@ def process_image(task: dict[str, Any]) -> dict[str, Any]:
     log = _Log()
     table = [tuple(b) for b in settings["table"]]
     data = _read_bytes(path, name, limits)
-    header = _open(data, name, limits)
-    width, height = header.size
-    if header.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-        width, height = height, width
+    draft = max(max(b) for b in table)
+    image, (width, height) = decode_rgb(data, name, limits, settings["background"], log, draft=draft)
     bucket = nearest_bucket(width, height, table)
-    image = decode_rgb(data, name, limits, settings["background"], log, draft=max(max(b) for b in table))
     if min(width, height) < settings["min_size"]:
         raise AssetError("too_small", f"{name} is {width}x{height}, under --min-size {settings['min_size']}")
     if width < bucket[0] or height < bucket[1]:
