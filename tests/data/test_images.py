@@ -537,3 +537,25 @@ def test_command(tmp_path, capsys):
     assert main(["data", "images", str(src), str(tmp_path / "out"), "--weights", "1,2"]) == 2
     assert "one per source" in capsys.readouterr().err
     assert main(["data", "images", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+
+
+def test_output_inside_the_source_and_stable_warnings_on_resume(tmp_path):
+    src = tmp_path / "src"
+    save(gradient(64, 64, "CMYK"), src / "a.jpg", "JPEG")
+    save(gradient(80, 80), src / "b.png")
+    (src / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "b.png", "text": "b", "mask": "gone.png"}) + "\n"
+    )
+    out = src / "prepared"
+    first = by_name(out) if run([src], out) else None
+    assert set(first) == {"a.jpg", "b.png"}
+    assert first["a.jpg"]["warning_reasons"] == ["missing_caption", "cmyk"]
+    assert first["b.png"]["warning_reasons"] == ["missing_mask"]
+    summary = run([src], out)
+    assert summary["this_run"]["processed"] == 0 and summary["count"] == 2, "its own outputs are not inputs"
+    assert by_name(out) == first
+    (src / "a.txt").write_text("now captioned")
+    run([src], out)
+    assert by_name(out)["a.jpg"]["warning_reasons"] == ["cmyk"]
+    with pytest.raises(Exception, match="must not be"):
+        run([out], src / "prepared")

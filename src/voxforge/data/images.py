@@ -100,7 +100,10 @@ WARNING_REASONS = {
     "animated": "an animation: its first frame is used",
     "upscaled": "smaller than its bucket: upscaled",
     "mask": "a mask that could not be used: the image is used without it",
+    "missing_mask": "the mask the metadata names is not there (or outside the source): no mask",
 }
+#: warnings found while reading the sources (re-made on every run; the others come with the image)
+DISCOVERY_WARNINGS = {"missing_caption", "caption_conflict", "missing_mask"}
 #: failure reason codes (the image is not used)
 FAILURE_REASONS = {
     "empty_file", "too_large", "image_too_large", "not_an_image", "corrupt_image", "too_small",
@@ -589,7 +592,9 @@ def discover(
                 metadata.append(path)
             if path.suffix.lower() not in IMAGE_EXTENSIONS | {".txt"} or filename.startswith("."):
                 continue
-            if not is_within(path, root_real):
+            if not is_within(path, root_real):  # a caption there is not read; an image is a failure
+                if path.suffix.lower() == ".txt":
+                    continue
                 failures.append(
                     _failed(index, display, relative, "path_outside_source",
                             f"{relative} is a symbolic link to {os.path.realpath(path)}, outside {src}")
@@ -642,7 +647,8 @@ def discover(
                 target = (listed_in[relative].parent / mask.strip().replace("\\", "/")).resolve()
                 if not target.is_relative_to(root_real) or not target.is_file():
                     item.log.add(
-                        "mask", f"{relative}: mask {mask!r} not found (or outside the source); no mask"
+                        "missing_mask",
+                        f"{relative}: mask {mask!r} not found (or outside the source); no mask",
                     )
                 else:
                     item.mask, item.mask_name = target, target.relative_to(root_real).as_posix()
@@ -832,17 +838,10 @@ def prepare_images(
             records.append(results[key])
         else:  # unchanged: the previous record with today's caption, labels and source name
             before = dict(kept[key])
-            if before.get("status") == "done":
-                before["warning_reasons"] = [
-                    c
-                    for c in before.get("warning_reasons", [])
-                    if c not in ("missing_caption", "caption_conflict")
-                ]
-                stale = {m for m, c in zip(kept[key].get("warnings", []), kept[key].get("warning_reasons", []))
-                         if c in ("missing_caption", "caption_conflict")}  # fmt: skip
-                before["warnings"] = [m for m in before.get("warnings", []) if m not in stale]
-                before["warnings"] = item.log.messages + before["warnings"]
-                before["warning_reasons"] = item.log.reasons + before["warning_reasons"]
+            pairs = zip(before.get("warnings", []), before.get("warning_reasons", []))
+            found = [(m, c) for m, c in pairs if c not in DISCOVERY_WARNINGS]  # made by processing
+            before["warnings"] = item.log.messages + [m for m, _ in found]
+            before["warning_reasons"] = item.log.reasons + [c for _, c in found]
             before.update(
                 caption=item.caption, extra=item.extra, source=item.source, source_index=item.source_index
             )
