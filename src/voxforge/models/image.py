@@ -181,6 +181,9 @@ class ImageFlowConfig:
         0.0, ge=0.0, help="0: no absolute position embedding (Sana's default); > 0: sin-cos at that scale"
     )
     sample_size: int = option(0, ge=0, help="latent side the model is built for; 0: from data.resolution")
+    gradient_checkpointing: bool = option(
+        False, help="recompute each block's activations in backward (memory for time; large models)"
+    )
 
 
 def _transformer_kwargs(cfg: ImageFlowConfig, caption_channels: int, sample_size: int) -> dict[str, Any]:
@@ -219,8 +222,11 @@ def build_transformer(cfg: ImageFlowConfig, *, caption_channels: int = 64, sampl
                 f"{folder}: the transformer takes text embeddings of width {model.config.caption_channels}, "
                 f"the text encoder gives {caption_channels}; use the text encoder it was trained with"
             )
-        return model
-    return diffusers.SanaTransformer2DModel(**_transformer_kwargs(cfg, caption_channels, sample_size))
+    else:
+        model = diffusers.SanaTransformer2DModel(**_transformer_kwargs(cfg, caption_channels, sample_size))
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
 
 
 def load_transformer_weights(model: nn.Module, state: dict[str, Tensor], source: str) -> None:

@@ -1,0 +1,228 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.stages.image_helpers import flow_overrides, image_artefacts
+from voxforge.errors import UserError
+from voxforge.recipe import load_recipe
+from voxforge.runs import IMAGE_INFO, load_image_models, load_image_transformer
+from voxforge.stages.image_ae import AE_INFO, ImageAEStage
+from voxforge.stages.image_flow import TIMESTEP_SCALE, ImageFlowStage
+from voxforge.train.checkpoint import latest_checkpoint
+from voxforge.train.engine import train
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def artefacts(tmp_path_factory):
+    return image_artefacts(tmp_path_factory.getbasetemp() / "image_family")
+
+
+@pytest.fixture(scope="session")
+def flow_run(artefacts, tmp_path_factory):
+    run = tmp_path_factory.getbasetemp() / "image_family" / "flow"
+    train(load_recipe("image_flow_tiny", flow_overrides(artefacts)), run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def lora_run(artefacts, flow_run):
+    run = flow_run.parent / "lora"
+    overrides = flow_overrides(artefacts, f"model.init_from={flow_run}", "data.autoencoder=", "lora.rank=2")
+    train(load_recipe("image_lora_tiny", overrides + ["lora.alpha=4", "optim.lr=0.05"]), run)
+    return run
+
+
+def test_recipes_load_at_their_documented_scales():
+    ae = load_recipe("image_ae_tiny")
+    assert ae.stage == "image_ae" and len(ae.model.block_out_channels) == 3
+    flow = load_recipe("image_flow_tiny")
+    assert (flow.model.finetune, flow.flow.sigma_min, flow.flow.timestep_sampling) == (
+        "full",
+        0.0,
+        "logit_normal",
+    )
+    lora = load_recipe("image_lora_tiny")
+    assert lora.model.finetune == "lora" and lora.lora.targets == ["to_q", "to_k", "to_v", "to_out.0"]
+    sana = load_recipe("image_flow_sana_1024")
+    assert (sana.model.num_layers, sana.model.heads * sana.model.head_dim) == (28, 1152)
+    assert sana.flow.time_shift == 3.0 and sana.text_encoder.max_length == 300
+    assert (
+        load_recipe("image_flow_sana_512").flow.time_shift
+        < load_recipe("image_flow_sana_2048").flow.time_shift
+    )
+
+
+def test_autoencoder_run_reports_psnr_and_exports_a_diffusers_folder(artefacts):
+    from diffusers import AutoencoderDC
+
+    run = artefacts["ae_run"]
+    metrics = json.loads((run / "final_metrics.json").read_text())
+    assert metrics["step"] == 2 and 0 < metrics["eval_psnr"] < 100 and metrics["latent_scale"] > 0
+    info = json.loads((run / AE_INFO).read_text())
+    ae = AutoencoderDC.from_pretrained(info["autoencoder"], local_files_only=True)
+    assert ae.config.scaling_factor == pytest.approx(metrics["latent_scale"])
+    assert info["compression"] == 2 and info["latent_channels"] == 4
+    assert list(run.glob("samples/*/reconstructions.png"))
+
+
+def test_held_out_images_never_train(artefacts):
+    recipe = load_recipe(
+        "image_ae_tiny", flow_overrides(artefacts)[:5] + [f"data.path={artefacts['images']}"]
+    )
+    recipe.data.eval_images = 3
+    stage = ImageAEStage(recipe, artefacts["ae_run"], torch.device("cpu"))
+    trained = {r["id"] for r in stage.build_dataset().records}
+    held = set(stage.data().eval_ids)
+    assert len(held) == 3 and not held & trained and len(trained) == 9
+    assert sorted(stage.data().ids)[:3] == sorted(held)
+
+
+def test_flow_run_records_what_sampling_needs_and_exports_the_transformer(flow_run, artefacts):
+    from diffusers import SanaTransformer2DModel
+
+    info = json.loads((flow_run / IMAGE_INFO).read_text())
+    assert info["sample_size"] == 16 and info["resolution"] == 32 and info["flow_shift"] == 1.0
+    assert info["finetune"] == "full" and info["timestep_scale"] == TIMESTEP_SCALE
+    assert (flow_run / "text_encoder" / "vocabulary.json").is_file()
+    exported = SanaTransformer2DModel.from_pretrained(
+        str(flow_run / "export" / "transformer"), local_files_only=True
+    )
+    transformer, ae, text, loaded_info = load_image_models(flow_run)
+    assert loaded_info == info
+    assert ae.config.scaling_factor == pytest.approx(info["latent_scale"])
+    embeds, mask = text.encode(["one small red circle on the left", ""])
+    x = torch.randn(2, 4, 16, 16)
+    args = {"encoder_hidden_states": embeds, "timestep": torch.tensor([300.0, 700.0])}
+    with torch.no_grad():
+        ours = transformer(x, encoder_attention_mask=mask, return_dict=False, **args)[0]
+        theirs = exported.eval()(x, encoder_attention_mask=mask, return_dict=False, **args)[0]
+    assert torch.equal(ours, theirs)  # the export is the EMA weights the loader reads
+    heldout = json.loads((flow_run / "eval_heldout.json").read_text())
+    assert set(heldout) == {"heldout_loss", "heldout_loss_uncond"}
+
+
+def test_caption_dropout_replaces_captions_by_the_empty_caption(artefacts, flow_run):
+    recipe = load_recipe("image_flow_tiny", flow_overrides(artefacts, "flow.p_uncond=1.0"))
+    stage = ImageFlowStage(recipe, flow_run, torch.device("cpu"))
+    model = stage.build_model()
+    seen = []
+
+    def spy(x, **kwargs):
+        seen.append(kwargs)
+        return model(x, **kwargs)
+
+    data = stage.build_dataset()
+    batch = stage.collate([data[i] for i in range(4)])
+    loss, metrics = stage.loss(spy, batch)
+    assert torch.isfinite(loss) and metrics["dropped"] == 1.0
+    null_embeds, null_mask = stage.null_condition()
+    assert torch.equal(seen[0]["encoder_hidden_states"], null_embeds.expand(4, -1, -1))
+    assert torch.equal(seen[0]["encoder_attention_mask"], null_mask.expand(4, -1))
+    assert (seen[0]["timestep"] / TIMESTEP_SCALE).max() <= 1.0
+
+
+def test_lora_run_trains_only_adapters_in_small_checkpoints(lora_run, flow_run):
+    base = load_image_transformer(flow_run)
+    model = load_image_transformer(lora_run)
+    base_state = base.state_dict()
+    for name, value in model.base.state_dict().items():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(value, base_state[key]), name  # the base stayed frozen
+    assert any(p.abs().max() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # adapters moved
+    ckpt = latest_checkpoint(lora_run)
+    weights = load_file(str(ckpt.weights["model"]))
+    assert weights and all("lora_A" in k or "lora_B" in k for k in weights)
+    base_size = latest_checkpoint(flow_run).weights["model"].stat().st_size
+    assert ckpt.weights["model"].stat().st_size < base_size / 5
+    state = torch.load(ckpt.path / "trainer_state.pt", weights_only=True)
+    moments = [v for s in state["optimizer"]["state"].values() for v in s.values() if torch.is_tensor(v)]
+    assert sum(m.numel() for m in moments) <= 2 * sum(w.numel() for w in weights.values()) + len(moments)
+    info = json.loads((lora_run / IMAGE_INFO).read_text())
+    assert info["finetune"] == "lora" and info["base"] == str(flow_run.resolve())
+    assert info["text_encoder_folder"] == str((flow_run / "text_encoder").resolve())  # the base's vocabulary
+
+
+def test_saved_lora_loads_in_diffusers_and_matches_voxforge(lora_run, flow_run, artefacts):
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+
+    base = SanaTransformer2DModel.from_pretrained(
+        str(flow_run / "export" / "transformer"), local_files_only=True
+    )
+    ae = AutoencoderDC.from_pretrained(json.loads((artefacts["ae_run"] / AE_INFO).read_text())["autoencoder"])
+    pipe = SanaPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=ae,
+        transformer=base,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+    pipe.load_lora_weights(str(lora_run / "export"))  # diffusers' own loader, from the folder we wrote
+    plain = pipe.transformer
+    transformer, _, text, _ = load_image_models(lora_run)
+    embeds, mask = text.encode(["two large blue squares at the top", "one star"])
+    x = torch.randn(2, 4, 16, 16)
+    args = {"encoder_hidden_states": embeds, "timestep": torch.tensor([100.0, 900.0]), "return_dict": False}
+    with torch.no_grad():
+        ours = transformer(x, encoder_attention_mask=mask, **args)[0]
+        theirs = plain.eval()(x, encoder_attention_mask=mask, **args)[0]
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_progressive_resolution_starts_from_the_previous_stage(artefacts, flow_run, tmp_path):
+    overrides = flow_overrides(
+        artefacts, f"model.init_from={flow_run}", f"data.path={artefacts['images64']}", "data.resolution=64"
+    )
+    recipe = load_recipe("image_flow_tiny", overrides + ["data.autoencoder=", "flow.time_shift=2.0"])
+    stage = ImageFlowStage(recipe, tmp_path / "flow64", torch.device("cpu"))
+    model = stage.build_model()
+    previous = load_image_transformer(flow_run).state_dict()
+    assert all(torch.equal(v, previous[k]) for k, v in model.state_dict().items())
+    assert model.config.sample_size == 32
+    info = json.loads((tmp_path / "flow64" / IMAGE_INFO).read_text())
+    assert (info["resolution"], info["sample_size"], info["flow_shift"]) == (64, 32, 2.0)
+    result = train(recipe, tmp_path / "flow64")
+    assert result.reason == "max_steps" and (tmp_path / "flow64" / "export" / "transformer").is_dir()
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_naming_its_keys(artefacts, flow_run, tmp_path):
+    overrides = flow_overrides(artefacts, f"model.init_from={flow_run}", "model.heads=4")
+    with pytest.raises(UserError) as err:
+        train(load_recipe("image_flow_tiny", overrides), tmp_path / "wide")
+    message = str(err.value)
+    assert (
+        "model.init_from" in message and "patch_embed.proj.weight (16, 4, 1, 1) vs (32, 4, 1, 1)" in message
+    )
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_resume_is_exact(artefacts, flow_run, tmp_path, finetune):
+    extra = ["train.max_steps=4", "train.checkpoint_every=2", "flow.p_uncond=0.5"]
+    if finetune == "lora":
+        extra += [f"model.init_from={flow_run}", "data.autoencoder=", "lora.rank=2", "train.ema_rates=[0.9]"]
+    recipe_name = "image_lora_tiny" if finetune == "lora" else "image_flow_tiny"
+
+    def recipe():
+        return load_recipe(recipe_name, flow_overrides(artefacts, *extra))
+
+    train(recipe(), tmp_path / "straight")
+    first = train(recipe(), tmp_path / "split", stop_after=2)
+    assert first.reason == "stop_after" and first.step == 2
+    assert train(recipe(), tmp_path / "split").step == 4
+    for key in ("model", "ema_0.9"):
+        a = load_file(str(latest_checkpoint(tmp_path / "straight").weights[key]))
+        b = load_file(str(latest_checkpoint(tmp_path / "split").weights[key]))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), key
