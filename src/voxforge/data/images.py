@@ -54,7 +54,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,6 +63,9 @@ from voxforge.data.archive import _member_path
 from voxforge.data.safety import Limits, is_within, open_checked
 from voxforge.errors import UserError
 from voxforge.representations.mesh import AssetError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -932,6 +935,9 @@ class ImageDataConfig:
     )
     mask_weight: float = option(2.0, ge=0.0, help="loss weight inside a mask's regions (1: masks ignored)")
     weighted: bool = option(True, help="draw items by their sources' mixing weights")
+    latents: str | None = option(
+        None, help="a folder of cached latents of these images (`voxforge.data.latents` layout)"
+    )
     augment: ImageAugmentConfig = field(default_factory=ImageAugmentConfig)
 
 
@@ -992,6 +998,7 @@ class ImageCaptionDataset:
         mask_weight: float = 2.0,
         seed: int = 0,
         ids: Sequence[str] | None = None,
+        latents: str | Path | None = None,
     ):
         self.root = Path(path)
         info_path = self.root / DATASET_INFO
@@ -1024,6 +1031,28 @@ class ImageCaptionDataset:
             multiple = min(int(self.info.get("multiple", 32)), self.resolution)
             self.table = bucket_table(self.resolution, multiple, float(self.info.get("max_aspect", 2.0)))
             self._bucket = [nearest_bucket(*r["bucket"], self.table) for r in records]
+        # voxforge.data.latents imports torch (through data.steps): imported here, not at the top,
+        # so the ingest workers, which import this module, stay free of torch
+        from voxforge.data.latents import LATENTS_DIR
+
+        self.latents = None if latents is None else Path(latents) / LATENTS_DIR
+        if self.latents is not None:
+            if self.augment.active:
+                raise UserError(
+                    f"{latents}: cached latents encode the stored images as they are; turn the "
+                    "augmentations off (data.augment) or train on the images (data.latents: null)"
+                )
+            if resolution is not None and int(resolution) != int(self.info["resolution"]):
+                raise UserError(
+                    f"{latents}: cached latents are at the prepared resolution {self.info['resolution']}, "
+                    f"not {resolution}; encode a folder prepared at {resolution}"
+                )
+            missing = [r["id"] for r in records if not (self.latents / f"{r['id']}.npz").is_file()]
+            if missing:
+                raise UserError(
+                    f"{latents}: {len(missing)} of {len(records)} images have no latent (first: {missing[0]}); "
+                    f"encode {self.root} again"
+                )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -1055,12 +1084,11 @@ class ImageCaptionDataset:
         import torch
 
         record, bucket = self.records[index], self._bucket[index]
+        if self.latents is not None:
+            return self._latent_item(record, bucket)
         image = torch.from_numpy(self._load(self.root / "images" / f"{record['id']}.png", "RGB", bucket))
         image = image.permute(2, 0, 1)  # [3, H, W] in [0, 1]
-        mask_file = self.root / "masks" / f"{record['id']}.png"
-        region = None
-        if record.get("mask") and mask_file.is_file():
-            region = torch.from_numpy(self._load(mask_file, "L", bucket))[None]  # [1, H, W] in [0, 1]
+        region = self._region(record, bucket)
         caption = record.get("caption", "")
         if self.augment.active:
             rng = np.random.default_rng([self.seed, index, self.epoch])
@@ -1080,14 +1108,41 @@ class ImageCaptionDataset:
                 region = None if region is None else region.flip(-1)
                 if self.augment.flip_captions:
                     caption = swap_left_right(caption)
-        if region is None:
-            weight = torch.ones(1, bucket[1], bucket[0])
-        else:
-            weight = 1.0 + (self.mask_weight - 1.0) * region.clamp(0.0, 1.0)
+        weight = self._weight(region, bucket)
         return {
             "image": (image * 2.0 - 1.0).clamp(-1.0, 1.0),
             "caption": caption,
             "mask": weight,
+            "id": record["id"],
+        }
+
+    def _region(self, record: dict[str, Any], bucket: tuple[int, int]) -> Tensor | None:
+        """The item's mask, [1, H, W] in [0, 1], or None."""
+        import torch
+
+        mask_file = self.root / "masks" / f"{record['id']}.png"
+        if record.get("mask") and mask_file.is_file():
+            return torch.from_numpy(self._load(mask_file, "L", bucket))[None]
+        return None
+
+    def _weight(self, region: Tensor | None, bucket: tuple[int, int]) -> Tensor:
+        """Per-pixel loss weights [1, H, W]: mask_weight inside the region, 1 elsewhere."""
+        import torch
+
+        if region is None:
+            return torch.ones(1, bucket[1], bucket[0])
+        return 1.0 + (self.mask_weight - 1.0) * region.clamp(0.0, 1.0)
+
+    def _latent_item(self, record: dict[str, Any], bucket: tuple[int, int]) -> dict[str, Any]:
+        import torch
+
+        from voxforge.data.latents import read_latent  # see __init__
+
+        latent = torch.from_numpy(read_latent(self.latents / f"{record['id']}.npz").latent)
+        return {
+            "latent": latent,
+            "caption": record.get("caption", ""),
+            "mask": self._weight(self._region(record, bucket), bucket),
             "id": record["id"],
         }
 
@@ -1097,18 +1152,27 @@ class ImageCaptionDataset:
     ) -> ImageCaptionDataset:
         if not cfg.path:
             raise UserError("data.path is empty: name a folder written by `voxforge data images`")
-        return cls(cfg.path, cfg.resolution, cfg.augment, mask_weight=cfg.mask_weight, seed=seed, ids=ids)
+        return cls(
+            cfg.path,
+            cfg.resolution,
+            cfg.augment,
+            mask_weight=cfg.mask_weight,
+            seed=seed,
+            ids=ids,
+            latents=cfg.latents or None,
+        )
 
 
 def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack same-bucket items: image [B, 3, H, W], mask [B, 1, H, W], caption and id lists."""
     import torch
 
-    sizes = {tuple(item["image"].shape) for item in items}
+    key = "image" if "image" in items[0] else "latent"
+    sizes = {tuple(item[key].shape) for item in items}
     if len(sizes) > 1:
-        raise ValueError(f"a batch mixes image sizes {sorted(sizes)}; batch with bucket_batch_sampler")
+        raise ValueError(f"a batch mixes {key} sizes {sorted(sizes)}; batch with bucket_batch_sampler")
     return {
-        "image": torch.stack([item["image"] for item in items]),
+        key: torch.stack([item[key] for item in items]),
         "mask": torch.stack([item["mask"] for item in items]),
         "caption": [item["caption"] for item in items],
         "id": [item["id"] for item in items],
