@@ -84,21 +84,19 @@ def sample_slat(
 def gaussian_outputs(gaussians: Gaussians) -> dict[str, Tensor]:
     """One decoded sample under TRELLIS's attribute names (after its activations)."""
     return {
-        "xyz": gaussians.means,
-        "features_dc": gaussians.sh_dc[:, None, :],
-        "scaling": gaussians.scales,
-        "rotation": gaussians.rotations,
-        "opacity": gaussians.opacities[:, None],
+        "xyz": gaussians.means,  # get_xyz (world)
+        "features_dc": gaussians.sh_dc[:, None, :],  # _features_dc [N, 1, 3]
+        "scaling": gaussians.scales,  # get_scaling (3-D filter included)
+        "rotation": gaussians.rotations,  # get_rotation (normalised)
+        "opacity": gaussians.opacities[:, None],  # get_opacity [N, 1]
     }
 
 
 # ------------------------------------------------------------------ the pipeline golden
-def _structure_params() -> dict[str, Any]:  # golden/README.md: the trace uses 6 steps
-    return {"steps": 6, "cfg_strength": 7.5, "cfg_interval": (0.5, 1.0), "rescale_t": 3.0}
+def _trace_params(cfg_strength: float) -> dict[str, Any]:  # golden/README.md: 6 steps
+    from voxforge.trellis.flows import TRACE_SAMPLER_PARAMS
 
-
-def _slat_params() -> dict[str, Any]:
-    return {"steps": 6, "cfg_strength": 3.0, "cfg_interval": (0.5, 1.0), "rescale_t": 3.0}
+    return {**TRACE_SAMPLER_PARAMS, "cfg_strength": cfg_strength}
 
 
 def _run_pipeline(models: Mapping[str, Any], golden: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -109,7 +107,7 @@ def _run_pipeline(models: Mapping[str, Any], golden: Mapping[str, Tensor]) -> di
         models["SparseStructureDecoder"],
         golden["ss_noise"],
         tokens,
-        _structure_params(),
+        _trace_params(7.5),
         config.structure_sampler.sigma_min,
     )
     outputs: dict[str, Tensor] = {"ss_latent": latent, "coords": coords}
@@ -121,7 +119,7 @@ def _run_pipeline(models: Mapping[str, Any], golden: Mapping[str, Tensor]) -> di
         models["SLatFlowModel"],
         noise,
         tokens,
-        _slat_params(),
+        _trace_params(3.0),
         config.slat_mean,
         config.slat_std,
         config.slat_sampler.sigma_min,

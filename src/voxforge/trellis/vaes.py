@@ -42,6 +42,7 @@ from voxforge.models.slat_vae import (
 from voxforge.models.ss_vae import SSVAEConfig, SSVAEDecoder, SSVAEEncoder
 from voxforge.sparse.tensor import SparseTensor
 from voxforge.trellis.common import rename
+from voxforge.trellis.compose import gaussian_outputs
 from voxforge.trellis.spec import Compare, GoldenCheck, ModelSpec
 
 __all__ = [
@@ -274,12 +275,8 @@ def _run_slat_enc(models: Mapping[str, Any], golden: Mapping[str, Tensor]) -> di
 def _run_slat_dec_gs(models: Mapping[str, Any], golden: Mapping[str, Tensor]) -> dict[str, Tensor]:
     x = _golden_sparse(golden, "latents", "slat_dec_gs.safetensors")
     out: dict[str, Tensor] = {}
-    for i, g in enumerate(models["SLatGaussianDecoder"](x)):  # TRELLIS's Gaussian getters:
-        out[f"{i}.xyz"] = g.means  # get_xyz (world)
-        out[f"{i}.features_dc"] = g.sh_dc[:, None, :]  # _features_dc [N, 1, 3]
-        out[f"{i}.scaling"] = g.scales  # get_scaling (3-D filter included)
-        out[f"{i}.rotation"] = g.rotations  # get_rotation (normalised)
-        out[f"{i}.opacity"] = g.opacities[:, None]  # get_opacity [N, 1]
+    for i, g in enumerate(models["SLatGaussianDecoder"](x)):
+        out.update({f"{i}.{name}": value for name, value in gaussian_outputs(g).items()})
     return out
 
 
