@@ -33,7 +33,8 @@ to the source's weight whatever its size. `bucket_batch_sampler` draws by these 
 Dataset. `ImageCaptionDataset` returns {"image": [3, H, W] in [-1, 1], "caption", "mask":
 [1, H, W] loss weights (ones without a mask), "id"}; augmentations (`random_crop`, `flip`,
 `rotate_deg`) are one affine warp applied to image and mask alike, drawn from a generator
-seeded by (seed, index, epoch) so workers and resumed runs see the same data.
+seeded by (seed, index, epoch) so workers and resumed runs see the same data. With `latents=`
+(a folder in the `voxforge.data.latents` layout) items carry cached `latent`s instead.
 """
 
 from __future__ import annotations
