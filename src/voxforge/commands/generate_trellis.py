@@ -138,7 +138,7 @@ def run_trellis(args: argparse.Namespace) -> int:
             formats=("gaussian", "mesh") if "glb" in formats else ("gaussian",),
         )
     except EmptyStructureError as err:
-        save_voxels(out / "structure.npz", np.zeros((0, 3), np.int64), 64)
+        save_voxels(out / "structure.npz", np.zeros((0, 3), np.int64), pipeline.resolution)
         record = {**inputs, "status": "empty_structure", "voxels": 0, "files": ["structure.npz"]}
         (out / "generation.json").write_text(json.dumps(record, indent=1))
         print(

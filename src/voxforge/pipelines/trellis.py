@@ -146,6 +146,12 @@ class TrellisImageTo3D:
         return cls(load_model_folder(path, dinov2=dinov2, device=device), device=device, **kwargs)
 
     @property
+    def resolution(self) -> int:
+        """Side of the occupancy grid: the structure latent's side times the decoder's upsampling."""
+        flow = self.models.role("sparse_structure_flow_model")
+        return int(flow.cfg.resolution) * int(self.models.role("sparse_structure_decoder").cfg.factor)
+
+    @property
     def has_mesh_decoder(self) -> bool:
         return "slat_decoder_mesh" in self.models.roles
 
@@ -193,7 +199,7 @@ class TrellisImageTo3D:
                 _params(config.structure_sampler, structure_params),
                 config.structure_sampler.sigma_min,
             )
-        grid = int(models.role("sparse_structure_decoder").cfg.resolution)
+        grid = self.resolution
         if not len(coords):
             raise EmptyStructureError("the sampled structure is empty (no voxel with logit > 0)")
         slat_flow = models.role("slat_flow_model")
