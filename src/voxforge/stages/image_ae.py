@@ -123,6 +123,8 @@ class ImageAEStage(Stage):
         self._lpips: nn.Module | None = None
 
     def data(self) -> ImageData:
+        if getattr(self.data_cfg, "latents", None):
+            raise ConfigError("key 'data.latents': the autoencoder trains on images; leave it unset here")
         if self._data is None:
             self._data = ImageData(self.data_cfg, self.recipe.train.seed)
         return self._data

@@ -254,8 +254,12 @@ class ImageFlowStage(Stage):
     # --- training ----------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
-        """(scaled latents [B, C, h, w], text embeds [B, L, C'], text mask [B, L])."""
-        latents = self.autoencoder().encode(batch["image"]).latent.float() * self.info()["latent_scale"]
+        """(scaled latents [B, C, h, w], text embeds [B, L, C'], text mask [B, L]); cached
+        latents (`data.latents`: the autoencoder's raw output) are scaled the same way."""
+        if "latent" in batch:
+            latents = batch["latent"].float() * self.info()["latent_scale"]
+        else:
+            latents = self.autoencoder().encode(batch["image"]).latent.float() * self.info()["latent_scale"]
         embeds, mask = self.text_encoder().encode(batch["caption"])
         return latents, embeds.to(latents.device), mask.to(latents.device)
 
