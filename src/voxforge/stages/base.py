@@ -63,6 +63,25 @@ class Stage(abc.ABC):
     def collate(self, items: list[Any]) -> Any:
         return torch.utils.data.default_collate(items)
 
+    def batch_sampler(
+        self,
+        dataset: torch.utils.data.Dataset,
+        batch_size: int,
+        *,
+        rank: int,
+        world_size: int,
+        seed: int,
+        epoch: int,
+        start_batch: int,
+    ) -> Any:
+        """One epoch's batch sampler, for stages whose batches have a shape of their own.
+
+        Override to group items (e.g. by aspect-ratio bucket); the result must be a function
+        of the arguments alone and expose `batches_per_epoch` (see `train.data.BatchStream`).
+        The engine uses `train.data.ResumableBatchSampler` when a stage does not override it.
+        """
+        raise NotImplementedError
+
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
         """Optional custom optimizer groups; None uses the recipe's `optim` rules."""
         return None

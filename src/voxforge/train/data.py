@@ -12,7 +12,7 @@ global RNG (which the engine checkpoints for the stages' own randomness).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -59,7 +59,14 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
 
 class BatchStream:
-    """Endless stream of micro-batches that knows its (epoch, batch) position."""
+    """Endless stream of micro-batches that knows its (epoch, batch) position.
+
+    `make_sampler(rank=, world_size=, seed=, epoch=, start_batch=)` builds one epoch's batch
+    sampler (default: `ResumableBatchSampler` over the dataset); it must be deterministic in
+    its arguments and expose `batches_per_epoch`, which is how a stage plugs in batches of
+    its own shape (e.g. aspect-ratio buckets: `Stage.batch_sampler`) without losing exact
+    resume or the 1 × 2B = 2 × B equivalence.
+    """
 
     def __init__(
         self,
@@ -73,21 +80,23 @@ class BatchStream:
         num_workers: int = 0,
         epoch: int = 0,
         batch: int = 0,
+        make_sampler: Callable[..., Sampler] | None = None,
     ):
         self.dataset, self.collate = dataset, collate
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.num_workers = num_workers
         self.epoch, self.batch = epoch, batch
         self._iter: Iterator | None = None
-        probe = ResumableBatchSampler(len(dataset), batch_size, rank=rank, world_size=world_size, seed=seed)
+        self._make_sampler = make_sampler or (
+            lambda **kw: ResumableBatchSampler(len(dataset), batch_size, **kw)
+        )
+        probe = self._make_sampler(rank=rank, world_size=world_size, seed=seed, epoch=0, start_batch=0)
         self.batches_per_epoch = probe.batches_per_epoch
 
     def _start_epoch(self) -> None:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
-        sampler = ResumableBatchSampler(
-            len(self.dataset),
-            self.batch_size,
+        sampler = self._make_sampler(
             rank=self.rank,
             world_size=self.world_size,
             seed=self.seed,
