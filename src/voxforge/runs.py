@@ -230,10 +230,14 @@ def load_image_models(
 ) -> tuple[nn.Module, nn.Module, TextEncoder, dict[str, Any]]:
     """(denoiser, autoencoder, text encoder, the run's `IMAGE_INFO` record) of an image_flow
     run, in eval mode on `device`; the record holds `latent_scale`, `flow_shift`,
-    `resolution` and what else sampling needs."""
+    `resolution` and what else sampling needs. The denoiser is a diffusers
+    `SanaTransformer2DModel` (a LoRA run's with its peft adapters active), usable as the
+    `transformer` of diffusers' `SanaPipeline`."""
     run = Run.open(run, "image_flow", "the image model")
     info = run.read_info(IMAGE_INFO)
     transformer = load_image_transformer(run, ema=ema)
+    if isinstance(transformer, LoRATransformer):
+        transformer = transformer.base
     autoencoder = load_autoencoder(info["autoencoder"])
     text_cfg = from_dict(TextEncoderConfig, info["text_encoder"], source=str(run.path / IMAGE_INFO))
     text_encoder = build_text_encoder(text_cfg, folder=info.get("text_encoder_folder") or None)

@@ -4,6 +4,7 @@ import warnings
 import pytest
 import torch
 
+from tests.stages.image_helpers import tiny_pretrained_text_encoder
 from voxforge.errors import ConfigError, UserError
 from voxforge.models.image import (
     ImageAEConfig,
@@ -148,32 +149,6 @@ def test_builtin_text_encoder_vocabulary_save_load_and_unknown_words(tmp_path):
         loaded.encode(["one two three four five six seven eight nine"])
 
 
-def tiny_pretrained_text_encoder(folder):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import Gemma2Config, Gemma2Model, PreTrainedTokenizerFast
-
-    words = ["<pad>", "<bos>", "<unk>", "a", "red", "blue", "circle", "square"]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", unk_token="<unk>"
-    )
-    tokenizer.save_pretrained(folder / "tokenizer")
-    config = Gemma2Config(
-        vocab_size=len(words),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    Gemma2Model(config).save_pretrained(folder / "text_encoder")
-    return folder / "text_encoder"
-
-
 def test_pretrained_text_encoder_from_local_folders(tmp_path):
     path = tiny_pretrained_text_encoder(tmp_path)
     encoder = build_text_encoder(TextEncoderConfig(kind="pretrained", path=str(path), max_length=6))
@@ -202,6 +177,7 @@ def test_lora_registers_only_adapters_and_moves_with_its_base():
     assert set(state) == set(names)  # the engine's checkpoint: adapters only
     targets = {n.split("__lora_")[0].split("__")[-1] for n in model.adapters}
     assert targets == {"to_q", "to_k", "to_v", "0"}  # to_out.0 is the last path element "0"
+    assert model.config is base.config and model.dtype == torch.float32  # the wrapper reads as the model
     model.double()
     assert next(iter(base.parameters())).dtype == torch.float64
     model.float().eval()

@@ -81,3 +81,47 @@ def flow_overrides(artefacts: dict[str, Path], *extra: str) -> list[str]:
         f"data.autoencoder={artefacts['ae_run']}",
         *extra,
     ]
+
+
+def tiny_pretrained_text_encoder(folder: Path) -> Path:
+    """A tiny Gemma-2 + word-level tokenizer saved in a diffusers pipeline's layout
+    (`folder/text_encoder`, `folder/tokenizer`); returns the model folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import Gemma2Config, Gemma2Model, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<bos>", "<unk>", "a", "red", "blue", "circle", "square"]
+    words += [
+        "one",
+        "two",
+        "three",
+        "small",
+        "large",
+        "on",
+        "the",
+        "left",
+        "right",
+        "at",
+        "top",
+        "background",
+    ]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", unk_token="<unk>"
+    )
+    tokenizer.save_pretrained(folder / "tokenizer")
+    config = Gemma2Config(
+        vocab_size=len(words),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        pad_token_id=0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        Gemma2Model(config).save_pretrained(folder / "text_encoder")
+    return folder / "text_encoder"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.stages.image_helpers import flow_overrides, image_artefacts
+from tests.stages.image_helpers import flow_overrides, image_artefacts, tiny_pretrained_text_encoder
 from voxforge.errors import UserError
 from voxforge.recipe import load_recipe
 from voxforge.runs import IMAGE_INFO, load_image_models, load_image_transformer
@@ -206,6 +206,38 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_its_keys(artefacts, fl
     assert (
         "model.init_from" in message and "patch_embed.proj.weight (16, 4, 1, 1) vs (32, 4, 1, 1)" in message
     )
+
+
+def test_pretrained_parts_from_local_folders_train_and_reload(artefacts, tmp_path):
+    """A transformers text encoder and a diffusers transformer folder (as a released Sana's),
+    LoRA on top: two steps, then the run reloads with the same parts."""
+    from diffusers import SanaTransformer2DModel
+
+    encoder = tiny_pretrained_text_encoder(tmp_path / "sana")
+    torch.manual_seed(0)
+    SanaTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16,
+    ).save_pretrained(tmp_path / "sana" / "transformer")  # fmt: skip
+    overrides = flow_overrides(
+        artefacts,
+        "text_encoder.kind=pretrained",
+        f"text_encoder.path={encoder}",
+        f"model.pretrained={tmp_path / 'sana' / 'transformer'}",
+        "model.finetune=lora",
+        "lora.rank=2",
+    )
+    result = train(load_recipe("image_flow_tiny", overrides), tmp_path / "run")
+    assert result.reason == "max_steps"
+    weights = load_file(str(latest_checkpoint(tmp_path / "run").weights["model"]))
+    assert all("lora_" in k for k in weights)
+    info = json.loads((tmp_path / "run" / IMAGE_INFO).read_text())
+    assert info["text_encoder"]["kind"] == "pretrained" and info["text_encoder_folder"] == ""
+    transformer, _, text, _ = load_image_models(tmp_path / "run")
+    assert isinstance(transformer, SanaTransformer2DModel) and transformer.peft_config
+    embeds, mask = text.encode(["Two red circles on the left"])
+    assert embeds.shape == (1, 16, 16) and mask.sum() == 6
+    assert (tmp_path / "run" / "export" / "pytorch_lora_weights.safetensors").is_file()
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])

@@ -284,9 +284,16 @@ class LoRATransformer(nn.Module):
                 "key 'lora.targets': no module of the transformer matched; no adapter was added"
             )
 
-    @property
-    def config(self) -> Any:
-        return self.base.config
+    def __getattr__(self, name: str) -> Any:
+        # registered modules first (nn.Module's lookup), then the transformer's own attributes
+        # (config, dtype, device, peft_config), so callers can treat the wrapper as the model
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self.__dict__.get("base")
+            if base is None:
+                raise
+            return getattr(base, name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.base(*args, **kwargs)
