@@ -240,6 +240,37 @@ def test_pretrained_parts_from_local_folders_train_and_reload(artefacts, tmp_pat
     assert (tmp_path / "run" / "export" / "pytorch_lora_weights.safetensors").is_file()
 
 
+def test_aspect_buckets_batch_one_size_at_a_time(artefacts, tmp_path):
+    from PIL import Image
+
+    from voxforge.data.images import ImagePrepareConfig, prepare_images
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(16):
+        size = (32, 32) if i % 2 else (48, 24)
+        colour = ("red", "blue")[i % 2]
+        image = Image.new("RGB", size, {"red": (220, 40, 40), "blue": (40, 80, 220)}[colour])
+        image.putpixel((i, 0), (i, i, i))  # distinct bytes: identical files are refused as duplicates
+        image.save(source / f"{i:02d}.png")
+        (source / f"{i:02d}.txt").write_text(f"a {colour} picture")
+    config = ImagePrepareConfig(resolution=32, multiple=8, buckets="aspect", workers=0, progress=False)
+    prepare_images([source], tmp_path / "images", config)
+    overrides = flow_overrides(
+        artefacts, f"data.path={tmp_path / 'images'}", "data.eval_images=4", "train.max_steps=3"
+    )
+    recipe = load_recipe("image_flow_tiny", overrides)
+    stage = ImageFlowStage(recipe, tmp_path / "run", torch.device("cpu"))
+    dataset = stage.build_dataset()
+    sampler = stage.batch_sampler(dataset, 2, rank=0, world_size=1, seed=0, epoch=0, start_batch=0)
+    shapes = [{tuple(dataset[i]["image"].shape) for i in batch} for batch in sampler]
+    assert (
+        all(len(s) == 1 for s in shapes) and len(set().union(*shapes)) == 2
+    )  # one bucket per batch, both used
+    result = train(recipe, tmp_path / "run")
+    assert result.reason == "max_steps" and "eval_heldout_loss" in result.metrics
+
+
 @pytest.mark.parametrize("finetune", ["full", "lora"])
 def test_resume_is_exact(artefacts, flow_run, tmp_path, finetune):
     extra = ["train.max_steps=4", "train.checkpoint_every=2", "flow.p_uncond=0.5"]

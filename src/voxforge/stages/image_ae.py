@@ -30,9 +30,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from voxforge.config.core import option
-from voxforge.data.images import ImageCaptionDataset, ImageDataConfig, collate_images
+from voxforge.data.images import ImageCaptionDataset, ImageDataConfig, bucket_batch_sampler, collate_images
 from voxforge.data.splits import heldout_split
-from voxforge.errors import ConfigError
+from voxforge.errors import ConfigError, UserError
 from voxforge.eval.image_metrics import psnr
 from voxforge.eval.lpips import load_lpips
 from voxforge.models.image import ImageAEConfig, build_autoencoder
@@ -79,6 +79,11 @@ class ImageData:
         self.cfg, self.seed = cfg, seed
         self.all = ImageCaptionDataset(cfg.path, cfg.resolution, None, mask_weight=cfg.mask_weight)
         self.ids = [record["id"] for record in self.all.records]
+        if len(self.ids) <= cfg.eval_images:
+            raise UserError(
+                f"{cfg.path}: {len(self.ids)} usable images, all held out for evaluation "
+                f"(data.eval_images={cfg.eval_images}); add images or lower it"
+            )
         self.train_ids, self.eval_ids = heldout_split(
             self.ids, cfg.eval_images, where=cfg.path, items="images", remedy="add images or lower it"
         )
@@ -86,22 +91,33 @@ class ImageData:
     def train(self) -> ImageCaptionDataset:
         return ImageCaptionDataset.from_config(self.cfg, seed=self.seed, ids=self.train_ids)
 
-    def heldout(self) -> dict[str, Any] | None:
-        """The held-out images as one batch (no augmentation), or None without any."""
-        if not self.eval_ids:
-            return None
-        cfg = self.cfg
-        data = ImageCaptionDataset(
-            cfg.path, cfg.resolution, None, mask_weight=cfg.mask_weight, ids=self.eval_ids
-        )
-        return collate_images([data[i] for i in range(len(data))])
+    def batch_sampler(self, dataset: ImageCaptionDataset, batch_size: int, **position: int) -> Any:
+        """Batches of one aspect-ratio bucket each, drawn by the sources' mixing weights when
+        `data.weighted` (the data toolkit's `BucketBatchSampler`; resumable, split by rank)."""
+        return bucket_batch_sampler(dataset, batch_size, weighted=self.cfg.weighted, **position)
 
-    def first(self, count: int) -> dict[str, Any]:
-        """The first `count` training images as one batch (no augmentation)."""
+    def batches(self, ids: list[str], size: int = 8) -> list[dict[str, Any]]:
+        """The images of `ids` (no augmentation) as batches of at most `size`, one bucket each."""
+        if not ids:
+            return []
         cfg = self.cfg
-        ids = self.train_ids[:count]
         data = ImageCaptionDataset(cfg.path, cfg.resolution, None, mask_weight=cfg.mask_weight, ids=ids)
-        return collate_images([data[i] for i in range(len(data))])
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, bucket in enumerate(data.buckets()):
+            groups.setdefault(tuple(bucket), []).append(index)
+        return [
+            collate_images([data[i] for i in indices[start : start + size]])
+            for _, indices in sorted(groups.items())
+            for start in range(0, len(indices), size)
+        ]
+
+    def heldout(self) -> list[dict[str, Any]]:
+        """The held-out images as batches (no augmentation); empty without any."""
+        return self.batches(self.eval_ids)
+
+    def first(self, count: int) -> list[dict[str, Any]]:
+        """The first `count` training images as batches (no augmentation)."""
+        return self.batches(self.train_ids[:count])
 
 
 def image_grid(rows: list[Tensor], path: Path) -> None:
@@ -139,6 +155,9 @@ class ImageAEStage(Stage):
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_images(items)
 
+    def batch_sampler(self, dataset: Any, batch_size: int, **position: int) -> Any:
+        return self.data().batch_sampler(dataset, batch_size, **position)
+
     # --- training --------------------------------------------------------------------
     def lpips(self) -> nn.Module | None:
         cfg = self.loss_cfg
@@ -172,15 +191,19 @@ class ImageAEStage(Stage):
     # --- evaluation ------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, model: nn.Module, out_dir: Path) -> dict[str, Any] | None:
-        batch = self.data().heldout()
-        if batch is None:
+        batches = self.data().heldout()
+        if not batches:
             return None
-        images = batch["image"].to(self.device)
-        recon = torch.cat([model(chunk, return_dict=False)[0] for chunk in images.split(8)]).clamp(-1, 1)
         to_unit = lambda x: ((x.float() + 1) / 2).permute(0, 2, 3, 1)  # noqa: E731  [B, H, W, 3] in [0, 1]
-        scores = psnr(to_unit(recon), to_unit(images), max_db=100.0)
-        image_grid([images[:8], recon[:8]], out_dir / "reconstructions.png")
-        return {"psnr": float(scores.mean()), "images": int(images.shape[0])}
+        scores = []
+        for index, batch in enumerate(batches):
+            images = batch["image"].to(self.device)
+            recon = model(images, return_dict=False)[0].clamp(-1, 1)
+            scores.append(psnr(to_unit(recon), to_unit(images), max_db=100.0))
+            if index == 0:
+                image_grid([images, recon], out_dir / "reconstructions.png")
+        scores = torch.cat(scores)
+        return {"psnr": float(scores.mean()), "images": int(scores.numel())}
 
     def on_sample(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float] | None:
         result = self.evaluate_once(model, step)
@@ -189,8 +212,10 @@ class ImageAEStage(Stage):
     @torch.no_grad()
     def latent_scale(self, model: nn.Module) -> float:
         """1 / std of the latents of up to `data.scale_images` training images."""
-        images = self.data().first(self.data_cfg.scale_images)["image"].to(self.device)
-        latents = torch.cat([model.encode(chunk).latent.float() for chunk in images.split(8)])
+        batches = self.data().first(self.data_cfg.scale_images)
+        latents = torch.cat(
+            [model.encode(b["image"].to(self.device)).latent.float().flatten() for b in batches]
+        )
         return float(1.0 / latents.std().clamp_min(1e-6))
 
     def on_train_end(self, model: nn.Module, step: int) -> dict[str, float] | None:

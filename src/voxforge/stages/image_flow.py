@@ -251,6 +251,9 @@ class ImageFlowStage(Stage):
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_images(items)
 
+    def batch_sampler(self, dataset: Any, batch_size: int, **position: int) -> Any:
+        return self.data().batch_sampler(dataset, batch_size, **position)
+
     # --- training ----------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
@@ -295,25 +298,30 @@ class ImageFlowStage(Stage):
     def heldout_loss(self, model: nn.Module) -> dict[str, float] | None:
         """Flow loss on the held-out images at fixed noise and timesteps, with their captions
         and with the empty caption: the gap says how much the captions are used."""
-        batch = self.data().heldout()
-        if batch is None:
+        batches = self.data().heldout()
+        if not batches:
             return None
-        batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-        latents, embeds, mask = self.encode(batch)
         generator = torch.Generator().manual_seed(self.data_cfg.eval_seed)
-        noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-        t = ((torch.arange(latents.shape[0]) + 0.5) / latents.shape[0]).to(latents.device)  # a fixed grid
-        x_t = interpolate(latents, noise, t, self.flow_cfg.sigma_min)
-        target = velocity_target(latents, noise, self.flow_cfg.sigma_min)
+        count = sum(len(b["id"]) for b in batches)
+        grid = (torch.arange(count) + 0.5) / count  # one fixed time per held-out image
         null_embeds, null_mask = self.null_condition()
-        results = {}
-        for name, (e, m) in {
-            "heldout_loss": (embeds, mask),
-            "heldout_loss_uncond": (null_embeds.expand_as(embeds), null_mask.expand_as(mask)),
-        }.items():
-            pred = self.velocity(model, x_t, t, e, m)
-            results[name] = float((pred.float() - target).pow(2).mean())
-        return results
+        sums = {"heldout_loss": 0.0, "heldout_loss_uncond": 0.0}
+        seen = 0
+        for batch in batches:
+            batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            latents, embeds, mask = self.encode(batch)
+            noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+            t = grid[seen : seen + latents.shape[0]].to(latents.device)
+            seen += latents.shape[0]
+            x_t = interpolate(latents, noise, t, self.flow_cfg.sigma_min)
+            target = velocity_target(latents, noise, self.flow_cfg.sigma_min)
+            for name, (e, m) in {
+                "heldout_loss": (embeds, mask),
+                "heldout_loss_uncond": (null_embeds.expand_as(embeds), null_mask.expand_as(mask)),
+            }.items():
+                pred = self.velocity(model, x_t, t, e, m)
+                sums[name] += float((pred.float() - target).pow(2).flatten(1).mean(1).sum())
+        return {name: total / count for name, total in sums.items()}
 
     def evaluate(self, model: nn.Module, out_dir: Path) -> dict[str, float] | None:
         return self.heldout_loss(model)
