@@ -44,6 +44,7 @@ FLOW_OVERRIDES = COMMON + [
     "train.batch_size=4",
     "train.checkpoint_every=2",
     "train.ema_rates=[0.9]",
+    "sampler.steps=2",
 ]
 
 _CACHE: dict[Path, dict[str, Path]] = {}

@@ -112,6 +112,11 @@ def test_flow_run_records_what_sampling_needs_and_exports_the_transformer(flow_r
     assert torch.equal(ours, theirs)  # the export is the EMA weights the loader reads
     heldout = json.loads((flow_run / "eval_heldout.json").read_text())
     assert set(heldout) == {"heldout_loss", "heldout_loss_uncond"}
+    from PIL import Image
+
+    (grid,) = flow_run.glob("samples/*/samples.png")  # through the sampling pipeline
+    with Image.open(grid) as image:
+        assert image.size == (3 * 32, 2 * 32)  # 3 held-out captions; with and without guidance
 
 
 def test_caption_dropout_replaces_captions_by_the_empty_caption(artefacts, flow_run):

@@ -73,10 +73,11 @@ from voxforge.models.image import (
     load_transformer_weights,
     lora_state_dict,
 )
+from voxforge.pipelines.image import ImagePipeline
 from voxforge.runs import IMAGE_INFO, Run, load_image_transformer, write_info
 from voxforge.stages import Recipe
 from voxforge.stages.base import Stage
-from voxforge.stages.image_ae import AE_INFO, ImageData
+from voxforge.stages.image_ae import AE_INFO, ImageData, image_grid
 
 __all__ = ["TIMESTEP_SCALE", "ImageFlowDataConfig", "ImageFlowStage"]
 
@@ -323,8 +324,53 @@ class ImageFlowStage(Stage):
                 sums[name] += float((pred.float() - target).pow(2).flatten(1).mean(1).sum())
         return {name: total / count for name, total in sums.items()}
 
+    def pipeline(self, model: nn.Module) -> ImagePipeline:
+        """The sampling pipeline over `model` and this run's frozen parts (what
+        `voxforge generate image` runs on the finished run)."""
+        info = self.info()
+        return ImagePipeline(
+            model,
+            self.autoencoder(),
+            self.text_encoder(),
+            latent_scale=info["latent_scale"],
+            latent_shift=info["latent_shift"],
+            flow_shift=self.recipe.sampler.time_shift,
+            resolution=info["resolution"],
+            sigma_min=info["sigma_min"],
+            timestep_scale=TIMESTEP_SCALE,
+            device=self.device,
+        )
+
+    @torch.no_grad()
+    def samples(self, model: nn.Module, out_dir: Path, count: int = 8) -> None:
+        """`out_dir/samples.png`: for up to `count` held-out captions, a row sampled with
+        guidance (`sampler.cfg_scale`) above a row without the caption (cfg 0), same noise;
+        `samples.json` lists the captions."""
+        prompts = [c for batch in self.data().heldout() for c in batch["caption"]][:count]
+        if not prompts:
+            return
+        sampler = self.recipe.sampler
+        pipe = self.pipeline(model)
+        rows = []
+        for cfg in (sampler.cfg_scale, 0.0):
+            images = pipe.generate(
+                prompts,
+                steps=sampler.steps,
+                cfg=cfg,
+                seed=self.data_cfg.eval_seed,
+                sampler=sampler.method,
+                output="float",
+            )
+            rows.append(torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1)  # [B, 3, H, W] in [-1, 1]
+        image_grid(rows, out_dir / "samples.png")
+        (out_dir / "samples.json").write_text(
+            json.dumps({"prompts": prompts, "rows": ["cfg", "uncond"]}, indent=1)
+        )
+
     def evaluate(self, model: nn.Module, out_dir: Path) -> dict[str, float] | None:
-        return self.heldout_loss(model)
+        result = self.heldout_loss(model)
+        self.samples(model, out_dir)
+        return result
 
     def on_sample(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float] | None:
         return self.evaluate_once(model, step)
