@@ -24,7 +24,18 @@ def sana_folder(tmp_path_factory):
 
 def test_generate_image_writes_pngs_grid_and_record(sana_folder, tmp_path):
     out = tmp_path / "out"
-    argv = ["generate", "image", "--model", str(sana_folder), "--out", str(out), "--steps", "3", "--seed", "4"]
+    argv = [
+        "generate",
+        "image",
+        "--model",
+        str(sana_folder),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--seed",
+        "4",
+    ]
     argv += ["--prompt", "a red circle", "--prompt", "a blue square", "--per-prompt", "2", "--batch", "3"]
     argv += ["--size", "64x32", "--negative", "green"]
     assert main(argv) == 0
@@ -52,6 +63,13 @@ def test_euler_sampler_and_default_size(sana_folder, tmp_path):
     assert Image.open(out / "0.png").size == (32, 32)
 
 
+def test_sana_schedule(sana_folder, tmp_path):
+    out = tmp_path / "sana"
+    argv = ["generate", "image", "--model", str(sana_folder), "--out", str(out), "--prompt", "a"]
+    assert main(argv + ["--steps", "2", "--schedule", "sana"]) == 0
+    assert json.loads((out / "generation.json").read_text())["sampler"]["schedule"] == "sana"
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -59,6 +77,7 @@ def test_euler_sampler_and_default_size(sana_folder, tmp_path):
         (["--size", "big"], "WIDTHxHEIGHT"),
         (["--steps", "0"], "--steps"),
         (["--per-prompt", "0"], "--per-prompt"),
+        (["--sampler", "euler", "--schedule", "sana"], "--sampler dpm"),
     ],
 )
 def test_bad_options_are_clear_errors(sana_folder, tmp_path, capsys, extra, message):

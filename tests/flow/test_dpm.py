@@ -97,3 +97,26 @@ def test_batched_guidance_matches_separate_calls():
     batched = sample_dpm(model_fn, noise, cond, uncond, batch_guidance=True, **kwargs)
     torch.testing.assert_close(batched, separate)
     assert not torch.allclose(separate, sample_dpm(model_fn, noise, cond, uncond, steps=5, time_shift=2.0))
+
+
+def test_explicit_times_follow_diffusers_default_flow_grid():
+    from voxforge.flow.dpm import diffusers_flow_times, diffusers_flow_timesteps
+
+    steps, shift = 7, 3.0
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift, final_sigmas_type="zero"
+    )
+    scheduler.set_timesteps(steps)
+    assert scheduler.sigmas.tolist() == diffusers_flow_times(steps, shift)
+    assert scheduler.timesteps.tolist() == diffusers_flow_timesteps(steps, shift)
+    model_fn = gaussian_velocity(MU, S, sigma_min=0.0)
+    noise = make_noise((32, 3), seed=5)
+    x = noise.clone()
+    for i, timestep in enumerate(scheduler.timesteps):
+        x = scheduler.step(
+            model_fn(x, scheduler.sigmas[i].expand(len(x)), None), timestep, x, return_dict=False
+        )[0]
+    ours = sample_dpm(model_fn, noise, times=diffusers_flow_times(steps, shift), sigma_min=0.0)
+    torch.testing.assert_close(ours, x, atol=2e-5, rtol=0)
+    with pytest.raises(ValueError, match="descend"):
+        sample_dpm(model_fn, noise, times=[1.0, 0.5, 0.6, 0.0])

@@ -146,3 +146,54 @@ def test_bad_inputs_are_user_errors(tmp_path):
     (tmp_path / "half" / "transformer").mkdir(parents=True)
     with pytest.raises(UserError, match="missing vae/"):
         ImagePipeline.from_diffusers(tmp_path / "half")
+
+
+@pytest.mark.parametrize("cfg", [4.5, 1.0])
+def test_sana_schedule_matches_sana_pipeline_defaults(cfg):
+    """schedule="sana": SanaPipeline with its own DPM scheduler, untouched (grid from
+    shift(0.999), integer timesteps), gives the same image."""
+    steps = 6
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        use_flow_sigmas=True,
+        prediction_type="flow_prediction",
+        flow_shift=SHIFT,
+        solver_order=2,
+        algorithm_type="dpmsolver++",
+        solver_type="midpoint",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+    )
+    sana = build(scheduler)
+    table = {"p0": random_text(20), "": random_text(21, used=1)}
+    ours = ImagePipeline(
+        sana.transformer,
+        sana.vae,
+        FixedEmbeddings(table),
+        latent_scale=sana.vae.config.scaling_factor,
+        flow_shift=SHIFT,
+    )
+    noise = ours.make_latent_noise(1, (32, 32), seed=2)
+    embeds, mask = ours.encode_prompts(["p0"])
+    neg_embeds, neg_mask = ours.encode_prompts([""])
+    reference = sana(
+        prompt_embeds=embeds,
+        prompt_attention_mask=mask.long(),
+        negative_prompt=None,
+        negative_prompt_embeds=neg_embeds,
+        negative_prompt_attention_mask=neg_mask.long(),
+        latents=noise,
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        height=32,
+        width=32,
+        output_type="np",
+        **SANA_OFF,
+    ).images
+    image = ours.generate(
+        ["p0"], steps=steps, cfg=cfg, seed=2, sampler="dpm", schedule="sana", output="float"
+    )
+    assert np.abs(image - reference).max() < 1e-4
+    flow = ours.generate(["p0"], steps=steps, cfg=cfg, seed=2, sampler="dpm", output="float")
+    assert np.abs(flow - reference).max() > 1e-3  # the grids do differ
+    with pytest.raises(UserError, match="sampler 'dpm'"):
+        ours.generate(["p0"], steps=2, sampler="euler", schedule="sana")

@@ -71,6 +71,13 @@ def register(targets: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sampler", choices=SAMPLER_CHOICES, default="dpm", help="dpm: DPM-Solver++ 2M, Sana's (default)"
     )
+    p.add_argument(
+        "--schedule",
+        choices=("flow", "sana"),
+        default="flow",
+        help="flow: voxforge's time grid from t=1 (default); sana: SanaPipeline's default DPM grid (integer "
+        "timesteps), to compare image for image with diffusers (needs --sampler dpm)",
+    )
     p.add_argument("--per-prompt", type=int, default=1, metavar="N", help="images per prompt (default 1)")
     p.add_argument("--batch", type=int, default=4, metavar="N", help="images sampled at once (default 4)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -106,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         (args.per_prompt < 1, f"--per-prompt must be >= 1, got {args.per_prompt}"),
         (args.batch < 1, f"--batch must be >= 1, got {args.batch}"),
         (args.seed < 0, f"--seed must be >= 0, got {args.seed}"),
+        (
+            args.schedule == "sana" and args.sampler != "dpm",
+            "--schedule sana is SanaPipeline's DPM grid: use --sampler dpm",
+        ),
     ):
         if bad:
             raise UserError(message)
@@ -136,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed + first,
                 size=(width, height),
                 sampler=args.sampler,
+                schedule=args.schedule,
             )
         )
     images = np.concatenate(chunks)
@@ -158,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             "method": args.sampler,
             "steps": args.steps,
             "cfg_scale": args.cfg,
+            "schedule": args.schedule,
             "flow_shift": pipeline.flow_shift,
         },
         "images": files,

@@ -24,14 +24,16 @@ numbers diffusers computes), and so is the last step, as diffusers does with
 algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint")` — Sana's scheduler;
 `tests/flow/test_dpm.py` checks it step by step.
 
-The time grid is `samplers.time_grid` (linspace(1, 0) through the shift): diffusers' Sana
-scheduler instead starts at shift(1 - 1/1000) and hands the network integer timesteps; see
-docs/image.md ("Sampling"). One model evaluation per step, like Euler, but second order.
+The time grid is `samplers.time_grid` (linspace(1, 0) through the shift) unless `times` gives
+one: diffusers' Sana scheduler starts at shift(1 - 1/1000) instead (`diffusers_flow_times`
+reproduces its grid; docs/image.md, "Sampling"). One model evaluation per step, like Euler,
+but second order.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,7 +42,30 @@ from torch import Tensor
 from voxforge.flow.path import noise_scale, x0_from_velocity
 from voxforge.flow.samplers import ModelFn, StepCallback, _Velocity, time_grid
 
-__all__ = ["sample_dpm"]
+__all__ = ["diffusers_flow_times", "diffusers_flow_timesteps", "sample_dpm"]
+
+
+def _diffusers_flow_sigmas(steps: int, shift: float, train_steps: int) -> Tensor:  # [steps] float64
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    sigmas = 1.0 - torch.linspace(1.0, 1.0 / train_steps, steps + 1, dtype=torch.float64)
+    return (shift * sigmas / (1 + (shift - 1) * sigmas)).flip(0)[:-1]
+
+
+def diffusers_flow_times(steps: int, shift: float, train_steps: int = 1000) -> list[float]:
+    """The flow-sigma grid of diffusers' DPMSolverMultistepScheduler(use_flow_sigmas=True):
+    linspace(0, 1 - 1/train_steps, steps + 1) through the shift, descending, its last (zero)
+    point dropped, then a final 0 (`final_sigmas_type="zero"`); float32 values as diffusers
+    stores them. steps + 1 times."""
+    sigmas = _diffusers_flow_sigmas(steps, shift, train_steps)
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)]).float().tolist()
+
+
+def diffusers_flow_timesteps(steps: int, shift: float, train_steps: int = 1000) -> list[int]:
+    """The network timesteps that scheduler hands out with those times: train_steps * sigma
+    truncated to integers (`timesteps.to(torch.int64)`). steps values."""
+    sigmas = _diffusers_flow_sigmas(steps, shift, train_steps)
+    return (sigmas * train_steps).to(torch.int64).tolist()
 
 
 def _log_snr(t: float, sigma_min: float) -> float:
@@ -68,8 +93,10 @@ def sample_dpm(
     sigma_min: float = 1e-5,
     batch_guidance: bool = False,
     callback: StepCallback | None = None,
+    times: Sequence[float] | None = None,  # [steps + 1] descending to 0; None: time_grid(steps, time_shift)
 ) -> Tensor:  # [B, ...] the state at t = 0, dtype at least fp32
-    """Integrate the flow ODE from `noise` at t = 1 to t = 0 with DPM-Solver++ (2M).
+    """Integrate the flow ODE from `noise` (at the grid's first time, 1 by default) to t = 0
+    with DPM-Solver++ (2M).
 
     Arguments mean what they mean for `flow.sample` (guidance, its interval and rescale,
     batched guidance, the shifted time grid); the model is called once per step.
@@ -78,7 +105,13 @@ def sample_dpm(
         model_fn, cond, uncond, cfg_scale, guidance_interval, guidance_rescale, sigma_min, batch_guidance
     )
     x = noise.to(torch.promote_types(noise.dtype, torch.float32))
-    grid = time_grid(steps, time_shift).tolist()
+    if times is None:
+        grid = time_grid(steps, time_shift).tolist()
+    else:
+        grid = [float(t) for t in times]
+        if len(grid) < 2 or grid[-1] != 0.0 or any(a <= b for a, b in zip(grid, grid[1:])) or grid[0] > 1.0:
+            raise ValueError("times must descend strictly from at most 1 to exactly 0")
+        steps = len(grid) - 1
     previous: tuple[Tensor, float] | None = None  # (x0 prediction, its lambda) of the last step
     for i in range(steps):
         s, t = grid[i], grid[i + 1]

@@ -27,8 +27,8 @@ tests/pipelines/test_image_pipeline.py checks it):
 - time grid: `flow.time_grid(steps, flow_shift)`, linspace(1, 0, steps + 1) through the
   shift s t / (1 + (s - 1) t) — SanaPipeline's FlowMatchEuler grid when it is given
   `sigmas=linspace(1, 0, steps + 1)[:-1]` with `shift=flow_shift`. SanaPipeline's default
-  DPM grid differs slightly (it starts at shift(0.999) and rounds the network's timesteps to
-  integers); docs/image.md ("Sampling") says how to compare.
+  DPM grid differs slightly (it starts at shift(0.999) and truncates the network's timesteps
+  to integers); `schedule="sana"` (with the dpm sampler) reproduces it exactly.
 - pixels: the decoder's [-1, 1] → clamp((x + 1) / 2, 0, 1) → round(255 x), as diffusers'
   image processor does.
 
@@ -54,11 +54,14 @@ from torch import Tensor, nn
 from voxforge import runs
 from voxforge.errors import MissingDependencyError, UserError
 from voxforge.flow import make_noise, sample
-from voxforge.flow.dpm import sample_dpm
+from voxforge.flow.dpm import diffusers_flow_times, diffusers_flow_timesteps, sample_dpm
 
-__all__ = ["SAMPLERS", "ImagePipeline", "SanaTextEncoder", "TextEncoderLike"]
+__all__ = ["SAMPLERS", "SCHEDULES", "ImagePipeline", "SanaTextEncoder", "TextEncoderLike"]
 
 SAMPLERS = ("euler", "heun", "dpm")
+#: flow: voxforge's grid from t = 1 (float timesteps); sana: SanaPipeline's default DPM grid
+#: (from shift(0.999), integer network timesteps), for image-for-image comparisons with it
+SCHEDULES = ("flow", "sana")
 #: diffusers' `num_train_timesteps` of Sana's schedulers: the transformer's timestep is 1000 t
 TIMESTEP_RANGE = 1000.0
 
@@ -280,10 +283,16 @@ class ImagePipeline:
         shape = (1, self.latent_channels, height // self.autoencoder_factor, width // self.autoencoder_factor)
         return torch.cat([make_noise(shape, seed=seed + i) for i in range(batch)]).to(self.device)
 
-    def velocity(self, x: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:  # [N, C, h, w] fp32
-        """The denoiser at flow time t (`[N]`, 1 = noise) in voxforge's convention."""
+    def velocity(
+        self, x: Tensor, t: Tensor, cond: dict[str, Tensor], *, timestep: Tensor | None = None
+    ) -> Tensor:  # [N, C, h, w] fp32
+        """The denoiser at flow time t (`[N]`, 1 = noise) in voxforge's convention; `timestep`
+        ([N], in diffusers' 0..1000 units) overrides the one derived from t."""
         dtype = _dtype(self.transformer)
-        timestep = t * self.timestep_scale
+        if timestep is None:
+            timestep = t * self.timestep_scale
+        else:
+            timestep = timestep.to(t.dtype) * (self.timestep_scale / TIMESTEP_RANGE)
         out = self.transformer(
             x.to(dtype),
             encoder_hidden_states=cond["embeds"].to(dtype),
@@ -307,6 +316,7 @@ class ImagePipeline:
         size: Sequence[int] | None = None,
         sampler: str = "dpm",
         latents: Tensor | None = None,  # [B, C, h, w] the noise at t = 1; None: from `seed`
+        schedule: str = "flow",
     ) -> Tensor:  # [B, C, h, w] fp32 scaled latents at t = 0
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -315,6 +325,10 @@ class ImagePipeline:
             raise UserError(f"unknown sampler '{sampler}' ({', '.join(SAMPLERS)})")
         if steps < 1:
             raise UserError(f"steps must be >= 1, got {steps}")
+        if schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule '{schedule}' ({', '.join(SCHEDULES)})")
+        if schedule == "sana" and sampler != "dpm":
+            raise UserError("schedule 'sana' is SanaPipeline's DPM-Solver grid: use it with sampler 'dpm'")
         if cfg < 0:
             raise UserError(f"cfg must be >= 0, got {cfg}")
         size = self.check_size(size)
@@ -341,20 +355,31 @@ class ImagePipeline:
             if tuple(latents.shape) != expected:
                 raise UserError(f"latents of shape {tuple(latents.shape)}, expected {expected}")
             noise = latents.to(self.device, torch.float32)
-        solve = sample_dpm if sampler == "dpm" else sample
-        kwargs = {} if sampler == "dpm" else {"method": sampler}
-        return solve(
-            self.velocity,
-            noise,
-            cond,
-            uncond,
-            steps=steps,
-            cfg_scale=cfg,
-            time_shift=self.flow_shift,
-            sigma_min=self.sigma_min,
-            batch_guidance=True,
-            **kwargs,
-        )
+        common = dict(cfg_scale=cfg, sigma_min=self.sigma_min, batch_guidance=True)
+        if sampler != "dpm":
+            return sample(
+                self.velocity,
+                noise,
+                cond,
+                uncond,
+                steps=steps,
+                method=sampler,
+                time_shift=self.flow_shift,
+                **common,
+            )
+        if schedule == "flow":
+            return sample_dpm(
+                self.velocity, noise, cond, uncond, steps=steps, time_shift=self.flow_shift, **common
+            )
+        times = diffusers_flow_times(steps, self.flow_shift)
+        starts = torch.tensor(times[:-1], dtype=torch.float64)
+        timesteps = diffusers_flow_timesteps(steps, self.flow_shift)
+
+        def integer_timesteps(x: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+            step = int(torch.argmin((starts - float(t[0])).abs()))
+            return self.velocity(x, t, cond, timestep=torch.full_like(t, float(timesteps[step])))
+
+        return sample_dpm(integer_timesteps, noise, cond, uncond, times=times, **common)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:  # [B, C, h, w] scaled -> [B, 3, H, W] float in [0, 1]
@@ -374,6 +399,7 @@ class ImagePipeline:
         sampler: str = "dpm",
         *,
         latents: Tensor | None = None,
+        schedule: str = "flow",  # "sana": SanaPipeline's default DPM grid (see SCHEDULES)
         output: Literal["uint8", "float", "latent"] = "uint8",
     ) -> (
         np.ndarray | Tensor
@@ -390,6 +416,7 @@ class ImagePipeline:
             size=size,
             sampler=sampler,
             latents=latents,
+            schedule=schedule,
         )
         if output == "latent":
             return x
