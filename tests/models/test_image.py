@@ -229,3 +229,24 @@ def test_lora_wrapper_state_round_trip():
     other.load_state_dict(model.state_dict())
     assert isinstance(other, LoRATransformer)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters()))
+
+
+def test_fenced_linear_attention_matches_diffusers_and_stays_finite_in_fp16():
+    torch.manual_seed(0)
+    fenced = build_transformer(FLOW, caption_channels=16).eval()
+    plain = build_transformer(
+        ImageFlowConfig(**{**FLOW.__dict__, "attention_fp32": False}), caption_channels=16
+    )
+    plain.load_state_dict(fenced.state_dict())
+    plain.eval()
+    kinds = {type(p).__name__ for p in fenced.attn_processors.values()}
+    assert "FencedLinearAttention" in kinds and "SanaLinearAttnProcessor2_0" not in kinds
+    x, embeds, mask = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.allclose(velocity(fenced, x, embeds, mask), velocity(plain, x, embeds, mask), atol=1e-5)
+        for model in (fenced, plain):  # keys that ReLU zeroes everywhere: the normaliser is 0
+            model.transformer_blocks[0].attn1.to_k.weight.zero_()
+        with torch.autocast("cpu", dtype=torch.float16):
+            ours, theirs = velocity(fenced, x, embeds, mask), velocity(plain, x, embeds, mask)
+    assert torch.isfinite(ours).all()
+    assert not torch.isfinite(theirs).all()  # diffusers' processor: 0 / 0 in fp16

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -60,11 +61,13 @@ __all__ = [
     "TextEncoder",
     "TextEncoderConfig",
     "BuiltinTextEncoder",
+    "FencedLinearAttention",
     "PretrainedTextEncoder",
     "apply_lora",
     "build_autoencoder",
     "build_text_encoder",
     "build_transformer",
+    "fence_linear_attention",
     "load_autoencoder",
     "load_builtin_text_encoder",
     "load_transformer_weights",
@@ -184,6 +187,9 @@ class ImageFlowConfig:
     gradient_checkpointing: bool = option(
         False, help="recompute each block's activations in backward (memory for time; large models)"
     )
+    attention_fp32: bool = option(
+        True, help="linear attention's token sums in fp32 under fp16/bf16 autocast (no fp16 NaNs)"
+    )
 
 
 def _transformer_kwargs(cfg: ImageFlowConfig, caption_channels: int, sample_size: int) -> dict[str, Any]:
@@ -226,7 +232,62 @@ def build_transformer(cfg: ImageFlowConfig, *, caption_channels: int = 64, sampl
         model = diffusers.SanaTransformer2DModel(**_transformer_kwargs(cfg, caption_channels, sample_size))
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    if cfg.attention_fp32:
+        fence_linear_attention(model)
     return model
+
+
+class FencedLinearAttention:
+    """Sana's ReLU linear attention with its reductions in fp32 whatever the autocast.
+
+    diffusers' processor casts q, k, v to float, but inside an fp16 autocast region the two
+    matmuls run in fp16 again; the normaliser (sum over tokens of k, dotted with q) then
+    underflows to 0 where ReLU zeroed a head's keys, 0 / 0 gives NaN, and every fp16 step is
+    skipped. Here the projections still run under autocast and only the token sums and the
+    division are fenced. In fp32 it computes what diffusers' processor computes.
+    """
+
+    eps = 1e-15
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: Tensor,  # [B, N, C]
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,  # unused, as in diffusers' processor
+    ) -> Tensor:  # [B, N, C]
+        dtype = hidden_states.dtype
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        batch, tokens, _ = query.shape
+
+        def heads(x: Tensor) -> Tensor:  # [B, N, h*d] -> [B, h, N, d]
+            return x.view(batch, x.shape[1], attn.heads, -1).transpose(1, 2)
+
+        query, key, value = heads(F.relu(query)), heads(F.relu(key)), heads(value)
+        with torch.autocast(query.device.type, enabled=False):
+            query, key, value = query.float(), key.float(), value.float()
+            summary = key.transpose(2, 3) @ value  # [B, h, d, d]: sum over tokens of k v^T
+            normaliser = query @ key.sum(dim=2, keepdim=True).transpose(2, 3)  # [B, h, N, 1]
+            out = (query @ summary) / (normaliser + self.eps)
+        out = out.transpose(1, 2).reshape(batch, tokens, -1).to(dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def fence_linear_attention(model: nn.Module) -> None:
+    """Swap diffusers' Sana linear-attention processors of `model` for `FencedLinearAttention`."""
+    processors = model.attn_processors
+    if any(type(p).__name__.startswith("SanaLinearAttnProcessor") for p in processors.values()):
+        model.set_attn_processor(
+            {
+                name: FencedLinearAttention() if type(p).__name__.startswith("SanaLinearAttnProcessor") else p
+                for name, p in processors.items()
+            }
+        )
 
 
 def load_transformer_weights(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
