@@ -1,5 +1,5 @@
 """Rectified flow, independent of any network: the path, training timesteps, the
-flow-matching loss, classifier-free guidance and ODE samplers (Euler, Heun).
+flow-matching loss, classifier-free guidance and ODE samplers (Euler, Heun, DPM-Solver++ 2M).
 
 Convention (TRELLIS): t = 0 is data, t = 1 is noise,
 x_t = (1 - t) x0 + (sigma_min + (1 - sigma_min) t) eps and the network predicts the
@@ -7,6 +7,7 @@ velocity v = (1 - sigma_min) eps - x0. A network plugs in as `model_fn(x_t, t, c
 """
 
 from voxforge.flow.config import FlowConfig, SamplerConfig
+from voxforge.flow.dpm import sample_dpm
 from voxforge.flow.guidance import drop_conditions, guided_velocity
 from voxforge.flow.loss import flow_matching_loss
 from voxforge.flow.path import (
@@ -31,6 +32,7 @@ __all__ = [
     "noise_from_velocity",
     "noise_scale",
     "sample",
+    "sample_dpm",
     "sample_from_config",
     "sample_logit_normal",
     "sample_timesteps",
