@@ -1,4 +1,8 @@
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -332,3 +336,48 @@ def test_tiny_recipes_learn(tmp_path):
     )
     # measured 0.26 vs 0.34 (seed 0): the captions are used
     assert flow.metrics["eval_heldout_loss"] < 0.9 * flow.metrics["eval_heldout_loss_uncond"]
+
+
+# Runs `voxforge train`, SIGKILLing itself right after trainer_state.pt of step 4 is written:
+# the adapters of step 4 are on disk, its COMMITTED marker is not.
+KILLER = """
+import os, signal, sys
+from voxforge.train import checkpoint
+original = checkpoint._write_durable
+def write_then_die(path, write):
+    original(path, write)
+    if path.name == "trainer_state.pt" and path.parent.name == ".tmp-step_00000004":
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint._write_durable = write_then_die
+from voxforge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_lora_run_resumes_to_the_uninterrupted_weights(artefacts, flow_run, tmp_path):
+    overrides = flow_overrides(
+        artefacts,
+        f"model.init_from={flow_run}",
+        "data.autoencoder=",
+        "lora.rank=2",
+        "train.max_steps=6",
+        "train.checkpoint_every=2",
+        "train.ema_rates=[0.9]",
+    )
+    train(load_recipe("image_lora_tiny", overrides), tmp_path / "straight")
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    command = ["train", "image_lora_tiny", "--out", str(tmp_path / "killed"), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    crashed = subprocess.run([sys.executable, str(script), *command], capture_output=True, text=True, env=env)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "voxforge", *command], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for key in ("model", "ema_0.9"):
+        a = load_file(str(latest_checkpoint(tmp_path / "straight").weights[key]))
+        b = load_file(str(latest_checkpoint(tmp_path / "killed").weights[key]))
+        assert latest_checkpoint(tmp_path / "killed").step == 6
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), key
