@@ -542,11 +542,26 @@ class PretrainedTextEncoder(TextEncoder):
         if not cfg.tokenizer and not (tok_dir / "tokenizer_config.json").is_file():
             tok_dir = model_dir.parent / "tokenizer"  # the diffusers pipeline layout
         _local_folder(tok_dir, "tokenizer", "tokenizer_config.json")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+        self._attach(tokenizer, model, cfg.max_length)
+        self.cfg = cfg
+
+    @classmethod
+    def from_parts(cls, tokenizer: Any, model: nn.Module, *, max_length: int) -> PretrainedTextEncoder:
+        """An encoder around an already loaded tokenizer and model (a diffusers Sana folder's)."""
+        encoder = cls.__new__(cls)
+        TextEncoder.__init__(encoder)
+        encoder._attach(tokenizer, model, max_length)
+        encoder.cfg = None
+        return encoder
+
+    def _attach(self, tokenizer: Any, model: nn.Module, max_length: int) -> None:
+        self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"
-        self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+        self.model = model.eval()
         self.model.requires_grad_(False)
-        self.cfg, self.max_length = cfg, cfg.max_length
+        self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
 
     @torch.no_grad()

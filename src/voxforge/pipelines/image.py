@@ -36,8 +36,10 @@ Loading: `from_run(run_dir)` rebuilds the three models of an image_flow run thro
 `voxforge.runs.load_image_models`; `from_diffusers(folder)` reads a local diffusers Sana
 folder (`SanaPipeline.save_pretrained` layout) without the network; `from_model(path)`
 tells the two apart. The Gemma-2 text encoder of a diffusers folder is wrapped by
-`SanaTextEncoder`, which encodes exactly as SanaPipeline does without its optional extras
-(no caption cleaning, no "complex human instruction" prefix; prompts are not lower-cased).
+`models.image.PretrainedTextEncoder` (the one pretrained text encoder of the family), which
+encodes as SanaPipeline does without its optional extras: no caption cleaning, no "complex
+human instruction" prefix; prompts lower-cased and stripped, right-padded to the maximum
+sequence length.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ from voxforge import runs
 from voxforge.errors import MissingDependencyError, UserError
 from voxforge.flow import make_noise, sample
 from voxforge.flow.dpm import diffusers_flow_times, diffusers_flow_timesteps, sample_dpm
+from voxforge.models.image import PretrainedTextEncoder
 
-__all__ = ["SAMPLERS", "SCHEDULES", "ImagePipeline", "SanaTextEncoder", "TextEncoderLike"]
+__all__ = ["SAMPLERS", "SCHEDULES", "ImagePipeline", "TextEncoderLike"]
 
 SAMPLERS = ("euler", "heun", "dpm")
 #: flow: voxforge's grid from t = 1 (float timesteps); sana: SanaPipeline's default DPM grid
@@ -69,32 +72,6 @@ TIMESTEP_RANGE = 1000.0
 class TextEncoderLike(Protocol):
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:  # (embeds [B, L, C], mask [B, L])
         ...
-
-
-class SanaTextEncoder(nn.Module):
-    """A transformers tokenizer + encoder (Gemma-2 for Sana) that encodes as SanaPipeline does:
-    right padding to `max_length` tokens, truncation, the tokenizer's special tokens, the
-    encoder's last hidden state."""
-
-    def __init__(self, tokenizer: Any, model: nn.Module, *, max_length: int = 300):
-        super().__init__()
-        self.tokenizer, self.model, self.max_length = tokenizer, model, max_length
-
-    @torch.no_grad()
-    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:  # ([B, L, C], [B, L] bool)
-        self.tokenizer.padding_side = "right"
-        tokens = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.max_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_tensors="pt",
-        )
-        device = next(self.model.parameters()).device
-        mask = tokens.attention_mask.to(device)
-        embeds = self.model(tokens.input_ids.to(device), attention_mask=mask)[0]
-        return embeds, mask.bool()
 
 
 def _dtype(module: nn.Module) -> torch.dtype:
@@ -239,7 +216,7 @@ class ImagePipeline:
         return cls(
             transformer,
             autoencoder,
-            SanaTextEncoder(tokenizer, text_model, max_length=max_sequence_length),
+            PretrainedTextEncoder.from_parts(tokenizer, text_model, max_length=max_sequence_length),
             latent_scale=float(autoencoder.config.scaling_factor),
             flow_shift=flow_shift,
             device=device,
