@@ -81,7 +81,7 @@ def test_from_diffusers_folder_generates_sana_pipeline_images(tmp_path):
     sana = save_tiny_sana(tmp_path / "sana")
     ours = ImagePipeline.from_diffusers(tmp_path / "sana", max_sequence_length=8)
     assert ours.flow_shift == SHIFT and ours.resolution == (32, 32) and ours.factor == 4
-    prompts, negative, steps = ["a red circle", "a big blue square"], "green", 4
+    prompts, negative, steps = ["a Red circle", "  A big BLUE square"], "Green", 4  # cased: Sana lower-cases
     noise = ours.make_latent_noise(2, (32, 32), seed=3)
     reference = sana(
         prompt=prompts,
