@@ -281,9 +281,10 @@ def stage_ss_decoder(st: Stage, cfgs: dict[str, Any]) -> None:
     st.precision_pair(f"SS decoder {side}³ latent", lambda: model(z_small))
 
 
-def _structures(st: Stage) -> tuple[np.ndarray | None, np.ndarray]:
+def _structures(st: Stage, shrink: int = 1) -> tuple[np.ndarray | None, np.ndarray]:
+    """(full structure or None under --quick, reduced structure voxelised at small_resolution / shrink)."""
     full = None if st.opts.quick else structure(st.opts.mesh, 64)
-    small_res = 6 if st.opts.quick else st.opts.small_resolution
+    small_res = 6 if st.opts.quick else max(4, st.opts.small_resolution // shrink)
     small = full if (st.opts.bf16_full and full is not None) else structure(st.opts.mesh, small_res)
     st.info["voxels"] = None if full is None else len(full)
     st.info["small_voxels"] = len(small)
@@ -371,7 +372,8 @@ def surface_features(h: Any, mesh_path: Path, coarse: int, grid: int = 64) -> to
 @torch.no_grad()
 def stage_mesh_decoder(st: Stage, cfgs: dict[str, Any]) -> None:
     args = cfgs["SLatMeshDecoder"]
-    full, small = _structures(st)
+    # the subdivide blocks' sparse convs run 64x the voxels; bf16 on AVX2 is ~20x slower there
+    full, small = _structures(st, shrink=2)
     latent = int(args["latent_channels"])
     coords = full if full is not None else small
     if full is not None:
@@ -445,14 +447,23 @@ def run_stage(name: str, opts: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ report
-def report(results: list[dict[str, Any]], opts: argparse.Namespace) -> None:
-    from voxforge.commands.generate_trellis import resolve_precision
+def auto_precision() -> str:
+    """What `voxforge generate --precision auto` picks here (the engine's bf16 probe)."""
+    try:
+        from voxforge.train.precision import resolve_precision
 
+        choice = resolve_precision("auto", torch.device("cpu"))
+        return f"{choice.resolved} ({choice.reason})"
+    except Exception as err:  # noqa: BLE001 - the report must not fail on a moved helper
+        return f"unknown ({err!r})"
+
+
+def report(results: list[dict[str, Any]], opts: argparse.Namespace) -> None:
     print(
         f"\nTRELLIS-image-large, random weights, CPU: {cpu_model()} "
         f"(capability {torch.backends.cpu.get_cpu_capability()}, flags {' '.join(cpu_flags()) or '-'}), "
         f"{opts.threads} thread(s), torch {torch.__version__}, "
-        f"--precision auto -> {resolve_precision('auto', torch.device('cpu'))}"
+        f"--precision auto -> {auto_precision()}"
     )
     n_guided = guided_steps()
     print(
@@ -570,9 +581,10 @@ def main() -> None:
                 print(f"  stage {name} failed (exit {proc.returncode})", file=sys.stderr)
                 continue
             results.append(json.loads(lines[-1][len("RESULT ") :]))
-    report(results, opts)
+            print(f"  peak RSS {results[-1]['peak_rss_mb'] / 1024:.2f} GB", file=sys.stderr, flush=True)
     if opts.json:
         opts.json.write_text(json.dumps({"threads": opts.threads, "results": results}, indent=1))
+    report(results, opts)
 
 
 if __name__ == "__main__":
