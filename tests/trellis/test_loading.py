@@ -139,3 +139,15 @@ def test_unknown_checkpoint_classes_are_listed_not_loaded(folder):
     )
     assert models.skipped == {"slat_dec_rf": "SLatRadianceFieldDecoder"}
     assert set(models.roles) == {"sparse_structure_decoder"}
+
+
+def test_voxforge_pipeline_output_is_not_taken_for_a_trellis_folder(tmp_path):
+    """`voxforge pipeline run` writes a pipeline.json of its own: only TRELLIS's counts."""
+    from voxforge.trellis.loading import is_trellis_folder
+
+    (tmp_path / "pipeline.json").write_text(json.dumps({"source": "", "spec": {"out": ""}}))
+    assert not is_trellis_folder(tmp_path)
+    (tmp_path / "pipeline.json").write_text("{not json")
+    assert not is_trellis_folder(tmp_path)
+    if (FIXTURES / "pipeline.json").is_file():
+        assert is_trellis_folder(FIXTURES)

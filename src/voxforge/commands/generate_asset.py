@@ -224,8 +224,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _is_trellis_model(model: str) -> bool:
     """A TRELLIS download (pipeline.json) or a folder `voxforge import trellis` wrote."""
-    folder = Path(model)
-    return (folder / "pipeline.json").is_file() or (folder / "model.json").is_file()
+    from voxforge.trellis.importer import is_imported_folder
+    from voxforge.trellis.loading import is_trellis_folder
+
+    return is_trellis_folder(model) or is_imported_folder(model)
 
 
 def _sampler_dict(sampler: SamplerConfig) -> dict[str, Any]:

@@ -133,8 +133,6 @@ def sampler_defaults(models: TrellisModels) -> dict[str, Any]:
 def import_trellis(src: str | Path, out: str | Path, *, dinov2: str | Path | None = None) -> Path:
     """Convert the TRELLIS folder `src` into the voxforge model folder `out`."""
     src, out = Path(src), Path(out)
-    if not is_trellis_folder(src):
-        raise UserError(f"{src}: no pipeline.json (not a TRELLIS model folder)")
     if out.resolve() == src.resolve():
         raise UserError(f"--out {out}: must differ from the source folder")
     models = load_trellis(src, dinov2=dinov2)

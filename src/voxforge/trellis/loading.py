@@ -69,7 +69,20 @@ class TrellisLoadError(UserError):
 
 
 def is_trellis_folder(path: str | Path) -> bool:
-    return (Path(path) / PIPELINE_FILE).is_file()
+    """A folder with TRELLIS's `pipeline.json` (`{"name": ..., "args": {"models": ...}}`).
+
+    The content is checked, not only the name: `voxforge pipeline run` writes a
+    `pipeline.json` of its own into its output folder.
+    """
+    file = Path(path) / PIPELINE_FILE
+    if not file.is_file() or file.stat().st_size > 1 << 20:
+        return False
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    args = data.get("args") if isinstance(data, dict) else None
+    return isinstance(args, dict) and isinstance(args.get("models"), dict)
 
 
 @dataclass(frozen=True)
