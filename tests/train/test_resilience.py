@@ -75,7 +75,13 @@ def test_kill_during_checkpoint_write_resumes_from_previous(tmp_path):
     assert _events(run, "resume")[-1]["step"] == 10
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGUSR1, 138)])
+@pytest.mark.parametrize(
+    "signum, code",
+    [
+        (signal.SIGTERM, 143),
+        pytest.param(signal.SIGUSR1, 138, marks=pytest.mark.slow),
+    ],  # same path, other signal
+)
 def test_preemption_checkpoints_and_continues(tmp_path, signum, code):
     run = tmp_path / "run"
     args = ["-m", "voxforge", *ARGS, "--out", str(run), "train.checkpoint_every=100000"]

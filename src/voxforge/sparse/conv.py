@@ -244,7 +244,9 @@ def sparse_conv3d(
         out = _spconv_conv(x, weight, dilation, dtype)
     else:
         pairs = _conv_pairs(x, weight.shape[2], dilation)
-        w = weight.flatten(2).permute(2, 1, 0).to(dtype)  # [K, Cin, Cout]
+        # [K, Cin, Cout], made contiguous once: a slice w[k] of the permuted view is strided,
+        # and every offset's matmul would copy it (half of a small SLat flow's forward)
+        w = weight.flatten(2).permute(2, 1, 0).to(dtype).contiguous()
         with torch.autocast(x.device.type, enabled=False):
             out = _GatherMatmulScatter.apply(x.feats.to(dtype), w, pairs)
     if bias is not None:
