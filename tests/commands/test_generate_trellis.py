@@ -90,7 +90,8 @@ def test_import_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_generate_writes_textured_glb_turntable_and_ply(trellis_dir, image, tmp_path):
     out = tmp_path / "out"
-    assert _generate(trellis_dir, image, out, "--frames", "4", "--size", "48", "--texture-size", "128") == 0
+    extra = ["--frames", "4", "--size", "48", "--texture-size", "128", "--bake-views", "4"]
+    assert _generate(trellis_dir, image, out, *extra) == 0
     record = json.loads((out / "generation.json").read_text())
     assert record["glb"] == "flexicubes_textured"
     assert {"asset.ply", "asset.glb", "asset.mp4", "asset.gif", "asset_preview.png"} <= set(record["files"])

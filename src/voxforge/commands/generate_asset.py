@@ -86,6 +86,13 @@ def _add_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     )
     p.add_argument("--texture-size", type=int, default=1024, help="TRELLIS models: side of the .glb texture")
     p.add_argument(
+        "--bake-views",
+        type=int,
+        default=24,
+        help="TRELLIS models: renders of the Gaussians the texture is baked from (default 24; each is a "
+        "full render, about a minute for 600k Gaussians on a 2-core CPU: use 6-8 there)",
+    )
+    p.add_argument(
         "--simplify",
         type=float,
         default=0.95,

@@ -64,6 +64,7 @@ def _write_glb(result: Any, path: Path, args: argparse.Namespace) -> tuple[str, 
             gaussians=result.gaussians,
             texture_size=args.texture_size,
             simplify_ratio=args.simplify,
+            views=args.bake_views,
         )
         return "flexicubes_textured", write_glb(textured, path)
     except MissingDependencyError as err:
@@ -99,8 +100,8 @@ def run_trellis(args: argparse.Namespace) -> int:
         )
     except Exception as err:  # ConfigValueError: unknown format
         raise UserError(f"--formats: {err}") from None
-    if args.texture_size < 16 or not 0 <= args.simplify < 1:
-        raise UserError("--texture-size must be >= 16 and --simplify in [0, 1)")
+    if args.texture_size < 16 or not 0 <= args.simplify < 1 or args.bake_views < 1:
+        raise UserError("--texture-size must be >= 16, --simplify in [0, 1) and --bake-views >= 1")
     structure = _overrides(args.steps, args.cfg)
     slat = _overrides(args.slat_steps, args.slat_cfg)
     start = time.perf_counter()
