@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from voxforge.errors import UserError
 from voxforge.models.slat_mesh import (
     SLatMeshDecoder,
     SparseSubdivideBlock,
@@ -111,3 +112,18 @@ def test_decoder_shapes_and_per_sample_meshes():
         if m.success:
             assert m.vertex_attrs.shape == (m.vertices.shape[0], 6)
             assert float(m.vertices.abs().max()) <= 0.5
+
+
+def test_structure_larger_than_the_decoder_grid_needs_its_resolution():
+    """The network is windowed and convolutional: a structure of another side decodes on a
+    4R grid of its own when R is given, and is refused with both sides named otherwise."""
+    torch.manual_seed(0)
+    decoder = SLatMeshDecoder(_config()).eval()  # resolution 8
+    coords = torch.tensor([[0, 3, 3, 3], [0, 12, 12, 12]], dtype=torch.int32)
+    x = SparseTensor(coords, torch.randn(2, 4), spatial_shape=(16, 16, 16))
+    with torch.no_grad():
+        torch.nn.init.normal_(decoder.output.weight, std=0.05)
+        with pytest.raises(UserError, match="larger than 8"):
+            decoder(x)
+        (mesh,) = decoder(x, resolution=16)
+    assert mesh.resolution == 64 and (not mesh.success or float(mesh.vertices.abs().max()) <= 0.5)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from voxforge.errors import UserError
 from voxforge.models.slat_vae import SLatVAEConfig, SparseTransformerStack
 from voxforge.representations.flexicubes import CUBE_CORNERS, ExtractedMesh, flexicubes_extract
 from voxforge.sparse.conv import SparseConv3d
@@ -191,12 +192,24 @@ class SLatMeshDecoder(nn.Module):
             h = block(h)
         return h.replace(self.output(h.feats.float()))
 
-    def to_meshes(self, h: SparseTensor) -> list[ExtractedMesh]:
-        """One mesh per sample of the fine feature tensor."""
+    def to_meshes(self, h: SparseTensor, resolution: int | None = None) -> list[ExtractedMesh]:
+        """One mesh per sample of the fine feature tensor.
+
+        `resolution` is the side R of the structure the latents live on (default: the
+        decoder's config). A checkpoint's `resolution` is the grid it was trained for; the
+        network itself is convolutional and windowed, so a structure of another side decodes
+        on a 4R grid of its own (what the fixture folders, with their small mesh decoders on
+        64³ structures, need), and a voxel outside the grid is an error naming both sides.
+        """
+        side = int(resolution or self.resolution)
+        if h.num_points and int(h.coords[:, 1:].max()) >= 4 * side:
+            raise UserError(
+                f"SLatMeshDecoder: the latents lie on a grid larger than {side}³ (the decoder's "
+                f"resolution {self.resolution}); pass the structure's resolution"
+            )
         return [
-            features_to_mesh(h.coords[rows, 1:], h.feats[rows], self.mesh_resolution, self.use_color)
-            for rows in h.layout
+            features_to_mesh(h.coords[rows, 1:], h.feats[rows], 4 * side, self.use_color) for rows in h.layout
         ]
 
-    def forward(self, x: SparseTensor) -> list[ExtractedMesh]:
-        return self.to_meshes(self.features(x))
+    def forward(self, x: SparseTensor, resolution: int | None = None) -> list[ExtractedMesh]:
+        return self.to_meshes(self.features(x), resolution)

@@ -230,7 +230,7 @@ class TrellisImageTo3D:
         return TrellisResult(voxels, grid, gaussians, mesh, timings)
 
     def _mesh(self, slat: SparseTensor) -> TrellisMesh:
-        (extracted,) = self.models.role("slat_decoder_mesh")(slat)
+        (extracted,) = self.models.role("slat_decoder_mesh")(slat, resolution=self.resolution)
         rot = Z_UP_TO_Y_UP.numpy()
         vertices = extracted.vertices.detach().cpu().double().numpy() @ rot.T
         attrs = extracted.vertex_attrs.detach().cpu().double().numpy()
