@@ -36,6 +36,7 @@ builder runs.
 
 from __future__ import annotations
 
+import abc
 import json
 import re
 import warnings
@@ -429,7 +430,7 @@ def tokenize_words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(nn.Module, abc.ABC):
     """`encode(prompts) -> (embeds [B, max_length, dim] float, mask [B, max_length] bool)`."""
 
     dim: int
@@ -444,8 +445,8 @@ class TextEncoder(nn.Module):
             )
             self._warned = True
 
-    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]: ...
 
 
 class BuiltinTextEncoder(TextEncoder):

@@ -74,13 +74,12 @@ class Stage(abc.ABC):
         epoch: int,
         start_batch: int,
     ) -> Any:
-        """One epoch's batch sampler, for stages whose batches have a shape of their own.
+        """One epoch's batch sampler, or None for the engine's `train.data.ResumableBatchSampler`.
 
         Override to group items (e.g. by aspect-ratio bucket); the result must be a function
         of the arguments alone and expose `batches_per_epoch` (see `train.data.BatchStream`).
-        The engine uses `train.data.ResumableBatchSampler` when a stage does not override it.
         """
-        raise NotImplementedError
+        return None
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
         """Optional custom optimizer groups; None uses the recipe's `optim` rules."""

@@ -62,10 +62,10 @@ class BatchStream:
     """Endless stream of micro-batches that knows its (epoch, batch) position.
 
     `make_sampler(rank=, world_size=, seed=, epoch=, start_batch=)` builds one epoch's batch
-    sampler (default: `ResumableBatchSampler` over the dataset); it must be deterministic in
-    its arguments and expose `batches_per_epoch`, which is how a stage plugs in batches of
-    its own shape (e.g. aspect-ratio buckets: `Stage.batch_sampler`) without losing exact
-    resume or the 1 × 2B = 2 × B equivalence.
+    sampler, or returns None for the default `ResumableBatchSampler` over the dataset; it must
+    be deterministic in its arguments and expose `batches_per_epoch`, which is how a stage
+    plugs in batches of its own shape (e.g. aspect-ratio buckets: `Stage.batch_sampler`)
+    without losing exact resume or the 1 × 2B = 2 × B equivalence.
     """
 
     def __init__(
@@ -87,11 +87,17 @@ class BatchStream:
         self.num_workers = num_workers
         self.epoch, self.batch = epoch, batch
         self._iter: Iterator | None = None
-        self._make_sampler = make_sampler or (
-            lambda **kw: ResumableBatchSampler(len(dataset), batch_size, **kw)
-        )
+        self._custom_sampler = make_sampler
         probe = self._make_sampler(rank=rank, world_size=world_size, seed=seed, epoch=0, start_batch=0)
         self.batches_per_epoch = probe.batches_per_epoch
+
+    def _make_sampler(self, **kw: int) -> Sampler:
+        sampler = self._custom_sampler(**kw) if self._custom_sampler is not None else None
+        return (
+            sampler
+            if sampler is not None
+            else ResumableBatchSampler(len(self.dataset), self.batch_size, **kw)
+        )
 
     def _start_epoch(self) -> None:
         if hasattr(self.dataset, "set_epoch"):

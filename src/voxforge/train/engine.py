@@ -349,7 +349,7 @@ class Trainer:
             world_size=info.world_size,
             seed=cfg.seed,
             num_workers=cfg.num_workers,
-            make_sampler=self._sampler_factory(cfg.batch_size),
+            make_sampler=lambda **kw: self.stage.batch_sampler(self.dataset, cfg.batch_size, **kw),
             **self.data_state,
         )
         progress = Progress(cfg.max_steps, self.step, enabled=info.is_main and cfg.progress)
@@ -475,12 +475,6 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, self.ema_updates if self.cfg.ema_warmup else None)
             self.ema_updates += 1
-
-    def _sampler_factory(self, batch_size: int) -> Any:
-        """The stage's own batch sampler (`Stage.batch_sampler`), or None for the default."""
-        if type(self.stage).batch_sampler is Stage.batch_sampler:
-            return None
-        return lambda **kw: self.stage.batch_sampler(self.dataset, batch_size, **kw)
 
     def _skip_step(self, flags: StepFlags, progress: Progress, stream: BatchStream) -> None:
         self.optimizer.zero_grad(set_to_none=True)
