@@ -125,12 +125,10 @@ def add_default_target(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from voxforge.export import ExportConfig, export_asset
     from voxforge.models.conditioning import default_slat_sampler, default_structure_sampler
     from voxforge.pipelines.image_to_3d import EmptyStructureError, ImageTo3DPipeline
-    from voxforge.representations.voxels import save_voxels
     from voxforge.train.distributed import resolve_device
 
     if args.model and _is_trellis_model(args.model):
@@ -193,14 +191,7 @@ def run(args: argparse.Namespace) -> int:
             mode=args.mode,
         )
     except EmptyStructureError as err:  # an outcome, not a crash: record it and write what exists
-        save_voxels(out / "structure.npz", np.zeros((0, 3), np.int64), pipeline.resolution)
-        record = {**inputs, "status": "empty_structure", "voxels": 0, "files": ["structure.npz"]}
-        (out / "generation.json").write_text(json.dumps(record, indent=1))
-        print(
-            f"voxforge generate: {args.image[0]}: {err} (wrote {out}/structure.npz, generation.json)",
-            file=sys.stderr,
-        )
-        return 1
+        return record_empty_structure(out, inputs, pipeline.resolution, args.image[0], err)
     if result.fallback:
         print(fallback_message(True, len(result.coords)), file=sys.stderr)
     export_start = time.perf_counter()
@@ -208,11 +199,44 @@ def run(args: argparse.Namespace) -> int:
         result.gaussians, out, coords=result.coords, resolution=result.resolution, config=export, name="asset"
     )
     timings = {"load_models": load_seconds, **result.timings, "export": time.perf_counter() - export_start}
+    return record_asset(out, inputs, result, paths, timings, device, extra={"fallback": result.fallback})
+
+
+def record_empty_structure(
+    out: Path, inputs: dict[str, Any], resolution: int, image: str, err: Exception
+) -> int:
+    """An empty sampled structure is an outcome: write the (empty) voxels and the record; exit 1."""
+    import numpy as np
+
+    from voxforge.representations.voxels import save_voxels
+
+    save_voxels(out / "structure.npz", np.zeros((0, 3), np.int64), resolution)
+    record = {**inputs, "status": "empty_structure", "voxels": 0, "files": ["structure.npz"]}
+    (out / "generation.json").write_text(json.dumps(record, indent=1))
+    print(f"voxforge generate: {image}: {err} (wrote {out}/structure.npz, generation.json)", file=sys.stderr)
+    return 1
+
+
+def record_asset(
+    out: Path,
+    inputs: dict[str, Any],
+    result: Any,  # .coords [N, 3], .resolution, .gaussians
+    paths: dict[str, Path],
+    timings: dict[str, float],
+    device: Any,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> int:
+    """Write `structure.npz` and `generation.json` of a finished asset and print its summary line."""
+    import numpy as np
+
+    from voxforge.representations.voxels import save_voxels
+
     save_voxels(out / "structure.npz", np.asarray(result.coords), result.resolution)
     record = {
         **inputs,
         "status": "done",
-        "fallback": result.fallback,
+        **(extra or {}),
         "resolution": result.resolution,
         "voxels": int(len(result.coords)),
         "gaussians": int(result.gaussians.num_gaussians),

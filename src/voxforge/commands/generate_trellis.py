@@ -20,7 +20,6 @@ TRELLIS's `cfg_strength` + 1. Everything is in voxforge's Y-up frame (`pipelines
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -78,12 +77,11 @@ def _write_glb(result: Any, path: Path, args: argparse.Namespace) -> tuple[str, 
 
 
 def run_trellis(args: argparse.Namespace) -> int:
-    import numpy as np
 
+    from voxforge.commands.generate_asset import record_asset, record_empty_structure
     from voxforge.export import ExportConfig, export_asset
     from voxforge.pipelines.image_to_3d import EmptyStructureError
     from voxforge.pipelines.trellis import TrellisImageTo3D
-    from voxforge.representations.voxels import save_voxels
     from voxforge.train.distributed import resolve_device
     from voxforge.train.precision import DTYPES, resolve_precision
     from voxforge.trellis.dinov2 import load_image
@@ -139,14 +137,7 @@ def run_trellis(args: argparse.Namespace) -> int:
             formats=("gaussian", "mesh") if "glb" in formats else ("gaussian",),
         )
     except EmptyStructureError as err:
-        save_voxels(out / "structure.npz", np.zeros((0, 3), np.int64), pipeline.resolution)
-        record = {**inputs, "status": "empty_structure", "voxels": 0, "files": ["structure.npz"]}
-        (out / "generation.json").write_text(json.dumps(record, indent=1))
-        print(
-            f"voxforge generate: {args.image[0]}: {err} (wrote {out}/structure.npz, generation.json)",
-            file=sys.stderr,
-        )
-        return 1
+        return record_empty_structure(out, inputs, pipeline.resolution, args.image[0], err)
     export_start = time.perf_counter()
     paths = export_asset(
         result.gaussians, out, coords=result.coords, resolution=result.resolution, config=export, name="asset"
@@ -157,25 +148,9 @@ def run_trellis(args: argparse.Namespace) -> int:
         glb_start = time.perf_counter()
         glb_kind, paths["glb"] = _write_glb(result, out / "asset.glb", args)
         timings["glb"] = time.perf_counter() - glb_start
-    save_voxels(out / "structure.npz", result.coords, result.resolution)
-    record = {
-        **inputs,
-        "status": "done",
-        "resolution": result.resolution,
-        "voxels": int(len(result.coords)),
-        "gaussians": int(result.gaussians.num_gaussians),
-        "mesh": None
+    mesh = (
+        None
         if result.mesh is None
-        else {"vertices": len(result.mesh.vertices), "faces": len(result.mesh.faces)},
-        "glb": glb_kind,
-        "seconds": {k: round(v, 3) for k, v in timings.items()},
-        "device": str(device),
-        "files": sorted(p.name for p in paths.values()) + ["structure.npz"],
-    }
-    (out / "generation.json").write_text(json.dumps(record, indent=1))
-    print(
-        f"voxforge generate: {len(result.coords)} voxels, {result.gaussians.num_gaussians} Gaussians in "
-        f"{sum(timings.values()):.1f} s -> {out} ({', '.join(record['files'] + ['generation.json'])})",
-        file=sys.stderr,
+        else {"vertices": len(result.mesh.vertices), "faces": len(result.mesh.faces)}
     )
-    return 0
+    return record_asset(out, inputs, result, paths, timings, device, extra={"mesh": mesh, "glb": glb_kind})
