@@ -49,19 +49,8 @@ __all__ = ["TrellisImageTo3D", "TrellisMesh", "TrellisResult", "voxels_z_up_to_y
 Z_UP_TO_Y_UP = torch.from_numpy(GLTF_Z_UP_TO_Y_UP.T.astype(np.float32))
 
 
-def _quat_of_matrix(m: Tensor) -> Tensor:  # [3, 3] proper rotation -> (w, x, y, z)
-    w = math.sqrt(max(0.0, 1.0 + float(m[0, 0] + m[1, 1] + m[2, 2]))) / 2
-    if w > 1e-6:
-        return torch.tensor(
-            [
-                w,
-                float(m[2, 1] - m[1, 2]) / (4 * w),
-                float(m[0, 2] - m[2, 0]) / (4 * w),
-                float(m[1, 0] - m[0, 1]) / (4 * w),
-            ]
-        )
-    x = math.sqrt(max(0.0, 1.0 + float(m[0, 0] - m[1, 1] - m[2, 2]))) / 2
-    return torch.tensor([0.0, x, float(m[0, 1] + m[1, 0]) / (4 * x), float(m[0, 2] + m[2, 0]) / (4 * x)])
+#: the same rotation as a unit quaternion (w, x, y, z): -90° about +x
+Z_UP_TO_Y_UP_QUAT = torch.tensor([math.sqrt(0.5), -math.sqrt(0.5), 0.0, 0.0])
 
 
 def _quat_mul(a: Tensor, b: Tensor) -> Tensor:  # [..., 4] (w, x, y, z) Hamilton product a ⊗ b
@@ -83,7 +72,7 @@ def z_up_to_y_up(gaussians: Gaussians) -> Gaussians:
     from dataclasses import replace
 
     rot = Z_UP_TO_Y_UP.to(gaussians.means)
-    q = _quat_of_matrix(Z_UP_TO_Y_UP).to(gaussians.quats)
+    q = Z_UP_TO_Y_UP_QUAT.to(gaussians.quats)
     return replace(
         gaussians,
         means=gaussians.means @ rot.T,

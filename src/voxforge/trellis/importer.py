@@ -80,20 +80,15 @@ def _compact(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _write_safetensors(state: dict[str, Tensor], path: Path) -> str:
+    """Write atomically; returns the sha256 of the bytes written (no second read of the file)."""
+    from safetensors.torch import save
 
-
-def _write_safetensors(state: dict[str, Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
+    data = save(state)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp))
+    tmp.write_bytes(data)
     tmp.replace(path)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _copy_image_encoder(path: Path, out: Path) -> str:
@@ -143,12 +138,12 @@ def import_trellis(src: str | Path, out: str | Path, *, dinov2: str | Path | Non
     checkpoints = {}
     for stem, ckpt in models.checkpoints.items():
         path = out / "weights" / f"{stem}.safetensors"
-        _write_safetensors(_compact(ckpt.module.state_dict()), path)
+        digest = _write_safetensors(_compact(ckpt.module.state_dict()), path)
         checkpoints[stem] = {
             "class": ckpt.trellis_class,
             "args": ckpt.args,
             "weights": f"weights/{path.name}",
-            "sha256": _sha256(path),
+            "sha256": digest,
         }
     record = {
         "format": FORMAT,
@@ -172,7 +167,7 @@ def load_imported(
     path: str | Path, *, device: torch.device | str = "cpu", image_encoder: bool = True
 ) -> TrellisModels:
     """Open a folder written by `import_trellis` (checks each weight file's sha256)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     root = Path(path)
     file = root / MODEL_FILE
@@ -194,11 +189,12 @@ def load_imported(
             raise UserError(
                 f"{file}: checkpoints.{stem}.weights: {entry['weights']} is missing or outside {root}"
             )
-        if _sha256(weights) != entry.get("sha256"):
+        data = weights.read_bytes()  # hashed from the bytes that are parsed: the file is read once
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             raise UserError(f"{weights}: sha256 differs from {file} (damaged or replaced); re-run the import")
         spec = spec_for(entry["class"], f"{file}: checkpoints.{stem}")
         module = spec.build(entry["args"])
-        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load(data).items()}
         check_state_dict(module, state, str(weights))
         module.load_state_dict(state, strict=True)
         loaded[stem] = LoadedCheckpoint(stem, entry["class"], entry["args"], module.to(device).eval())
