@@ -199,7 +199,6 @@ def load_imported(
         module.load_state_dict(state, strict=True)
         loaded[stem] = LoadedCheckpoint(stem, entry["class"], entry["args"], module.to(device).eval())
     models = TrellisModels(config=config, checkpoints=loaded, roles=dict(record["roles"]))
-    models.extra["defaults"] = record.get("defaults", {})
     if image_encoder:
         if not record.get("image_encoder"):
             raise UserError(

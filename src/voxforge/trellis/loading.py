@@ -278,7 +278,6 @@ class TrellisModels:
     image_encoder_path: Path | None = None
     #: file stem -> TRELLIS class of checkpoints voxforge has no module for (not loaded)
     skipped: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def role(self, role: str) -> nn.Module:
         return self.checkpoints[self.roles[role]].module
