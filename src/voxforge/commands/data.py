@@ -6,10 +6,14 @@ import argparse
 import json
 from typing import Any
 
+from voxforge.commands import data_videos
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser(
-        "data", help="make, prepare and inspect datasets (synth, prepare, status, images, synth-images)"
+        "data",
+        help="make, prepare and inspect datasets (synth, prepare, status, images, synth-images, videos, "
+        "synth-videos)",
     )
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda args: data.print_help() or 0)
@@ -147,6 +151,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--only-color", "--only-colour", default="", help="draw shapes only in these colours, comma-separated"
     )
     synth_images.set_defaults(func=run_synth_images)
+
+    data_videos.register(commands)  # videos, synth-videos
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -1,0 +1,729 @@
+"""Captioned video datasets: `voxforge data videos SRC [SRC2 ...] OUT` and the dataset that reads it.
+
+Ingest (docs/video.md, "Data"). Each SRC is a folder, a `.zip` or a `.tar`/`.tar.gz`
+(checked before anything is extracted, into OUT/archives/<sha>/: `video_archive`). Videos
+(mp4, mov, m4v, webm, mkv, gif) are probed and decoded with PyAV (`video_io`: sizes and
+frame counts checked before decoding); images in the same sources are one-frame videos.
+Captions follow the image family: a `.txt` beside the file, or `metadata.jsonl` /
+`metadata.csv` with `file_name` and `text` (the metadata wins, with `caption_conflict`; none
+is an empty caption with `missing_caption`); the other scalar columns of a metadata row are
+kept as the item's `extra` (the synthetic set's labels). Every file is handled on its own: an
+unreadable, truncated or empty one is a failed line of OUT/manifest.jsonl with a reason, and
+the job goes on.
+
+Each clip goes to a (resolution, frames, aspect) bucket of the bucket table (`video_buckets`,
+Open-Sora's bucket config) and is stored decoded at that bucket's size: OUT/clips/<id>.npy,
+uint8 [T, H, W, 3] (T frames chosen by `frame_sampling`, each resized to cover the bucket and
+centre-cropped). A .npy is read back with one `np.load` (memory-mapped), which is what a
+training loop wants from a few hundred KB to a few MB per clip.
+
+Resume. An item's id is the first 16 hex digits of the sha256 of its bytes (the same bytes
+twice are one clip and a `duplicate` line). A re-run re-hashes only files whose size or
+modification time changed, recomputes each clip's bucket from its recorded probe (the draws
+are seeded by the clip's id), and skips a clip whose stored file exists and whose bucket and
+settings (`params`) are unchanged: editing batch sizes or captions reprocesses nothing, a
+probability that moves a clip to another bucket reprocesses that clip only. Records are
+appended as they finish; at the end the manifest (one line per source file) and dataset.json
+are rewritten atomically.
+
+Dataset. `VideoClipDataset` returns {"video": [3, T, H, W] in [-1, 1], "caption", "id",
+"fps", "bucket"}; `video_batch_sampler` batches it one bucket at a time at each bucket's batch
+size (`VideoBucketSampler`: seeded, resumable, split by rank).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from voxforge.config.core import ConfigValueError, option
+from voxforge.data.safety import is_within
+from voxforge.data.video_archive import archive_kind, expand_media_archive
+from voxforge.data.video_buckets import (
+    DEFAULT_BUCKETS,
+    VideoBucket,
+    VideoBucketSampler,
+    aspect_tables,
+    assign_bucket,
+    bucket_config_json,
+    bucket_rng,
+    parse_bucket_config,
+)
+from voxforge.data.video_io import (
+    FRAME_SAMPLING,
+    Probe,
+    VideoLimits,
+    cover_crop,
+    frame_indices,
+    read_clip,
+    read_image_frame,
+)
+from voxforge.errors import UserError
+from voxforge.representations.mesh import AssetError
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "VideoPrepareConfig",
+    "VideoDataConfig",
+    "VideoClipDataset",
+    "collate_videos",
+    "prepare_videos",
+    "read_manifest",
+    "video_batch_sampler",
+]
+
+VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif"}
+STILL_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | STILL_EXTENSIONS
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+MANIFEST = "manifest.jsonl"
+DATASET_INFO = "dataset.json"
+CLIPS = "clips"
+FORMAT_VERSION = 1
+#: warnings found while reading the sources (re-made on every run; the others come with the clip)
+DISCOVERY_WARNINGS = {"missing_caption", "caption_conflict"}
+WARNING_REASONS = {
+    "missing_caption": "no caption (.txt or metadata): empty caption",
+    "caption_conflict": "a .txt and the metadata disagree: the metadata's caption is used",
+    "upscaled": "smaller than its bucket: upscaled",
+    "rotated": "rotation metadata applied",
+}
+FAILURE_REASONS = {
+    "empty_file", "too_large", "not_a_video", "corrupt_video", "truncated_video", "empty_video",
+    "no_video_stream", "video_too_large", "too_many_frames", "not_an_image", "corrupt_image", "no_bucket",
+    "duplicate", "path_outside_source", "unreadable", "bad_archive", "zip_bomb", "worker_error",
+    "worker_crashed", "timeout",
+}  # fmt: skip
+
+
+@dataclass
+class VideoPrepareConfig:
+    """Settings of `voxforge data videos` (what a clip's stored frames depend on is in `params`)."""
+
+    buckets: dict[str, dict[str, Any]] = option(
+        default_factory=lambda: copy.deepcopy(DEFAULT_BUCKETS),
+        help='bucket table: {"256px": {frames: [probability, batch size]}} (video_buckets)',
+    )
+    multiple: int = option(16, ge=1, help="bucket sides are multiples of this (the autoencoder's stride)")
+    max_aspect: float = option(2.0, ge=1.0, le=8.0, help="widest aspect bucket (and its inverse)")
+    approx: float = option(0.8, gt=0.0, le=1.0, help="a clip reaches resolution N when W·H >= approx·N²")
+    frame_sampling: str = option("centre", choices=FRAME_SAMPLING, help="which T frames of a longer clip")
+    seed: int = option(0, help="seed of the bucket draws")
+    background: tuple[int, ...] = option((255, 255, 255), help="RGB that transparent image pixels become")
+    workers: int = option(-1, ge=-1, help="worker processes (-1: auto, 0: in this process)")
+    time_limit: float | None = option(600.0, gt=0, help="seconds per file in a worker (None: unlimited)")
+    retry_failed: bool = option(False, help="process failed files again")
+    progress: bool = option(True, help="show a progress bar")
+    limits: VideoLimits = field(default_factory=VideoLimits)
+
+    def __post_init__(self) -> None:
+        try:
+            self.table = parse_bucket_config(self.buckets, "buckets")
+        except ValueError as err:
+            raise ConfigValueError("buckets", str(err)) from None
+        if len(self.background) != 3 or not all(0 <= v <= 255 for v in self.background):
+            raise ConfigValueError("background", f"expected three values 0-255, got {list(self.background)}")
+        self.aspects = aspect_tables(self.table, self.multiple, self.max_aspect)
+
+    def params(self) -> dict[str, Any]:
+        """The settings a clip's stored frames depend on besides its bucket (a change reprocesses it)."""
+        return {
+            "version": FORMAT_VERSION,
+            "frame_sampling": self.frame_sampling,
+            "background": list(self.background),
+            "max_frame_pixels": self.limits.max_frame_pixels,
+            "max_frames": self.limits.max_frames,
+            "max_bytes": self.limits.max_file_bytes,
+        }
+
+    def bucket_of(self, clip_id: str, frames: int, width: int, height: int) -> VideoBucket | None:
+        rng = bucket_rng(self.seed, clip_id)
+        return assign_bucket(self.table, self.aspects, frames, width, height, rng, self.approx)
+
+
+# ----------------------------------------------------------------------------------------------
+# one file (runs in a worker process)
+
+
+def process_clip(task: dict[str, Any]) -> dict[str, Any]:
+    """Probe, bucket, decode and store one file; returns the record fields (raises AssetError)."""
+    settings = task["settings"]
+    config = VideoPrepareConfig(
+        buckets=settings["buckets"], multiple=settings["multiple"], max_aspect=settings["max_aspect"],
+        approx=settings["approx"], frame_sampling=settings["frame_sampling"], seed=settings["seed"],
+        background=tuple(settings["background"]), limits=VideoLimits(**settings["limits"]),
+    )  # fmt: skip
+    name, path, out, clip_id = task["name"], Path(task["path"]), Path(task["out"]), task["id"]
+    found: dict[str, Any] = {}
+
+    def choose(probe: Probe) -> tuple[list[int], tuple[int, int]] | None:
+        bucket = config.bucket_of(clip_id, probe.frames, probe.width, probe.height)
+        found["bucket"] = bucket
+        if bucket is None:
+            return None
+        return frame_indices(probe.frames, bucket.frames, config.frame_sampling), (
+            bucket.width,
+            bucket.height,
+        )
+
+    if task["kind"] == "image":
+        probe, rgb = read_image_frame(path, name, config.limits, config.background)
+        plan = choose(probe)
+        clip = None if plan is None else cover_crop(rgb, (probe.width, probe.height), plan[1])[None]
+    else:
+        probe, clip = read_clip(path, name, config.limits, choose)
+    fields: dict[str, Any] = {"probe": probe.record(), "warnings": [], "warning_reasons": []}
+    bucket = found.get("bucket")
+    if bucket is None or clip is None:
+        table = ", ".join(f"{r}: {sorted(f)}" for r, f in config.table.items())
+        return {
+            **fields, "status": "failed", "reason": "no_bucket",
+            "error": f"{name} ({probe.frames} frames of {probe.width}x{probe.height}) fits no bucket of "
+            f"the table ({table}) or fell past its lowest resolution",
+        }  # fmt: skip
+    if probe.width < bucket.width or probe.height < bucket.height:
+        fields["warnings"].append(
+            f"{name} is {probe.width}x{probe.height}, smaller than its bucket {bucket.width}x{bucket.height}: upscaled"
+        )
+        fields["warning_reasons"].append("upscaled")
+    if probe.rotation:
+        fields["warnings"].append(f"{name}: rotated {probe.rotation} degrees (its rotation metadata)")
+        fields["warning_reasons"].append("rotated")
+    indices = frame_indices(probe.frames, bucket.frames, config.frame_sampling)
+    target = out / CLIPS / f"{clip_id}.npy"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with open(partial, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(clip, dtype=np.uint8))
+    os.replace(partial, target)
+    step = (indices[-1] - indices[0]) / (len(indices) - 1) if len(indices) > 1 else 1.0
+    return {
+        **fields, "status": "done", "bucket": bucket.record(), "frame_indices": indices,
+        "fps": probe.fps / step if probe.fps else None,
+    }  # fmt: skip
+
+
+def clip_task(task: dict[str, Any], send: Any) -> None:
+    """Worker entry (`voxforge.data.workers.run_tasks`): one file -> ("result", fields)."""
+    try:
+        send(("result", process_clip(task)))
+    except AssetError as err:
+        send(("result", {"status": "failed", "reason": err.reason, "error": str(err)}))
+
+
+# ----------------------------------------------------------------------------------------------
+# sources and captions
+
+
+@dataclass
+class _Item:
+    source_index: int
+    source: str
+    file_name: str  # posix path inside the source
+    path: Path
+    caption: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    warning_reasons: list[str] = field(default_factory=list)
+    id: str | None = None
+    sha: str | None = None
+    stat: tuple[int, float] = (0, 0.0)
+
+    @property
+    def kind(self) -> str:
+        return "image" if PurePosixPath(self.file_name).suffix.lower() in STILL_EXTENSIONS else "video"
+
+    def warn(self, reason: str, message: str) -> None:
+        self.warnings.append(message)
+        self.warning_reasons.append(reason)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _metadata_rows(root: Path, file: Path, notes: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(posix path from root, row) per usable row of a metadata.jsonl / metadata.csv."""
+    relative = file.relative_to(root).as_posix()
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        notes.append(f"{relative}: cannot be read ({err}); ignored")
+        return
+    rows: list[tuple[int, Any]] = []
+    if file.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((number, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    notes.append(f"{relative}:{number}: not JSON ({err.msg}); line ignored")
+    else:
+        rows = list(enumerate(csv.DictReader(io.StringIO(text)), 2))
+    root_real = root.resolve()
+    for number, row in rows:
+        name = row.get("file_name") if isinstance(row, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            notes.append(f"{relative}:{number}: no file_name; line ignored")
+            continue
+        target = (file.parent / name.replace("\\", "/")).resolve()
+        if not target.is_relative_to(root_real):
+            notes.append(f"{relative}:{number}: file_name {name!r} points outside the source; line ignored")
+            continue
+        yield target.relative_to(root_real).as_posix(), row
+
+
+def discover(index: int, display: str, root: Path, out: Path) -> tuple[list[_Item], list[dict], list[str]]:
+    """Media files of one source (a folder, or an expanded archive at `root`): items, failures, notes."""
+    failures: list[dict[str, Any]] = []
+    notes: list[str] = []
+    root_real, out_real = root.resolve(), out.resolve()
+    files: dict[str, Path] = {}
+    metadata: list[Path] = []
+    for directory, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(directory)
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith((".", "__MACOSX")) and (here / d).resolve() != out_real
+        )
+        for filename in sorted(filenames):
+            path = here / filename
+            relative = path.relative_to(root).as_posix()
+            if filename in METADATA_FILES:
+                metadata.append(path)
+            suffix = path.suffix.lower()
+            if suffix not in MEDIA_EXTENSIONS | {".txt"} or filename.startswith("."):
+                continue
+            if not is_within(path, root_real):  # a link out of the source: a caption is not read
+                if suffix != ".txt":
+                    failures.append(
+                        _failed(index, display, relative, "path_outside_source",
+                                f"{relative} is a symbolic link to {os.path.realpath(path)}, outside the source")
+                    )  # fmt: skip
+                continue
+            if path.is_file():
+                files[relative] = path
+    rows: dict[str, dict[str, Any]] = {}
+    for file in sorted(metadata, key=lambda p: (len(p.parts), p.name)):  # deeper files win
+        for relative, row in _metadata_rows(root, file, notes):
+            rows[relative] = row
+    items = []
+    for relative in sorted(files):
+        if PurePosixPath(relative).suffix.lower() not in MEDIA_EXTENSIONS:
+            continue
+        item = _Item(index, display, relative, files[relative])
+        text = None
+        caption_file = files.get(str(PurePosixPath(relative).with_suffix(".txt")))
+        if caption_file is not None:
+            try:
+                text = caption_file.read_text(encoding="utf-8-sig", errors="replace").strip()
+            except OSError as err:
+                item.warn("missing_caption", f"{relative}: caption file unreadable ({err})")
+        row = rows.get(relative)
+        if row is not None:
+            meta = row.get("text", row.get("caption"))
+            if isinstance(meta, str):
+                if text is not None and text != meta.strip():
+                    item.warn(
+                        "caption_conflict", f"{relative}: the .txt and the metadata differ; metadata used"
+                    )
+                text = meta.strip()
+            item.extra = {
+                k: v for k, v in row.items()
+                if k not in ("file_name", "text", "caption") and isinstance(v, str | int | float | bool)
+            }  # fmt: skip
+        if text is None:
+            item.warn("missing_caption", f"{relative} has no caption (.txt or metadata): empty caption")
+            text = ""
+        item.caption = text
+        items.append(item)
+    return items, failures, notes
+
+
+def _failed(index: int, source: str, file_name: str, reason: str, error: str, sha: str | None = None) -> dict:
+    return {
+        "id": sha[:16] if sha else None, "source": source, "source_index": index, "file_name": file_name,
+        "status": "failed", "reason": reason, "error": error, "warnings": [], "warning_reasons": [],
+        "probe": None, "bucket": None, "caption": "",
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# the prepare job
+
+
+def read_manifest(out: str | Path) -> list[dict[str, Any]]:
+    """The records of OUT/manifest.jsonl; for a (source, file_name) listed twice the last wins."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        return []
+    records: dict[tuple[str, str], dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the torn last line of a killed run
+            continue
+        if isinstance(record, dict) and "file_name" in record:
+            records[(str(record.get("source")), str(record["file_name"]))] = record
+    return list(records.values())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def _still_valid(before: dict[str, Any], item: _Item, config: VideoPrepareConfig, out: Path) -> bool:
+    """Whether a previous record of the same bytes and settings stands as it is."""
+    probe = before.get("probe")
+    if before.get("status") == "done":
+        if not probe or not (out / CLIPS / f"{item.id}.npy").is_file() or not before.get("bucket"):
+            return False
+        now = config.bucket_of(item.id, probe["frames"], probe["width"], probe["height"])
+        return now == VideoBucket.of(before["bucket"])
+    if before.get("reason") == "no_bucket" and probe:  # still without a bucket?
+        return config.bucket_of(item.id, probe["frames"], probe["width"], probe["height"]) is None
+    return not config.retry_failed
+
+
+def prepare_videos(
+    sources: Sequence[str | Path], out: str | Path, config: VideoPrepareConfig | None = None
+) -> dict[str, Any]:
+    """Prepare (or finish preparing) the sources into OUT; returns the summary (dataset.json + counts)."""
+    from voxforge.data.workers import default_workers, run_tasks
+
+    config = config or VideoPrepareConfig()
+    out = Path(out)
+    if not sources:
+        raise UserError("give at least one source folder or archive")
+    for src in map(Path, sources):
+        if not src.exists():
+            raise UserError(f"source {src} does not exist")
+        if not src.is_dir() and archive_kind(src) is None:
+            raise UserError(f"source {src} is neither a folder nor a .zip / .tar / .tar.gz archive")
+        if src.is_dir() and (src.resolve() == out.resolve() or is_within(src, out)):
+            raise UserError(f"the source folder {src} must not be (or lie inside) the output folder {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    params = config.params()
+    settings = {
+        "buckets": bucket_config_json(config.table), "multiple": config.multiple, "max_aspect": config.max_aspect,
+        "approx": config.approx, "frame_sampling": config.frame_sampling, "seed": config.seed,
+        "background": list(config.background), "limits": asdict(config.limits),
+    }  # fmt: skip
+    previous = {(r.get("source"), r.get("file_name")): r for r in read_manifest(out)}
+    records: list[dict[str, Any]] = []
+    notes: list[str] = []
+    items: list[_Item] = []
+    for index, src in enumerate(map(Path, sources)):
+        root = src
+        if not src.is_dir():
+            sha = _sha256(src)
+            root = out / "archives" / sha[:16]
+            try:
+                expand_media_archive(
+                    src, root, config.limits.archive(), MEDIA_EXTENSIONS | {".txt", ".jsonl", ".csv"}
+                )
+            except AssetError as err:
+                records.append(_failed(index, str(src), src.name, err.reason, str(err), sha))
+                continue
+        found, failures, source_notes = discover(index, str(src), root, out)
+        items += found
+        records += failures
+        notes += [f"{src}: {n}" for n in source_notes]
+
+    owners: dict[str, _Item] = {}
+    planned: dict[str, _Item] = {}
+    kept: dict[str, dict[str, Any]] = {}
+    tasks: list[dict[str, Any]] = []
+    for item in items:
+        key = f"{item.source_index}:{item.file_name}"
+        before = previous.get((item.source, item.file_name))
+        try:
+            info = item.path.stat()
+            if before and before.get("bytes") == info.st_size and before.get("mtime") == info.st_mtime:
+                item.sha = before.get("sha")
+            item.sha = item.sha or _sha256(item.path)
+        except OSError as err:
+            records.append(_failed(item.source_index, item.source, item.file_name, "unreadable", str(err)))
+            continue
+        item.id, item.stat = item.sha[:16], (info.st_size, info.st_mtime)
+        if item.id in owners:
+            first = owners[item.id]
+            records.append(
+                _failed(item.source_index, item.source, item.file_name, "duplicate",
+                        f"{item.file_name} has the same content as {first.source}/{first.file_name}", item.sha)
+            )  # fmt: skip
+            continue
+        owners[item.id] = item
+        planned[key] = item
+        if before and before.get("sha") == item.sha and before.get("params") == params:
+            if _still_valid(before, item, config, out):
+                kept[key] = before
+                continue
+        tasks.append(
+            {"key": key, "id": item.id, "kind": item.kind, "name": f"{item.source}/{item.file_name}",
+             "path": str(item.path), "out": str(out), "settings": settings}
+        )  # fmt: skip
+
+    results: dict[str, dict[str, Any]] = {}
+
+    def record_of(key: str, fields: dict[str, Any]) -> dict[str, Any]:
+        item = planned[key]
+        return {
+            "id": item.id, "source": item.source, "source_index": item.source_index, "file_name": item.file_name,
+            "kind": item.kind, "status": fields["status"], "reason": fields.get("reason"), "error": fields.get("error"),
+            "warnings": item.warnings + fields.get("warnings", []),
+            "warning_reasons": item.warning_reasons + fields.get("warning_reasons", []),
+            "probe": fields.get("probe"), "bucket": fields.get("bucket"), "frame_indices": fields.get("frame_indices"),
+            "fps": fields.get("fps"), "caption": item.caption, "extra": item.extra,
+            "sha": item.sha, "bytes": item.stat[0], "mtime": item.stat[1], "params": params,
+        }  # fmt: skip
+
+    progress = None
+    if config.progress and tasks:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(tasks), desc="videos", unit="file", file=sys.stderr, dynamic_ncols=True)
+    log_file = open(out / MANIFEST, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+
+    def on_message(key: str, message: Any) -> None:
+        results[key] = record_of(key, message[1])
+        log_file.write(json.dumps(results[key]) + "\n")
+        log_file.flush()
+
+    def on_failure(key: str, reason: str, detail: str) -> None:
+        on_message(key, ("result", {"status": "failed", "reason": reason, "error": detail}))
+
+    def on_finished(key: str) -> None:
+        if progress is not None:
+            progress.update(1)
+
+    workers = config.workers
+    if workers < 0:
+        workers = 0 if len(tasks) < 32 else default_workers()
+    began = time.perf_counter()
+    try:
+        run_tasks(
+            tasks, clip_task, workers=workers, time_limit=config.time_limit if workers else None,
+            on_message=on_message, on_failure=on_failure, on_finished=on_finished, threads=1 if workers else None,
+        )  # fmt: skip
+    finally:
+        log_file.close()
+        if progress is not None:
+            progress.close()
+    for key, item in planned.items():
+        if key in results:
+            records.append(results[key])
+            continue
+        before = dict(kept[key])  # unchanged: today's caption, labels and source name
+        found = [
+            (m, c)
+            for m, c in zip(before.get("warnings", []), before.get("warning_reasons", []))
+            if c not in DISCOVERY_WARNINGS
+        ]
+        before["warnings"] = item.warnings + [m for m, _ in found]
+        before["warning_reasons"] = item.warning_reasons + [c for _, c in found]
+        before.update(
+            caption=item.caption, extra=item.extra, source=item.source, source_index=item.source_index
+        )
+        records.append(before)
+    records.sort(key=lambda r: (r["source_index"], r["file_name"]))
+    _write_atomic(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in records))
+    info = summarize(records, config, sources, notes)
+    _write_atomic(out / DATASET_INFO, json.dumps(info, indent=1) + "\n")
+    info["this_run"] = {
+        "processed": len(results),
+        "skipped": len(kept),
+        "seconds": time.perf_counter() - began,
+    }
+    return info
+
+
+def summarize(
+    records: list[dict[str, Any]], config: VideoPrepareConfig, sources: Sequence[Any], notes: list[str]
+) -> dict[str, Any]:
+    """The content of dataset.json: the bucket table, counts per source, bucket, failure and warning."""
+    done = [r for r in records if r["status"] == "done"]
+    failures: dict[str, int] = {}
+    warned: dict[str, int] = {}
+    buckets: dict[str, int] = {}
+    for record in records:
+        if record["status"] == "failed":
+            failures[record["reason"]] = failures.get(record["reason"], 0) + 1
+        for code in sorted(set(record.get("warning_reasons") or [])):
+            warned[code] = warned.get(code, 0) + 1
+    for record in done:
+        name = VideoBucket.of(record["bucket"]).name
+        buckets[name] = buckets.get(name, 0) + 1
+    return {
+        "format": "voxforge.videos", "version": FORMAT_VERSION, "buckets": bucket_config_json(config.table),
+        "aspects": {k: [list(b) for b in v] for k, v in config.aspects.items()}, "multiple": config.multiple,
+        "max_aspect": config.max_aspect, "approx": config.approx, "frame_sampling": config.frame_sampling,
+        "seed": config.seed, "count": len(done), "failed": len(records) - len(done),
+        "videos": sum(1 for r in done if r.get("kind") == "video"),
+        "images": sum(1 for r in done if r.get("kind") == "image"),
+        "sources": [
+            {"path": str(s), "done": sum(1 for r in done if r["source_index"] == i),
+             "failed": sum(1 for r in records if r["source_index"] == i and r["status"] == "failed")}
+            for i, s in enumerate(sources)
+        ],
+        "bucket_counts": dict(sorted(buckets.items())), "failures": failures, "warnings": warned, "notes": notes,
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# the dataset
+
+
+@dataclass
+class VideoDataConfig:
+    """The `data` section of a video stage: a folder written by `voxforge data videos`."""
+
+    path: str = option("", help="folder written by `voxforge data videos` (manifest.jsonl, clips/)")
+    batch_sizes: dict[str, int] = option(
+        default_factory=dict,
+        help='per-rank batch size per "<resolution>/<frames>" (e.g. {"256px/33": 4}); others as prepared',
+    )
+
+
+class VideoClipDataset:
+    """Items {"video": [3, T, H, W] in [-1, 1], "caption", "id", "fps", "bucket"} of a prepared folder.
+
+    `buckets()` is every item's `VideoBucket`, `batch_sizes()` the per-rank batch size of each
+    (the prepared table's, or `batch_sizes` {"<resolution>/<frames>": n} over it).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        ids: Sequence[str] | None = None,
+        batch_sizes: Mapping[str, int] | None = None,
+    ):
+        self.root = Path(path)
+        info_path = self.root / DATASET_INFO
+        if not info_path.is_file():
+            raise UserError(
+                f"{self.root} has no {DATASET_INFO}; run `voxforge data videos SRC {self.root}` first"
+            )
+        try:
+            self.info = json.loads(info_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{info_path} is not valid JSON ({err})") from None
+        if self.info.get("format") != "voxforge.videos":
+            raise UserError(f"{info_path} was not written by `voxforge data videos`")
+        self.table = parse_bucket_config(self.info["buckets"], str(info_path))
+        records = [
+            r
+            for r in read_manifest(self.root)
+            if r.get("status") == "done" and (self.root / CLIPS / f"{r['id']}.npy").is_file()
+        ]
+        if ids is not None:
+            wanted = set(ids)
+            records = [r for r in records if r["id"] in wanted]
+        if not records:
+            raise UserError(f"{self.root} holds no usable clips (see {self.root / MANIFEST})")
+        self.records = records
+        self._buckets = [VideoBucket.of(r["bucket"]) for r in records]
+        overrides = dict(batch_sizes or {})
+        known = {f"{r}/{t}" for r, frames in self.table.items() for t in frames}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise UserError(f"batch_sizes: {unknown} are not buckets of {info_path} (it has {sorted(known)})")
+        if any(int(v) < 1 for v in overrides.values()):
+            raise UserError(f"batch_sizes: every batch size must be >= 1, got {overrides}")
+        self._sizes = {
+            b: int(overrides.get(f"{b.resolution}/{b.frames}", self.table[b.resolution][b.frames][1]))
+            for b in set(self._buckets)
+        }
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:  # the engine calls it (`voxforge.stages.base.EpochAware`)
+        self.epoch = int(epoch)
+
+    def buckets(self) -> list[VideoBucket]:
+        return list(self._buckets)
+
+    def batch_sizes(self) -> dict[VideoBucket, int]:
+        return dict(self._sizes)
+
+    def captions(self) -> list[str]:
+        return [r.get("caption", "") for r in self.records]
+
+    def frames(self, index: int) -> np.ndarray:
+        """The stored clip, uint8 [T, H, W, 3] (memory-mapped)."""
+        return np.load(
+            self.root / CLIPS / f"{self.records[index]['id']}.npy", mmap_mode="r", allow_pickle=False
+        )
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch
+
+        record = self.records[index]
+        clip = torch.from_numpy(np.array(self.frames(index)))  # [T, H, W, 3] uint8
+        video = clip.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)  # [3, T, H, W] in [-1, 1]
+        return {
+            "video": video,
+            "caption": record.get("caption", ""),
+            "id": record["id"],
+            "fps": float(record.get("fps") or 0.0),
+            "bucket": self._buckets[index].name,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: VideoDataConfig, *, ids: Sequence[str] | None = None) -> VideoClipDataset:
+        if not cfg.path:
+            raise UserError("data.path is empty: name a folder written by `voxforge data videos`")
+        return cls(cfg.path, ids=ids, batch_sizes=cfg.batch_sizes)
+
+
+def collate_videos(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack same-bucket items: video [B, 3, T, H, W], fps [B], caption, id and bucket lists."""
+    import torch
+
+    sizes = {tuple(item["video"].shape) for item in items}
+    if len(sizes) > 1:
+        raise ValueError(f"a batch mixes clip sizes {sorted(sizes)}; batch with video_batch_sampler")
+    return {
+        "video": torch.stack([item["video"] for item in items]),
+        "fps": torch.tensor([item["fps"] for item in items], dtype=torch.float32),
+        "caption": [item["caption"] for item in items],
+        "id": [item["id"] for item in items],
+        "bucket": [item["bucket"] for item in items],
+    }
+
+
+def video_batch_sampler(
+    dataset: VideoClipDataset, batch_size: int | None = None, **position: Any
+) -> VideoBucketSampler:
+    """A `VideoBucketSampler` at each bucket's batch size (or `batch_size` for all of them).
+
+    `position`: rank, world_size, seed, epoch, start_batch, shuffle (the `Stage.batch_sampler`
+    hook passes the first five).
+    """
+    sizes = dataset.batch_sizes()
+    if batch_size is not None:
+        sizes = {bucket: int(batch_size) for bucket in sizes}
+    return VideoBucketSampler(dataset.buckets(), sizes, **position)
