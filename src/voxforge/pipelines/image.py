@@ -57,6 +57,7 @@ from voxforge import runs
 from voxforge.errors import MissingDependencyError, UserError
 from voxforge.flow import make_noise, sample
 from voxforge.flow.dpm import diffusers_flow_times, diffusers_flow_timesteps, sample_dpm
+from voxforge.flow.samplers import StepCallback
 from voxforge.models.image import PretrainedTextEncoder
 
 __all__ = ["SAMPLERS", "SCHEDULES", "ImagePipeline", "TextEncoderLike"]
@@ -294,6 +295,7 @@ class ImagePipeline:
         sampler: str = "dpm",
         latents: Tensor | None = None,  # [B, C, h, w] the noise at t = 1; None: from `seed`
         schedule: str = "flow",
+        callback: StepCallback | None = None,  # after each sampler step (the app's progress bar)
     ) -> Tensor:  # [B, C, h, w] fp32 scaled latents at t = 0
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -332,7 +334,7 @@ class ImagePipeline:
             if tuple(latents.shape) != expected:
                 raise UserError(f"latents of shape {tuple(latents.shape)}, expected {expected}")
             noise = latents.to(self.device, torch.float32)
-        common = dict(cfg_scale=cfg, sigma_min=self.sigma_min, batch_guidance=True)
+        common = dict(cfg_scale=cfg, sigma_min=self.sigma_min, batch_guidance=True, callback=callback)
         if sampler != "dpm":
             return sample(
                 self.velocity,
@@ -378,6 +380,7 @@ class ImagePipeline:
         latents: Tensor | None = None,
         schedule: str = "flow",  # "sana": SanaPipeline's default DPM grid (see SCHEDULES)
         output: Literal["uint8", "float", "latent"] = "uint8",
+        callback: StepCallback | None = None,  # after each sampler step
     ) -> (
         np.ndarray | Tensor
     ):  # uint8 [B, H, W, 3]; "float": float32 [B, H, W, 3] in [0, 1]; "latent": [B, C, h, w]
@@ -394,6 +397,7 @@ class ImagePipeline:
             sampler=sampler,
             latents=latents,
             schedule=schedule,
+            callback=callback,
         )
         if output == "latent":
             return x

@@ -40,11 +40,13 @@ from torch import Tensor
 
 from voxforge.errors import UserError
 from voxforge.flow import FlowConfig, SamplerConfig, make_noise, sample_from_config
+from voxforge.flow.samplers import StepCallback
 from voxforge.models.conditioning import (
     MultiImageMode,
     MultiViewCondition,
     check_multi_image_mode,
     default_slat_sampler,
+    default_structure_sampler,
 )
 from voxforge.models.image_encoders import ImageEncoder
 from voxforge.models.slat_flow import SLatFlowConfig, SLatFlowModel
@@ -150,6 +152,7 @@ class SLatPipeline:
         seed: int = 0,
         sampler: SamplerConfig | None = None,  # None: default_slat_sampler()
         mode: MultiImageMode = "stochastic",
+        callback: StepCallback | None = None,  # after each sampler step (the app's progress bar)
     ) -> SparseTensor:  # [N, C] in the VAE's latent space (rows sorted by batch, i, j, k)
         sampler = sampler or default_slat_sampler()
         check_multi_image_mode(mode)
@@ -173,7 +176,9 @@ class SLatPipeline:
         def model_fn(x: Tensor, t: Tensor, views: MultiViewCondition) -> Tensor:
             return self._velocity(template, x, t, views)
 
-        x0 = sample_from_config(model_fn, noise, cond, uncond, sampler, sigma_min=self.sigma_min)
+        x0 = sample_from_config(
+            model_fn, noise, cond, uncond, sampler, sigma_min=self.sigma_min, callback=callback
+        )
         return template.replace(self.flow.denormalize(x0.float()))
 
     @torch.no_grad()
@@ -256,8 +261,13 @@ class ImageTo3DPipeline:
         structure_sampler: SamplerConfig | None = None,  # None: the structure stage's defaults
         slat_sampler: SamplerConfig | None = None,  # None: default_slat_sampler()
         mode: MultiImageMode = "stochastic",
+        progress: Callable[[str, int, int], None] | None = None,  # (stage, step done, steps) per step
     ) -> GenerationResult:
         timings: dict[str, float] = {}
+
+        def steps_of(stage: str, sampler: SamplerConfig | None, default: int) -> StepCallback | None:
+            total = sampler.steps if sampler is not None else default
+            return None if progress is None else lambda i, t, x: progress(stage, i + 1, total)
 
         def timed(name: str, fn: Callable[..., Output], *args: Any, **kwargs: Any) -> Output:
             start = time.perf_counter()
@@ -274,6 +284,7 @@ class ImageTo3DPipeline:
             seed=seed,
             sampler=structure_sampler,
             mode=mode,
+            callback=steps_of("structure", structure_sampler, default_structure_sampler().steps),
         )
         decoded = timed("structure_decode", structure.decode_structures, ss_latents)[0]
         coords = decoded.coords
@@ -291,6 +302,7 @@ class ImageTo3DPipeline:
             seed=seed + 1,
             sampler=slat_sampler,
             mode=mode,
+            callback=steps_of("latents", slat_sampler, default_slat_sampler().steps),
         )
         gaussians = timed("slat_decode", self.slat.decode, latents)[0]
         sorted_coords = latents.coords[:, 1:].cpu().numpy().astype(np.int64)

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from voxforge.errors import UserError
 from voxforge.flow import FlowConfig, SamplerConfig, make_noise, sample_from_config
+from voxforge.flow.samplers import StepCallback
 from voxforge.models.conditioning import (
     MultiImageMode,
     MultiViewCondition,
@@ -129,6 +130,7 @@ class StructurePipeline:
         seed: int = 0,
         sampler: SamplerConfig | None = None,  # None: default_structure_sampler()
         mode: MultiImageMode = "stochastic",
+        callback: StepCallback | None = None,  # after each sampler step (the app's progress bar)
     ) -> Tensor:  # [B, C, r, r, r] latents in the VAE's space
         sampler = sampler or default_structure_sampler()
         check_multi_image_mode(mode)
@@ -145,7 +147,9 @@ class StructurePipeline:
             sampler = replace(sampler, cfg_scale=1.0)
         else:
             cond, uncond = MultiViewCondition(tokens.to(self.device), mode), null
-        latents = sample_from_config(self._model_fn, noise, cond, uncond, sampler, sigma_min=self.sigma_min)
+        latents = sample_from_config(
+            self._model_fn, noise, cond, uncond, sampler, sigma_min=self.sigma_min, callback=callback
+        )
         return latents * self.latent_std + self.latent_mean
 
     @torch.no_grad()
