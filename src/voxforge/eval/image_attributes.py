@@ -19,7 +19,8 @@ generated image is then judged against the attributes its prompt asked for:
   kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets; it has no small-sample bias,
   which matters at the few hundred images of a CPU demo.
 
-Standard FID / CLIP score with Inception or CLIP weights are not computed here.
+Standard FID and CLIP score, from Inception or CLIP weights the user points at, are in
+`voxforge.eval.standard_image`.
 """
 
 from __future__ import annotations
