@@ -559,29 +559,3 @@ def test_output_inside_the_source_and_stable_warnings_on_resume(tmp_path):
     assert by_name(out)["a.jpg"]["warning_reasons"] == ["cmyk"]
     with pytest.raises(Exception, match="must not be"):
         run([out], src / "prepared")
-
-
-def test_cached_latents_replace_the_images(prepared, tmp_path):
-    from voxforge.data.latents import encode_latents
-
-    dataset = ImageCaptionDataset(prepared)
-
-    def encode(ids):  # a tiny real encoder: 8x8 average pooling of the stored image
-        by_id = {dataset.records[i]["id"]: i for i in range(len(dataset))}
-        images = [dataset[by_id[i]]["image"] for i in ids]
-        return [{"latent": torch.nn.functional.avg_pool2d(x[None], 8)[0].numpy()} for x in images]
-
-    ids = [r["id"] for r in dataset.records]
-    encode_latents(tmp_path / "lat", ids, encode, source={"kind": "image"}, fields={"latent_channels": 3},
-                   channels_first=True)  # fmt: skip
-    cached = ImageCaptionDataset(prepared, latents=tmp_path / "lat")
-    item = cached[12]
-    assert set(item) == {"latent", "caption", "mask", "id"} and item["latent"].shape == (3, 96 // 8, 192 // 8)
-    assert torch.allclose(item["latent"], torch.nn.functional.avg_pool2d(dataset[12]["image"][None], 8)[0])
-    batch = collate_images([cached[i] for i in range(4)])
-    assert batch["latent"].shape == (4, 3, 16, 16)
-    with pytest.raises(Exception, match="augmentations off"):
-        ImageCaptionDataset(prepared, augment=ImageAugmentConfig(flip=True), latents=tmp_path / "lat")
-    (tmp_path / "lat" / "latents" / f"{ids[0]}.npz").unlink()
-    with pytest.raises(Exception, match="1 of 13 images have no latent"):
-        ImageCaptionDataset(prepared, latents=tmp_path / "lat")

@@ -6,6 +6,14 @@ Every encoder takes `(vae_run, prepared, out, *, device, ema, log, **options)`, 
 `OUT/latents/<id>.npz` and `OUT/latents.json`, skips assets already encoded by the same
 checkpoint, and returns a summary dict with `encoded`, `kept` and `total`.
 
+The image family uses the same command (`voxforge.pipelines.image_cache`): `--model` is an
+image_ae run or a diffusers AutoencoderDC folder, `--data` a folder of `voxforge data images`,
+and OUT becomes a latent cache (`cache.json` + bounded safetensors shards, with the captions'
+embeddings when `--text-encoder` names a text encoder), which `data.latents` of an image_flow
+recipe reads. It is an option of `encode` rather than a `data` sub-command because, as for the
+3D latents, it runs a trained model over a prepared folder and resumes by checkpoint; the
+`data` commands load no model.
+
 The encoders (and torch) are imported inside `run`, so `voxforge --help` stays fast.
 """
 
@@ -15,6 +23,8 @@ import argparse
 import inspect
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from voxforge.errors import UserError
 
@@ -27,17 +37,129 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Re-running skips assets already encoded by the same checkpoint.",
     )
     p.add_argument(
-        "--model", required=True, metavar="VAE_RUN", help="run folder of `voxforge train` (ss_vae, slat_vae)"
+        "--model",
+        required=True,
+        metavar="VAE_RUN",
+        help="run folder of `voxforge train` (ss_vae, slat_vae, image_ae) or a diffusers AutoencoderDC folder",
     )
     p.add_argument(
-        "--data", required=True, metavar="PREPARED", help="folder written by `voxforge data prepare`"
+        "--data",
+        required=True,
+        metavar="PREPARED",
+        help="folder written by `voxforge data prepare` (`voxforge data images` for an image autoencoder)",
     )
-    p.add_argument("--out", required=True, metavar="LATENTS", help="output folder (latents.json + latents/)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="LATENTS",
+        help="output folder (latents.json + latents/, or cache.json + shards/)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="assets per forward pass (dense encoders)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    image = p.add_argument_group("image latent cache (an image autoencoder)")
+    image.add_argument(
+        "--text-encoder",
+        metavar="TE",
+        help="also cache caption embeddings: an image_flow run, a saved builtin text encoder folder, "
+        "or a recipe (name or YAML) whose text_encoder section to use",
+    )
+    image.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the --text-encoder recipe"
+    )
+    image.add_argument(
+        "--flip", action="store_true", help="cache the mirrored images too (data.augment.flip)"
+    )
+    image.add_argument("--resolution", type=int, help="encode at this resolution (default: as prepared)")
+    image.add_argument("--shard-mb", type=float, default=256.0, help="shard size bound in MB (default 256)")
+    image.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="storage dtype"
+    )
     p.set_defaults(func=run)
+
+
+def _image_autoencoder(model: str) -> str | None:
+    """The diffusers folder of an image autoencoder (an image_ae run's export, or the folder
+    itself), or None when `model` is not one."""
+    from voxforge.stages.image_flow import resolve_autoencoder
+
+    folder = Path(model)
+    config = folder / "config.json"
+    if config.is_file() and not (folder / "checkpoints").is_dir():
+        if json.loads(config.read_text()).get("_class_name") != "AutoencoderDC":
+            raise UserError(
+                f"{model}: a diffusers folder, but not an AutoencoderDC (its config.json's _class_name)"
+            )
+        return resolve_autoencoder(model)
+    if (folder / "config.yaml").is_file():
+        from voxforge.runs import Run
+
+        if Run.open(model).stage == "image_ae":
+            return resolve_autoencoder(model)
+    return None
+
+
+def _text_encoder(spec: str, overrides: list[str]) -> tuple[Any, str | None]:
+    """(TextEncoderConfig, saved builtin folder or None) named by --text-encoder."""
+    from voxforge.config.core import from_dict
+    from voxforge.models.image import TextEncoderConfig
+    from voxforge.recipe import load_recipe
+    from voxforge.runs import IMAGE_INFO, Run
+
+    folder = Path(spec)
+    if (folder / "config.yaml").is_file() and (folder / IMAGE_INFO).is_file():
+        if overrides:
+            raise UserError("KEY=VALUE overrides apply to a --text-encoder recipe, not to a run")
+        info = Run.open(folder, "image_flow", "--text-encoder").read_info(IMAGE_INFO)
+        cfg = from_dict(TextEncoderConfig, info["text_encoder"], source=str(folder / IMAGE_INFO))
+        return cfg, info.get("text_encoder_folder") or None
+    if (folder / "text_encoder.json").is_file():
+        if overrides:
+            raise UserError("KEY=VALUE overrides apply to a --text-encoder recipe, not to a saved encoder")
+        meta = json.loads((folder / "text_encoder.json").read_text())
+        meta.pop("kind", None)
+        return from_dict(TextEncoderConfig, {"kind": "builtin", **meta}, source=str(folder)), str(folder)
+    recipe = load_recipe(spec, overrides)
+    if not hasattr(recipe, "text_encoder"):
+        raise UserError(f"--text-encoder {spec}: a {recipe.stage} recipe has no text_encoder section")
+    return recipe.text_encoder, None
+
+
+def run_image_cache(args: argparse.Namespace, autoencoder: str) -> int:
+    from voxforge.pipelines.image_cache import cache_image_data
+    from voxforge.train.distributed import resolve_device
+
+    if args.overrides and not args.text_encoder:
+        raise UserError(f"{args.overrides[0]}: KEY=VALUE overrides need --text-encoder RECIPE")
+    text_cfg, text_folder = (
+        _text_encoder(args.text_encoder, args.overrides) if args.text_encoder else (None, None)
+    )
+    summary = cache_image_data(
+        args.data,
+        args.out,
+        autoencoder=autoencoder,
+        text_encoder=text_cfg,
+        text_folder=text_folder,
+        resolution=args.resolution,
+        flip=args.flip,
+        batch_size=args.batch_size,
+        shard_mb=args.shard_mb,
+        dtype=args.dtype,
+        device=resolve_device(args.device),
+        log=lambda message: print(f"voxforge encode: {message}", file=sys.stderr),
+    )
+    if args.json:
+        print(json.dumps(summary, indent=1, default=str))
+    else:
+        latents, text = summary["latents"], summary["text"]
+        print(
+            f"voxforge encode: {summary['total']} images in {args.out}, {summary['shards']} shards "
+            f"(latents: {latents['encoded']} encoded now, {latents['kept']} kept; captions: "
+            f"{text['encoded']} encoded now, {text['kept']} kept)",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +167,13 @@ def run(args: argparse.Namespace) -> int:
     from voxforge.runs import Run
     from voxforge.train.distributed import resolve_device
 
+    autoencoder = _image_autoencoder(args.model)
+    if autoencoder is not None:
+        return run_image_cache(args, autoencoder)
+    if args.text_encoder or args.overrides or args.flip or args.resolution:
+        raise UserError(
+            "--text-encoder, --flip, --resolution and overrides are for an image autoencoder's cache"
+        )
     encoders = {"ss_vae": encode_ss_latents, "slat_vae": encode_slat_latents}
     stage = Run.open(args.model).stage
     if stage not in encoders:

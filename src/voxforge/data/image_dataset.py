@@ -3,8 +3,14 @@
 `ImageCaptionDataset` returns {"image": [3, H, W] in [-1, 1], "caption", "mask": [1, H, W]
 loss weights (ones without a mask), "id"}; augmentations (`random_crop`, `flip`,
 `rotate_deg`) are one affine warp applied to image and mask alike, drawn from a generator
-seeded by (seed, index, epoch) so workers and resumed runs see the same data. With `latents=`
-(a folder in the `voxforge.data.latents` layout) items carry cached `latent`s instead.
+seeded by (seed, index, epoch) so workers and resumed runs see the same data.
+
+With `latents=` (a cache folder written by `voxforge encode`, `voxforge.data.image_cache`)
+items carry the cached `latent` [C, h, w] in place of the image, their `mask` weights at the
+latent grid (the cached region, `mask_weight` inside it), and, when the cache holds the
+captions' embeddings and `text` is on, `text_embeds` [L, D] and `text_mask` [L]. A flip is
+drawn exactly as on images and picks the cached mirrored latent; crops and rotations are
+refused (they make a new image on every draw).
 """
 
 from __future__ import annotations
@@ -65,7 +71,10 @@ class ImageDataConfig:
     mask_weight: float = option(2.0, ge=0.0, help="loss weight inside a mask's regions (1: masks ignored)")
     weighted: bool = option(True, help="draw items by their sources' mixing weights")
     latents: str | None = option(
-        None, help="a folder of cached latents of these images (`voxforge.data.latents` layout)"
+        None, help="a latent cache of these images (`voxforge encode --model AE --data PATH --out CACHE`)"
+    )
+    text_cache: bool = option(
+        True, help="with data.latents: use the cache's caption embeddings when it has them"
     )
     augment: ImageAugmentConfig = field(default_factory=ImageAugmentConfig)
 
@@ -128,6 +137,7 @@ class ImageCaptionDataset:
         seed: int = 0,
         ids: Sequence[str] | None = None,
         latents: str | Path | None = None,
+        text: bool = True,
     ):
         self.root = Path(path)
         info_path = self.root / DATASET_INFO
@@ -160,28 +170,44 @@ class ImageCaptionDataset:
             multiple = min(int(self.info.get("multiple", 32)), self.resolution)
             self.table = bucket_table(self.resolution, multiple, float(self.info.get("max_aspect", 2.0)))
             self._bucket = [nearest_bucket(*r["bucket"], self.table) for r in records]
-        # voxforge.data.latents imports torch (through data.steps): imported here, not at the top,
-        # so the ingest workers, which import this module, stay free of torch
-        from voxforge.data.latents import LATENTS_DIR
+        self.cache = None
+        self.text = False
+        if latents is not None:
+            self._open_cache(Path(latents), text)
 
-        self.latents = None if latents is None else Path(latents) / LATENTS_DIR
-        if self.latents is not None:
-            if self.augment.active:
+    def _open_cache(self, folder: Path, text: bool) -> None:
+        # voxforge.data.image_cache imports torch and safetensors: imported here, not at the top,
+        # so `voxforge data images` (which imports this module) starts without them
+        from voxforge.data.image_cache import ImageLatentCache, check_cache
+
+        cache = ImageLatentCache(folder)
+        if self.augment.random_crop > 0 or self.augment.rotate_deg > 0:
+            raise UserError(
+                f"{folder}: cached latents cannot be cropped or rotated (each draw is a new image); set "
+                "data.augment.random_crop=0 and data.augment.rotate_deg=0, or train on the images "
+                "(data.latents: null)"
+            )
+        if self.augment.flip and not cache.index.get("flip"):
+            raise UserError(
+                f"{folder}: data.augment.flip is on but the cache holds no mirrored latents; encode with "
+                "`voxforge encode ... --flip` or set data.augment.flip=false"
+            )
+        if int(cache.index["resolution"]) != self.resolution:
+            raise UserError(
+                f"{folder}: cached at {cache.index['resolution']} px, the dataset is at {self.resolution} px "
+                f"(data.resolution); encode with `--resolution {self.resolution}`"
+            )
+        ids = [r["id"] for r in self.records]
+        check_cache(cache, ids, self._bucket)
+        if text:
+            with_text = sum(1 for i in ids if "text" in cache.entries[i])
+            if 0 < with_text < len(ids):
                 raise UserError(
-                    f"{latents}: cached latents encode the stored images as they are; turn the "
-                    "augmentations off (data.augment) or train on the images (data.latents: null)"
+                    f"{folder}: {len(ids) - with_text} of {len(ids)} images have no cached caption embedding "
+                    "(captions changed?); encode again with --text-encoder, or set data.text_cache=false"
                 )
-            if resolution is not None and int(resolution) != int(self.info["resolution"]):
-                raise UserError(
-                    f"{latents}: cached latents are at the prepared resolution {self.info['resolution']}, "
-                    f"not {resolution}; encode a folder prepared at {resolution}"
-                )
-            missing = [r["id"] for r in records if not (self.latents / f"{r['id']}.npz").is_file()]
-            if missing:
-                raise UserError(
-                    f"{latents}: {len(missing)} of {len(records)} images have no latent (first: {missing[0]}); "
-                    f"encode {self.root} again"
-                )
+            self.text = with_text == len(ids)
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.records)
@@ -213,8 +239,8 @@ class ImageCaptionDataset:
         import torch
 
         record, bucket = self.records[index], self._bucket[index]
-        if self.latents is not None:
-            return self._latent_item(record, bucket)
+        if self.cache is not None:
+            return self._cached_item(index)
         image = torch.from_numpy(self._load(self.root / "images" / f"{record['id']}.png", "RGB", bucket))
         image = image.permute(2, 0, 1)  # [3, H, W] in [0, 1]
         region = self._region(record, bucket)
@@ -245,6 +271,10 @@ class ImageCaptionDataset:
             "id": record["id"],
         }
 
+    def region(self, index: int) -> Tensor | None:
+        """Item `index`'s mask at its bucket, [1, H, W] in [0, 1] (no augmentation), or None."""
+        return self._region(self.records[index], self._bucket[index])
+
     def _region(self, record: dict[str, Any], bucket: tuple[int, int]) -> Tensor | None:
         """The item's mask, [1, H, W] in [0, 1], or None."""
         import torch
@@ -254,26 +284,32 @@ class ImageCaptionDataset:
             return torch.from_numpy(self._load(mask_file, "L", bucket))[None]
         return None
 
-    def _weight(self, region: Tensor | None, bucket: tuple[int, int]) -> Tensor:
-        """Per-pixel loss weights [1, H, W]: mask_weight inside the region, 1 elsewhere."""
+    def _weight(self, region: Tensor | None, size: tuple[int, int]) -> Tensor:
+        """Per-pixel loss weights [1, H, W] for size (W, H): mask_weight inside the region, 1 elsewhere."""
         import torch
 
         if region is None:
-            return torch.ones(1, bucket[1], bucket[0])
+            return torch.ones(1, size[1], size[0])
         return 1.0 + (self.mask_weight - 1.0) * region.clamp(0.0, 1.0)
 
-    def _latent_item(self, record: dict[str, Any], bucket: tuple[int, int]) -> dict[str, Any]:
-        import torch
-
-        from voxforge.data.latents import read_latent  # see __init__
-
-        latent = torch.from_numpy(read_latent(self.latents / f"{record['id']}.npz").latent)
-        return {
+    def _cached_item(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        flip = False
+        if self.augment.flip:  # the draw of the image path (`_affine` with only flip active)
+            bucket = self._bucket[index]
+            _, flip = _affine(np.random.default_rng([self.seed, index, self.epoch]), self.augment, *bucket)
+        latent = self.cache.latent(record["id"], flip)
+        caption = record.get("caption", "")
+        swap = flip and self.augment.flip_captions
+        item = {
             "latent": latent,
-            "caption": record.get("caption", ""),
-            "mask": self._weight(self._region(record, bucket), bucket),
+            "caption": swap_left_right(caption) if swap else caption,
+            "mask": self._weight(self.cache.region(record["id"], flip), (latent.shape[-1], latent.shape[-2])),
             "id": record["id"],
         }
+        if self.text:
+            item["text_embeds"], item["text_mask"] = self.cache.text(record["id"], swap)
+        return item
 
     @classmethod
     def from_config(
@@ -289,6 +325,7 @@ class ImageCaptionDataset:
             seed=seed,
             ids=ids,
             latents=cfg.latents or None,
+            text=cfg.text_cache,
         )
 
 
@@ -300,9 +337,13 @@ def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
     sizes = {tuple(item[key].shape) for item in items}
     if len(sizes) > 1:
         raise ValueError(f"a batch mixes {key} sizes {sorted(sizes)}; batch with bucket_batch_sampler")
-    return {
+    batch = {
         key: torch.stack([item[key] for item in items]),
         "mask": torch.stack([item["mask"] for item in items]),
         "caption": [item["caption"] for item in items],
         "id": [item["id"] for item in items],
     }
+    if "text_embeds" in items[0]:  # cached caption embeddings: [B, L, D], [B, L]
+        batch["text_embeds"] = torch.stack([item["text_embeds"] for item in items])
+        batch["text_mask"] = torch.stack([item["text_mask"] for item in items])
+    return batch

@@ -27,6 +27,14 @@ by the frozen text encoder; a builtin one is built from the data's captions at t
 start and saved in `RUN/text_encoder/` (a run started from `model.init_from` reuses its
 base's), so resume and sampling use the same vocabulary.
 
+Cached (`data.latents: CACHE`, written by `voxforge encode`; `voxforge.data.image_cache`):
+batches carry the autoencoder's stored latents (scaled the same way) and, with
+`data.text_cache` and a cache that has them, the captions' embeddings, so neither frozen part
+runs on a training step. Before training the run checks that the cache was written by this
+run's autoencoder and text encoder (sha256 of their files) and refuses it otherwise; a builtin
+encoder the run does not have yet is adopted from `CACHE/text_encoder/`. The mask weights come
+at the latent grid already (their average over each latent cell, as on the fly).
+
 LoRA (`model.finetune: lora`): peft adapters on `lora.targets`; the model the engine trains
 is a `LoRATransformer` whose registered parameters are the adapters, so its checkpoints hold
 the adapters and their optimizer state only. Full runs end with `RUN/export/transformer/`
@@ -45,6 +53,7 @@ refused with every misfitting key named.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +63,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voxforge.config.core import option, to_dict
+from voxforge.data.image_cache import TEXT_ENCODER_DIR as CACHE_TEXT_ENCODER
+from voxforge.data.image_cache import ImageLatentCache, files_digest
 from voxforge.data.images import ImageDataConfig, collate_images
 from voxforge.errors import ConfigError, UserError
 from voxforge.flow import FlowConfig, SamplerConfig
@@ -74,6 +85,7 @@ from voxforge.models.image import (
     lora_state_dict,
 )
 from voxforge.pipelines.image import ImagePipeline
+from voxforge.pipelines.image_cache import BUILTIN_KEYS, text_encoder_folders
 from voxforge.runs import IMAGE_INFO, Run, load_image_transformer, write_info
 from voxforge.stages import Recipe
 from voxforge.stages.base import Stage
@@ -136,12 +148,74 @@ class ImageFlowStage(Stage):
         self._text: TextEncoder | None = None
         self._null: tuple[Tensor, Tensor] | None = None
         self._info: dict[str, Any] | None = None
+        self._cache: ImageLatentCache | None = None
 
     # --- data, frozen parts, the run record -------------------------------------------
     def data(self) -> ImageData:
         if self._data is None:
             self._data = ImageData(self.data_cfg, self.recipe.train.seed)
         return self._data
+
+    def cache(self) -> ImageLatentCache | None:
+        """The latent cache of `data.latents`, or None."""
+        if self._cache is None and self.data_cfg.latents:
+            self._cache = ImageLatentCache(self.data_cfg.latents)
+        return self._cache
+
+    def cached_text(self) -> bool:
+        """Whether training reads the captions' embeddings from the cache."""
+        cache = self.cache()
+        return bool(cache is not None and self.data_cfg.text_cache and cache.text_encoder)
+
+    def check_cache(self) -> None:
+        """Refuse a cache written by another autoencoder or text encoder than this run's."""
+        cache = self.cache()
+        if cache is None:
+            return
+        folder = self.info()["autoencoder"]
+        recorded = cache.index["autoencoder"]
+        sha, _ = files_digest([folder], recorded.get("files"))
+        if sha != recorded["sha256"]:
+            raise UserError(
+                f"{cache.folder} (data.latents): cached with the autoencoder {recorded['path']} "
+                f"(sha256 {recorded['sha256'][:12]}), this run's is {folder} ({sha[:12]}); encode again with "
+                f"`voxforge encode --model {folder} --data {self.data_cfg.path} --out {cache.folder}`"
+            )
+        if self.cached_text():
+            self.text_encoder()  # adopts or checks the cache's text encoder
+
+    def _check_text_cache(self, cfg: TextEncoderConfig, folder: str | Path | None) -> None:
+        cache = self.cache()
+        recorded = cache.text_encoder
+        if recorded["kind"] != cfg.kind:
+            raise ConfigError(
+                f"key 'text_encoder.kind': {cfg.kind}, but {cache.folder} (data.latents) holds embeddings of a "
+                f"{recorded['kind']} text encoder; match it or set data.text_cache=false"
+            )
+        sha, _ = files_digest(text_encoder_folders(cfg, folder), recorded.get("files"))
+        if sha != recorded["sha256"] or (
+            cfg.kind == "pretrained" and cfg.max_length != recorded["max_length"]
+        ):
+            raise UserError(
+                f"{cache.folder} (data.latents): its caption embeddings come from another text encoder "
+                f"(sha256 {recorded['sha256'][:12]}, max_length {recorded['max_length']}) than this run's "
+                f"({sha[:12]}, {cfg.max_length}); encode again with `--text-encoder` naming this run's, "
+                "or set data.text_cache=false"
+            )
+
+    def _adopt_cached_text_encoder(self, cfg: TextEncoderConfig, own: Path) -> Path:
+        """Copy the cache's builtin encoder into RUN/text_encoder/ (its config must be the recipe's)."""
+        cache = self.cache()
+        saved = cache.text_encoder.get("config", {})
+        differ = [k for k in BUILTIN_KEYS if saved.get(k) != getattr(cfg, k)]
+        if differ:
+            raise ConfigError(
+                f"key 'text_encoder.{differ[0]}': the cache {cache.folder} was encoded with "
+                + ", ".join(f"{k}={saved.get(k)}" for k in differ)
+                + "; set the recipe's to match, or data.text_cache=false"
+            )
+        shutil.copytree(cache.folder / CACHE_TEXT_ENCODER, own, dirs_exist_ok=True)
+        return own
 
     def base_run(self) -> Run | None:
         if not self.model_cfg.init_from:
@@ -171,6 +245,10 @@ class ImageFlowStage(Stage):
                     folder = own
                 elif base is not None:
                     folder = base.read_info(IMAGE_INFO).get("text_encoder_folder") or None
+                elif self.cached_text() and self.cache().text_encoder["kind"] == "builtin":
+                    folder = self._adopt_cached_text_encoder(cfg, own)
+            if self.cached_text():  # before a pretrained encoder is loaded
+                self._check_text_cache(cfg, folder)
             if cfg.kind == "builtin" and folder is None:
                 encoder = build_text_encoder(cfg, captions=self.data().all.captions())
                 encoder.save(self.run_dir / TEXT_ENCODER_DIR)
@@ -247,6 +325,7 @@ class ImageFlowStage(Stage):
         return model
 
     def build_dataset(self) -> torch.utils.data.Dataset:
+        self.check_cache()
         return self.data().train()
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -259,12 +338,16 @@ class ImageFlowStage(Stage):
     @torch.no_grad()
     def encode(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """(scaled latents [B, C, h, w], text embeds [B, L, C'], text mask [B, L]); cached
-        latents (`data.latents`: the autoencoder's raw output) are scaled the same way."""
+        latents (`data.latents`: the autoencoder's raw output) are scaled the same way, cached
+        caption embeddings (`text_embeds`, `text_mask`) used as they are."""
         if "latent" in batch:
             latents = batch["latent"].float() * self.info()["latent_scale"]
         else:
             latents = self.autoencoder().encode(batch["image"]).latent.float() * self.info()["latent_scale"]
-        embeds, mask = self.text_encoder().encode(batch["caption"])
+        if "text_embeds" in batch:
+            embeds, mask = batch["text_embeds"].float(), batch["text_mask"].bool()
+        else:
+            embeds, mask = self.text_encoder().encode(batch["caption"])
         return latents, embeds.to(latents.device), mask.to(latents.device)
 
     def velocity(self, model: nn.Module, x_t: Tensor, t: Tensor, embeds: Tensor, mask: Tensor) -> Tensor:
