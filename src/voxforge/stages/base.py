@@ -6,8 +6,9 @@ loss. The engine (`voxforge.train.engine`) does everything else: devices, precis
 distribution, optimisation, EMA, checkpoints, logging and preemption.
 
 Rules a stage follows so that resume is exact and distribution is transparent:
-- Model code is single-device. The engine wraps the model (DDP now, FSDP later); `loss`
-  receives the wrapped model and must call it (not `model.module`) for the forward pass.
+- Model code is single-device. The engine wraps the model (`train.parallel`: DDP, or FSDP2
+  over the units `fsdp_units` names); `loss` receives the wrapped model and must call it
+  (not `model.module`) for the forward pass.
 - Randomness inside `loss` draws from the global torch RNG (the engine saves and restores
   it per rank). Randomness inside a dataset's `__getitem__` derives from the index and
   `self.epoch` (see `EpochAware`), never from global state, so worker processes and
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from voxforge.stages import Recipe
+from voxforge.train.distributed import transformer_blocks
 
 
 class EpochAware:
@@ -80,6 +82,13 @@ class Stage(abc.ABC):
         of the arguments alone and expose `batches_per_epoch` (see `train.data.BatchStream`).
         """
         return None
+
+    def fsdp_units(self, model: nn.Module) -> list[nn.Module]:
+        """The modules `train.parallel: fsdp` shards one by one before the root (each one's
+        weights are gathered only while it runs); default: the items of the model's outermost
+        `nn.ModuleList`s, a transformer's blocks. Raise UserError for a model that cannot be
+        sharded."""
+        return transformer_blocks(model)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
         """Optional custom optimizer groups; None uses the recipe's `optim` rules."""

@@ -324,6 +324,14 @@ class ImageFlowStage(Stage):
             return apply_lora(model, self.recipe.lora)
         return model
 
+    def fsdp_units(self, model: nn.Module) -> list[nn.Module]:
+        if isinstance(model, LoRATransformer):  # its frozen base is not a registered parameter
+            raise UserError(
+                "train.parallel=fsdp with model.finetune=lora: the adapters are a few MB and the frozen "
+                "base cannot be sharded under them; use train.parallel=ddp (or auto)"
+            )
+        return list(model.transformer_blocks)  # SanaTransformer2DModel's blocks, sharded one by one
+
     def build_dataset(self) -> torch.utils.data.Dataset:
         self.check_cache()
         return self.data().train()

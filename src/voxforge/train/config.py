@@ -22,9 +22,17 @@ class ParamGroupConfig:
 
 @dataclass
 class OptimConfig:
+    name: Literal["adamw", "came"] = option(
+        "adamw", help="adamw | came (Sana's: factored second moment, confidence-guided; train/came.py)"
+    )
     lr: float = option(1e-4, gt=0.0, help="peak learning rate")
-    betas: tuple[float, float] = option((0.9, 0.999), ge=0.0, lt=1.0)
-    eps: float = option(1e-8, gt=0.0)
+    betas: tuple[float, float] = option((0.9, 0.999), ge=0.0, lt=1.0, help="came: its first two betas")
+    eps: float = option(1e-8, gt=0.0, help="adamw")
+    came_beta3: float = option(0.9999, ge=0.0, lt=1.0, help="came: EMA rate of the update's instability")
+    came_eps: tuple[float, float] = option(
+        (1e-30, 1e-16), gt=0.0, help="came: added to the squared gradient and to the instability"
+    )
+    came_clip: float = option(1.0, gt=0.0, help="came: the update's RMS is clipped to this")
     weight_decay: float = option(0.0, ge=0.0)
     no_decay_1d: bool = option(True, help="no weight decay for biases, norms and other 1-D parameters")
     param_groups: list[ParamGroupConfig] = option(default_factory=list, help="first match wins")
@@ -62,6 +70,14 @@ class TrainConfig:
     progress: bool = option(True, help="progress bar on rank 0")
     tensorboard: bool = option(True)
     compile: bool = option(False, help="torch.compile the model")
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = option(
+        "auto",
+        help="several processes: ddp replicates the model, fsdp shards parameters, gradients and "
+        "optimizer state (FSDP2 fully_shard); auto: ddp when the world size is above 1",
+    )
+    fsdp_reshard: bool = option(
+        True, help="fsdp: free each block's gathered weights after its forward (false: keep until backward)"
+    )
     ddp_find_unused: bool = option(False)
 
     def __post_init__(self):

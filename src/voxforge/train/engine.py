@@ -13,6 +13,9 @@
   and too many in a row stop the run with a checkpoint (`TrainingDiverged`);
 - stops cleanly on SIGTERM / SIGUSR1 (preemption), `train.time_limit` or `stop_after`,
   always finishing the current step and committing a checkpoint first.
+- on several processes, replicates the model (`train.parallel: ddp`) or shards it with
+  FSDP2 (`fsdp`: sharded before the optimizer is built; checkpoints still hold full
+  tensors, see `voxforge.train.distributed`).
 
 Stages never see DDP, precision or checkpoints; see `voxforge.stages.base`.
 """
@@ -41,7 +44,22 @@ from voxforge.stages import Recipe, get_stage
 from voxforge.stages.base import Stage
 from voxforge.train import checkpoint as ckpt_io
 from voxforge.train.data import BatchStream
-from voxforge.train.distributed import DistInfo, init_distributed, wrap_model
+from voxforge.train.distributed import (
+    DistInfo,
+    full_model_state,
+    full_optimizer_state,
+    gather_full,
+    init_distributed,
+    load_full_model_state,
+    load_full_optimizer_state,
+    materialize,
+    meta_template,
+    optimizer_state_by_index,
+    resolve_parallel,
+    shard_like,
+    shard_model,
+    wrap_model,
+)
 from voxforge.train.ema import EMA
 from voxforge.train.logging import MetricsLogger, Progress, SpikeDetector
 from voxforge.train.optim import GradClipper, build_optimizer, build_param_groups, build_scheduler, grad_norm
@@ -160,6 +178,8 @@ class Trainer:
         # set up by run() (process group, run folder) and _build() (the stage's parts)
         self.info = DistInfo()
         self.precision = "fp32"  # resolved train.precision: fp32 | bf16 | fp16, same on every rank
+        self.parallel = "none"  # resolved train.parallel: none | ddp | fsdp
+        self.template: nn.Module | None = None  # fsdp: the unsharded skeleton for rank-0 hooks
         self.stage: Stage | None = None
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -189,6 +209,13 @@ class Trainer:
         stage_cls = get_stage(self.recipe.stage)
         self.stage = stage_cls(self.recipe, self.run_dir, device)
         self.model: nn.Module = self.stage.build_model().to(device)
+        self.parallel = resolve_parallel(cfg.parallel, info)
+        if self.parallel == "fsdp":  # before the optimizer: sharding replaces the parameters
+            units = self.stage.fsdp_units(self.model)
+            self.template = meta_template(self.model)
+            shard_model(
+                self.model, units, info, precision=self.precision, reshard_after_forward=cfg.fsdp_reshard
+            )
         groups = self.stage.param_groups(self.model) or build_param_groups(self.model, self.recipe.optim)
         self.optimizer = build_optimizer(groups, self.recipe.optim)
         self.scheduler = build_scheduler(self.optimizer, self.recipe.optim, cfg.max_steps)
@@ -200,14 +227,15 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         _seed_all(cfg.seed + 7919 * info.rank)  # per-rank stream for the stages' randomness
 
-    def _trainer_state(self, stream: BatchStream) -> dict[str, Any]:
+    def _trainer_state(self, stream: BatchStream, optimizer_state: dict) -> dict[str, Any]:
         return {
             "step": self.step,
             "skipped": self.skipped,
             "nonfinite_in_row": self.nonfinite_in_row,
             "samples_seen": self.samples_seen,
             "ema_updates": self.ema_updates,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
+            "parallel": self.parallel,  # fsdp: the optimizer state is keyed by parameter name
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "clipper": self.clipper.state_dict(),
@@ -229,17 +257,31 @@ class Trainer:
         if loaded is None:
             return None
         ckpt = loaded.info
+        fsdp = self.parallel == "fsdp"
         try:
-            self.model.load_state_dict(loaded.model)
-        except RuntimeError as err:
+            if fsdp:
+                load_full_model_state(self.model, loaded.model)
+            else:
+                self.model.load_state_dict(loaded.model)
+        except (RuntimeError, KeyError, ValueError) as err:
             raise UserError(
                 f"{ckpt.weights['model']}: weights do not fit the model built from this recipe "
                 f"(were model settings changed?): {str(err).splitlines()[-1].strip()}"
             ) from None
         if self.ema is not None:
-            self.ema.load_state_dicts(loaded.ema)
+            shadows = self.ema.state_dicts()
+            self.ema.load_state_dicts(
+                {r: shard_like(s, shadows[r]) for r, s in loaded.ema.items() if r in shadows}
+                if fsdp
+                else loaded.ema
+            )
         ts = loaded.trainer_state
-        self.optimizer.load_state_dict(ts["optimizer"])
+        if fsdp:
+            load_full_optimizer_state(self.model, self.optimizer, ts["optimizer"])
+        else:  # an fsdp run's state (keyed by name) resumes under ddp too
+            self.optimizer.load_state_dict(
+                optimizer_state_by_index(ts["optimizer"], self.model, self.optimizer)
+            )
         self.scheduler.load_state_dict(ts["scheduler"])
         if self.scaler is not None and ts.get("scaler"):
             self.scaler.load_state_dict(ts["scaler"])
@@ -260,12 +302,22 @@ class Trainer:
     def _save(self, stream: BatchStream) -> None:
         info = self.info
         main = info.is_main
+        if self.parallel == "fsdp":  # collectives: every rank gathers, rank 0 keeps the full tensors
+            model_state = full_model_state(self.model)
+            ema_states = (
+                {r: gather_full(s, info) for r, s in self.ema.state_dicts().items()} if self.ema else None
+            )
+            optimizer_state = full_optimizer_state(self.model, self.optimizer)
+        else:
+            model_state = self.model.state_dict() if main else None
+            ema_states = self.ema.state_dicts() if (main and self.ema) else None
+            optimizer_state = self.optimizer.state_dict() if main else {}
         ckpt_io.save_checkpoint(
             self.run_dir,
             self.step,
-            model_state=self.model.state_dict() if main else None,
-            ema_states=self.ema.state_dicts() if (main and self.ema) else None,
-            trainer_state=self._trainer_state(stream) if main else None,
+            model_state=model_state if main else None,
+            ema_states=ema_states if main else None,
+            trainer_state=self._trainer_state(stream, optimizer_state) if main else None,
             rank=info.rank,
             world_size=info.world_size,
             barrier=info.barrier,
@@ -275,18 +327,31 @@ class Trainer:
         if main:
             self.logger.event(self.step, "checkpoint", path=str(ckpt_io.checkpoint_root(self.run_dir)))
 
-    def _eval_model(self) -> nn.Module:
+    def _eval_model(self) -> nn.Module | None:
+        """A plain copy of the model (EMA weights when EMA is on) for rank 0's hooks; None on
+        the other ranks. Collective under fsdp (the weights are gathered)."""
+        if self.parallel == "fsdp":
+            if self.ema is not None:
+                state = gather_full(self.ema.state_dicts()[max(self.ema.rates)], self.info)
+            else:
+                state = full_model_state(self.model)
+            if not self.info.is_main:
+                return None
+            return materialize(self.template, state, self.info.device).eval()
+        if not self.info.is_main:
+            return None
         model = copy.deepcopy(self.model)
         if self.ema is not None:
             self.ema.copy_to(model)
         return model.eval()
 
     def _sample(self) -> None:
+        eval_model = self._eval_model()
         if self.info.is_main:
             out_dir = self.run_dir / "samples" / f"step_{self.step:08d}"
             out_dir.mkdir(parents=True, exist_ok=True)
             with forked_rng(), torch.no_grad():
-                metrics = self.stage.on_sample(self._eval_model(), self.step, out_dir)
+                metrics = self.stage.on_sample(eval_model, self.step, out_dir)
             if metrics:
                 self.logger.log(self.step, {f"sample/{k}": v for k, v in metrics.items()})
         self.info.barrier()
@@ -340,7 +405,9 @@ class Trainer:
             self.logger.event(self.step, "resume", checkpoint=str(resumed.path))
         if choice is not None:
             self.logger.event(self.step, "precision", **choice.to_json())
-        wrapped = wrap_model(self.model, info, compile=cfg.compile, find_unused=cfg.ddp_find_unused)
+        wrapped = wrap_model(
+            self.model, info, parallel=self.parallel, compile=cfg.compile, find_unused=cfg.ddp_find_unused
+        )
         stream = BatchStream(
             self.dataset,
             self.stage.collate,
@@ -505,9 +572,10 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         final: dict[str, Any] = {}
+        eval_model = self._eval_model()
         if self.info.is_main:
             with forked_rng(), torch.no_grad():
-                final = self.stage.on_train_end(self._eval_model(), self.step) or {}
+                final = self.stage.on_train_end(eval_model, self.step) or {}
             final = {"step": self.step, "skipped_steps": self.skipped, **final}
             (self.run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1, default=float))
         self.info.barrier()

@@ -1,6 +1,6 @@
 """Optimizer, learning-rate schedule and gradient clipping.
 
-- AdamW with parameter groups: the recipe's `optim.param_groups` rules (regex on the
+- `optim.name`: AdamW (torch's) or CAME (`train.came`, Sana's optimizer), with parameter groups: the recipe's `optim.param_groups` rules (regex on the
   parameter name, first match wins) set lr scales and weight decay; 1-D parameters
   (biases, norm gains, embeddings' scalars) get no weight decay unless told otherwise.
 - Schedule: linear warmup, then constant or cosine down to `min_lr_ratio`. It is a
@@ -10,6 +10,9 @@
 - Clipping: fixed max-norm, or adaptive as TRELLIS does — clip at a percentile of the
   recent gradient norms (capped by `grad_clip_norm`), which tames rare spikes without
   choosing a global threshold by hand. The window of norms is part of the trainer state.
+- Norms are global: under FSDP2 the gradients are DTensor shards, and the norm is taken by
+  `torch.nn.utils.get_total_norm`, which reduces the shards' partial norms across processes,
+  so every process clips by the same factor as one process holding the whole model.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from voxforge.errors import ConfigError
+from voxforge.train.came import CAME
 from voxforge.train.config import OptimConfig, TrainConfig
 
 
@@ -59,6 +64,14 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimiz
         }
         for g in groups
     ]
+    if cfg.name == "came":
+        return CAME(
+            param_groups,
+            lr=cfg.lr,
+            betas=(*cfg.betas, cfg.came_beta3),
+            eps=tuple(cfg.came_eps),
+            clip_threshold=cfg.came_clip,
+        )
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
@@ -118,8 +131,11 @@ class GradClipper:
 
 
 def grad_norm(params: Iterable[torch.Tensor]) -> float:
+    """The L2 norm of all gradients together (global across processes for DTensor shards)."""
     grads = [p.grad.detach() for p in params if p.grad is not None]
     if not grads:
         return 0.0
+    if isinstance(grads[0], DTensor):  # FSDP2: partial norms of the shards, reduced across processes
+        return float(torch.nn.utils.get_total_norm(grads, 2.0).full_tensor())
     norms = torch._foreach_norm(grads, 2.0)
     return float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2.0))
