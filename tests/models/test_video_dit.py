@@ -105,3 +105,31 @@ def test_activation_checkpointing_gives_the_same_output_and_gradients():
         grads.append((out.detach(), model.x_embedder.weight.grad.clone()))
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-5)
+
+
+def test_autoencoder_swap_keeps_every_tensor_that_fits_and_reports_the_rest():
+    from voxforge.nn.state import transfer_state, transfer_table
+
+    old = _model(in_channels=4)
+    new = VideoDiT(VideoDiTConfig(in_channels=16, width=48, depth=2, heads=2, patch_size=2), context_dim=16)
+    fresh = {k: v.clone() for k, v in new.state_dict().items()}
+    rows = transfer_state(new, old.state_dict())
+    actions = {r.key: r.action for r in rows}
+    # only the latent in/out projections depend on the autoencoder
+    assert {k for k, a in actions.items() if a == "reinitialised"} == {
+        "x_embedder.weight",
+        "out_layer.weight",
+        "out_layer.bias",
+    }
+    state, before = new.state_dict(), old.state_dict()
+    kept = [k for k, a in actions.items() if a == "kept"]
+    assert len(kept) == len(state) - 3 and any(k.startswith("blocks.1.") for k in kept)
+    assert all(torch.equal(state[k], before[k]) for k in kept)
+    assert torch.equal(state["x_embedder.weight"], fresh["x_embedder.weight"])
+    assert torch.equal(state["x_embedder.bias"], old.state_dict()["x_embedder.bias"])  # width unchanged: kept
+    table = transfer_table(rows)
+    assert "3 reinitialised" in table and "| `x_embedder.weight` | reinitialised | 48x36 | 48x132 |" in table
+    everything = transfer_state(new, old.state_dict(), reinit="all")
+    assert {r.action for r in everything} == {"reinitialised"}
+    with pytest.raises(ValueError, match="wrong shape"):
+        transfer_state(new, old.state_dict(), reinit="none")
