@@ -13,11 +13,22 @@ import argparse
 import sys
 
 from voxforge import __version__
-from voxforge.commands import checkpoints, config_cmd, data, demo, encode, generate, import_cmd, pipeline, train
+from voxforge.commands import (
+    checkpoints,
+    config_cmd,
+    data,
+    demo,
+    encode,
+    generate,
+    import_cmd,
+    pipeline,
+    runs_cmd,
+    train,
+)
 from voxforge.errors import UserError
 
 #: in the order `voxforge --help` lists them
-COMMANDS = (train, config_cmd, checkpoints, data, encode, generate, import_cmd, pipeline, demo)
+COMMANDS = (train, runs_cmd, config_cmd, checkpoints, data, encode, generate, import_cmd, pipeline, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     try:
-        result = train(recipe, args.out, stop_after=args.stop_after)
+        result = train(recipe, args.out, stop_after=args.stop_after, recipe_name=args.recipe)
     except TrainingDiverged as err:
         print(f"voxforge train: stopped: {err}", file=sys.stderr)
         shutdown_distributed()

@@ -12,7 +12,9 @@
   gradient on any rank skips the step on all ranks (counted, logged, schedule not moved)
   and too many in a row stop the run with a checkpoint (`TrainingDiverged`);
 - stops cleanly on SIGTERM / SIGUSR1 (preemption), `train.time_limit` or `stop_after`,
-  always finishing the current step and committing a checkpoint first.
+  always finishing the current step and committing a checkpoint first;
+- records in `RUN/state.json` (rank 0) that it runs, then how it ended: done, preempted,
+  stopped (time limit, stop_after) or failed with the error (`voxforge.train.monitor`).
 - on several processes, replicates the model (`train.parallel: ddp`) or shards it with
   FSDP2 (`fsdp`: sharded before the optimizer is built; checkpoints still hold full
   tensors, see `voxforge.train.distributed`).
@@ -62,6 +64,7 @@ from voxforge.train.distributed import (
 )
 from voxforge.train.ema import EMA
 from voxforge.train.logging import MetricsLogger, Progress, SpikeDetector
+from voxforge.train.monitor import RunStateFile
 from voxforge.train.optim import GradClipper, build_optimizer, build_param_groups, build_scheduler, grad_norm
 from voxforge.train.precision import DTYPES, PrecisionChoice, autocast, make_scaler, resolve_run_precision
 
@@ -169,11 +172,20 @@ def _diff_keys(old: Any, new: Any, prefix: str = "") -> set[str]:
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, run_dir: str | Path, *, stop_after: int | None = None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: str | Path,
+        *,
+        stop_after: int | None = None,
+        recipe_name: str | None = None,
+    ):
         self.recipe = recipe
         self.cfg = recipe.train
         self.run_dir = Path(run_dir)
         self.stop_after = stop_after
+        # RUN/state.json on rank 0 (train.monitor): running, then how the invocation ended
+        self.state_file = RunStateFile(self.run_dir, recipe=recipe_name, max_steps=self.cfg.max_steps)
         self._signal: int | None = None
         # set up by run() (process group, run folder) and _build() (the stage's parts)
         self.info = DistInfo()
@@ -372,9 +384,22 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------
     def run(self) -> TrainResult:
+        try:
+            result = self._run()
+        except BaseException as err:
+            if self.info.is_main and self.state_file.path.parent.is_dir():
+                self.state_file.fail(err, self.step)
+            raise
+        if self.info.is_main:
+            self.state_file.finish(result.reason, result.step)
+        return result
+
+    def _run(self) -> TrainResult:
         cfg = self.cfg
         self.info = info = init_distributed(cfg.device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if info.is_main:
+            self.state_file.start()
         start_time = time.monotonic()
         quiet_progress = Progress(0, 0, enabled=False)
         choice: PrecisionChoice | None = None
@@ -419,7 +444,9 @@ class Trainer:
             make_sampler=lambda **kw: self.stage.batch_sampler(self.dataset, cfg.batch_size, **kw),
             **self.data_state,
         )
-        progress = Progress(cfg.max_steps, self.step, enabled=info.is_main and cfg.progress)
+        progress = Progress(
+            cfg.max_steps, self.step, enabled=info.is_main and cfg.progress, desc=self.recipe.stage
+        )
         previous = {s: signal.signal(s, self._on_signal) for s in PREEMPT_SIGNALS}
         self.last_saved = self.step if resumed is not None else -1
         steps_this_run = 0
@@ -582,6 +609,9 @@ class Trainer:
         return final
 
 
-def train(recipe: Recipe, run_dir: str | Path, *, stop_after: int | None = None) -> TrainResult:
-    """Train `recipe` in `run_dir`, resuming from its newest committed checkpoint."""
-    return Trainer(recipe, run_dir, stop_after=stop_after).run()
+def train(
+    recipe: Recipe, run_dir: str | Path, *, stop_after: int | None = None, recipe_name: str | None = None
+) -> TrainResult:
+    """Train `recipe` in `run_dir`, resuming from its newest committed checkpoint; `recipe_name`
+    (the file or built-in name it came from) is recorded in RUN/state.json."""
+    return Trainer(recipe, run_dir, stop_after=stop_after, recipe_name=recipe_name).run()

@@ -60,25 +60,60 @@ class MetricsLogger:
 
 
 class Progress:
-    """tqdm bar with loss, steps/s, samples/s and ETA (tqdm's own)."""
+    """The training progress bar: stage, step/max, steps/s and ETA (tqdm's own), loss, samples/s.
 
-    def __init__(self, total: int, initial: int, enabled: bool):
+    tqdm turns itself off where stderr is not a terminal (a batch job's log file); there one
+    plain line with the same numbers is written every `line_every` seconds instead, so a log
+    still shows how far the run is and when it will end.
+    """
+
+    def __init__(
+        self, total: int, initial: int, enabled: bool, *, desc: str | None = None, line_every: float = 30.0
+    ):
         self.bar = None
+        self.total, self.step, self.desc, self.line_every = total, initial, desc, line_every
+        self._lines = False
+        self._postfix: dict[str, Any] = {}
+        self._start_step, self._start = initial, time.monotonic()
+        self._last_line = self._start
         if enabled:
             from tqdm import tqdm
 
             self.bar = tqdm(
-                total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, disable=None
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                disable=None,
             )
+            self._lines = self.bar.disable  # disable=None: off without a terminal
 
     def update(self, n: int, **postfix: Any) -> None:
-        if self.bar is not None:
+        self.step += n
+        if postfix:
+            self._postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()}
+        if self.bar is not None and not self.bar.disable:
             self.bar.update(n)
             if postfix:
-                self.bar.set_postfix(
-                    {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
-                    refresh=False,
-                )
+                self.bar.set_postfix(self._postfix, refresh=False)
+        elif self._lines and time.monotonic() - self._last_line >= self.line_every:
+            self._last_line = time.monotonic()
+            print(self.line(), file=sys.stderr, flush=True)
+
+    def line(self) -> str:
+        """`stage: step 120/1000 (12%), 3.2 step/s, ETA 0:04:35, loss=0.1234 samples_s=102.7`"""
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        rate = (self.step - self._start_step) / elapsed
+        parts = [f"step {self.step}/{self.total} ({100.0 * self.step / max(self.total, 1):.0f}%)"]
+        if rate > 0:
+            eta = int(max(self.total - self.step, 0) / rate)
+            parts += [f"{rate:.3g} step/s", f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"]
+        text = ", ".join(parts)
+        if self._postfix:
+            text += ", " + " ".join(f"{k}={v}" for k, v in self._postfix.items())
+        return f"{self.desc}: {text}" if self.desc else text
 
     def write(self, message: str) -> None:
         if self.bar is not None:
