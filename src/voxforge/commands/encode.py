@@ -132,6 +132,10 @@ def run_image_cache(args: argparse.Namespace, autoencoder: str) -> int:
 
     if args.overrides and not args.text_encoder:
         raise UserError(f"{args.overrides[0]}: KEY=VALUE overrides need --text-encoder RECIPE")
+    if args.raw:
+        raise UserError(
+            "--raw: an image autoencoder is encoded from its exported folder (there is no EMA choice)"
+        )
     text_cfg, text_folder = (
         _text_encoder(args.text_encoder, args.overrides) if args.text_encoder else (None, None)
     )

@@ -352,6 +352,9 @@ class ImageFlowStage(Stage):
             latents = batch["latent"].float() * self.info()["latent_scale"]
         else:
             latents = self.autoencoder().encode(batch["image"]).latent.float() * self.info()["latent_scale"]
+        # AutoencoderDC returns a strided (channels-last) latent and randn_like keeps the strides:
+        # contiguous, the noise of a step is the same whether the latents were cached or not
+        latents = latents.contiguous()
         if "text_embeds" in batch:
             embeds, mask = batch["text_embeds"].float(), batch["text_mask"].bool()
         else:
