@@ -1,0 +1,75 @@
+"""Video autoencoders behind one interface (diffusers HunyuanVideo and LTX-Video classes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from voxforge.errors import UserError
+from voxforge.models.video_ae import VideoAEConfig, build_video_autoencoder, load_video_autoencoder
+
+TINY = {
+    "hunyuan": VideoAEConfig(kind="hunyuan", latent_channels=4, block_out_channels=[8, 8, 8, 8]),
+    "ltx": VideoAEConfig(kind="ltx", latent_channels=8, block_out_channels=[8, 8, 8, 8], patch_size=4),
+}
+
+
+@pytest.mark.parametrize("kind,compression", [("hunyuan", (4, 8)), ("ltx", (8, 32))])
+def test_compression_shapes_and_round_trip_of_the_statistics(tmp_path, kind, compression):
+    torch.manual_seed(0)
+    ae = build_video_autoencoder(TINY[kind]).eval()
+    tc, sc = compression
+    assert (ae.temporal_compression, ae.spatial_compression) == (tc, sc)
+    frames = 1 + tc
+    video = torch.rand(1, 3, frames, 64, 64) * 2 - 1
+    assert ae.latent_shape(frames, 64, 64) == (ae.latent_channels, 2, 64 // sc, 64 // sc)
+    with torch.no_grad():
+        mean, _ = ae.posterior(video)
+        ae.calibrate(mean)
+        latents = ae.encode(video)
+        assert latents.shape == (1, *ae.latent_shape(frames, 64, 64))
+        # normalised per channel: the calibration clip's latents have mean 0, std 1
+        flat = latents.transpose(0, 1).reshape(ae.latent_channels, -1)
+        assert flat.mean(1).abs().max() < 1e-4 and (flat.std(1) - 1).abs().max() < 1e-3
+        decoded = ae.decode(latents)
+        assert decoded.shape == video.shape
+        assert torch.allclose(decoded, ae.decode_raw(mean), atol=1e-5)
+    assert ae.frames_for(2) == frames
+    folder = ae.save(tmp_path / "ae")
+    back = load_video_autoencoder(folder)
+    assert back.kind == kind and torch.equal(back.latent_std, ae.latent_std)
+    with torch.no_grad():
+        assert torch.allclose(back.encode(video), latents, atol=1e-5)
+    with pytest.raises(UserError, match=f"is a {kind}"):
+        load_video_autoencoder(folder, kind="ltx" if kind == "hunyuan" else "hunyuan")
+
+
+def test_causal_encoder_first_latent_frame_sees_only_the_first_frame():
+    # LTX-Video normalises per position (RMSNorm), so its causal convolutions make the whole
+    # encoder causal; HunyuanVideo's GroupNorm pools statistics over all frames
+    torch.manual_seed(0)
+    ae = build_video_autoencoder(TINY["ltx"]).eval()
+    video = torch.rand(1, 3, 9, 32, 32) * 2 - 1
+    changed = video.clone()
+    changed[:, :, 1:] = torch.rand(1, 3, 8, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a, b = ae.encode(video), ae.encode(changed)
+        image = ae.encode(video[:, :, :1])  # an image is a one-frame video
+    assert torch.allclose(a[:, :, 0], b[:, :, 0], atol=1e-5)
+    assert (a[:, :, 1] - b[:, :, 1]).abs().max() > 1e-4
+    assert torch.allclose(image[:, :, 0], a[:, :, 0], atol=1e-5)
+
+
+def test_bad_frames_and_folders_are_named(tmp_path):
+    ae = build_video_autoencoder(TINY["hunyuan"])
+    with pytest.raises(ValueError, match=r"1 \+ k\*4 frames"):
+        ae.latent_shape(4, 32, 32)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        ae.latent_shape(5, 36, 32)
+    with pytest.raises(UserError, match="no config.json"):
+        load_video_autoencoder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    with pytest.raises(UserError, match="AutoencoderKL is not one of"):
+        load_video_autoencoder(tmp_path)
