@@ -281,25 +281,18 @@ def _rasterize_torch(
     flat = torch.nonzero(tri >= 0).squeeze(1)  # [N] index into B*H*W
     t = tri[flat]
     xn, yn = _pixel_ndc(flat, height, width, pos.dtype)
-    corners = pos.reshape(-1, 4)[faces[t] + (flat // pixels * count)[:, None]]  # [N, 3, 4]
-    x, y, z, w = corners.unbind(-1)  # [N, 3] each
-    ax = x - xn[:, None] * w
-    ay = y - yn[:, None] * w
+    corners = _gather(pos.reshape(-1, 4), faces[t] + (flat // pixels * count)[:, None])  # [N, 3, 4]
+    w = corners[..., 3]  # [N, 3]
+    ax = corners[..., 0] - xn[:, None] * w
+    ay = corners[..., 1] - yn[:, None] * w
     # b ~ ax x ay (cross product of the two constraint vectors); see the module docstring.
-    c = torch.stack(
-        [
-            ax[:, 1] * ay[:, 2] - ay[:, 1] * ax[:, 2],
-            ax[:, 2] * ay[:, 0] - ay[:, 2] * ax[:, 0],
-            ax[:, 0] * ay[:, 1] - ay[:, 0] * ax[:, 1],
-        ],
-        1,
-    )  # [N, 3]
+    c = torch.linalg.cross(ax, ay, dim=1)  # [N, 3]
     total = c.sum(1, keepdim=True)
     bary = c / total
-    zw = (bary * z).sum(1) / (bary * w).sum(1)
-    values = torch.stack([bary[:, 0], bary[:, 1], zw, (t + 1).to(pos.dtype)], 1)
+    zw_w = (bary[:, :, None] * corners[..., 2:]).sum(1)  # [N, 2]: interpolated clip z and w
+    values = torch.cat([bary[:, :2], zw_w[:, :1] / zw_w[:, 1:], (t + 1).to(pos.dtype)[:, None]], 1)
     out = torch.zeros(batch * pixels, 4, dtype=pos.dtype, device=pos.device)
-    rast = out.index_put((flat,), values).view(batch, height, width, 4)
+    rast = out.index_copy(0, flat, values).view(batch, height, width, 4)
     if not grad_db:
         return rast, None
     # c is affine in (xn, yn): d(ax_j)/dxn = -w_j, d(ay_j)/dyn = -w_j.
@@ -310,7 +303,7 @@ def _rasterize_torch(
     db_dy = (dc_dy - bary * dc_dy.sum(1, keepdim=True)) / total * (2.0 / height)
     deriv = torch.stack([db_dx[:, 0], db_dy[:, 0], db_dx[:, 1], db_dy[:, 1]], 1)
     out_db = torch.zeros(batch * pixels, 4, dtype=pos.dtype, device=pos.device)
-    return rast, out_db.index_put((flat,), deriv).view(batch, height, width, 4)
+    return rast, out_db.index_copy(0, flat, deriv).view(batch, height, width, 4)
 
 
 # -- interpolate -----------------------------------------------------------------------------
@@ -347,12 +340,12 @@ def interpolate(
         corner = faces[tri[flat]]  # [N, 3]
         if attr.ndim == 3:
             corner = corner + (flat // (height * width) * count)[:, None]
-        values = attr.reshape(-1, channels)[corner]  # [N, 3, C]
-        uv = rast.reshape(-1, 4)[flat]
-        u, v = uv[:, 0:1], uv[:, 1:2]
-        blended = values[:, 0] * u + values[:, 1] * v + values[:, 2] * (1 - u - v)
+        values = _gather(attr.reshape(-1, channels), corner)  # [N, 3, C]
+        uv = _gather(rast.reshape(-1, 4), flat)
+        weights = torch.cat([uv[:, :2], 1 - uv[:, :1] - uv[:, 1:2]], 1)  # [N, 3]
+        blended = (values * weights[:, :, None]).sum(1)
         out = torch.zeros(batch * height * width, channels, dtype=dtype, device=attr.device)
-        return out.index_put((flat,), blended).view(batch, height, width, channels)
+        return out.index_copy(0, flat, blended).view(batch, height, width, channels)
 
 
 # -- antialias -------------------------------------------------------------------------------
@@ -445,6 +438,12 @@ def _facing(pos: Tensor, faces: Tensor) -> Tensor:  # [B, F] bool: counter-clock
     return det > 0
 
 
+def _gather(values: Tensor, index: Tensor) -> Tensor:  # values [N, ...], index [...] -> [..., ...]
+    """values[index] through index_select: its backward is an index_add (advanced indexing's
+    accumulate-put is several times slower on CPU)."""
+    return values.index_select(0, index.reshape(-1)).view(*index.shape, *values.shape[1:])
+
+
 def _antialias_torch(color: Tensor, rast: Tensor, pos: Tensor, faces: Tensor, topology: Tensor) -> Tensor:
     batch, height, width, channels = color.shape
     count = pos.shape[1]
@@ -454,98 +453,118 @@ def _antialias_torch(color: Tensor, rast: Tensor, pos: Tensor, faces: Tensor, to
     screen = torch.stack(
         [(pos[..., 0] / safe_w + 1) * (width / 2), (pos[..., 1] / safe_w + 1) * (height / 2)], -1
     ).reshape(-1, 2)  # [B*V, 2]
-    facing = _facing(pos.detach(), faces).reshape(-1)  # [B*F]
-    tri = rast[..., 3].long().reshape(-1) - 1
-    depth = rast[..., 2].reshape(-1)
     flat_color = color.reshape(-1, channels)
-    index = torch.arange(batch * height * width, device=color.device).view(batch, height, width)
-    deltas = torch.zeros_like(flat_color)
-    for horizontal in (True, False):
-        first = (index[:, :, :-1] if horizontal else index[:, :-1, :]).reshape(-1)
-        second = first + (1 if horizontal else width)
-        differ = tri[first] != tri[second]
-        first, second = first[differ], second[differ]
-        t1, t2 = tri[first], tri[second]
-        first_front = (t2 < 0) | ((t1 >= 0) & (depth[first] < depth[second]))
-        front = torch.where(first_front, first, second)
-        back = torch.where(first_front, second, first)
-        deltas = _blend_pairs(
-            deltas,
-            flat_color,
-            front,
-            back,
-            tri,
-            screen,
-            facing,
-            faces,
-            topology,
-            count,
-            height,
-            width,
-            horizontal,
-        )
-    return (flat_color + deltas).view(batch, height, width, channels)
+    with torch.no_grad():
+        facing = _facing(pos, faces).reshape(-1)  # [B*F]
+        tri = rast[..., 3].long().reshape(-1) - 1
+        depth = rast[..., 2].reshape(-1)
+        index = torch.arange(batch * height * width, device=color.device).view(batch, height, width)
+        tri_image = tri.view(batch, height, width)
+        found = []
+        for horizontal in (True, False):
+            if horizontal:
+                t1, t2 = tri_image[:, :, :-1], tri_image[:, :, 1:]
+                first = index[:, :, :-1][t1 != t2]
+            else:
+                t1, t2 = tri_image[:, :-1, :], tri_image[:, 1:, :]
+                first = index[:, :-1, :][t1 != t2]
+            second = first + (1 if horizontal else width)
+            t1, t2 = tri[first], tri[second]
+            # Two triangles that share an edge and face the same way meet on a smooth surface:
+            # never blended (this drops most pairs of a dense mesh before any geometry).
+            image = first // (height * width) * len(faces)
+            joined = (topology[t1.clamp(min=0)] == t2[:, None]).any(1) & (t1 >= 0) & (t2 >= 0)
+            joined &= facing[image + t1.clamp(min=0)] == facing[image + t2.clamp(min=0)]
+            first, second, t1, t2 = first[~joined], second[~joined], t1[~joined], t2[~joined]
+            first_front = (t2 < 0) | ((t1 >= 0) & (depth[first] < depth[second]))
+            front = torch.where(first_front, first, second)
+            back = torch.where(first_front, second, first)
+            found.append(
+                _silhouette_pairs(
+                    front,
+                    back,
+                    tri,
+                    screen.detach(),
+                    facing,
+                    faces,
+                    topology,
+                    count,
+                    width,
+                    height,
+                    horizontal,
+                )
+            )
+        front, back, start, end = (torch.cat(parts) for parts in zip(*found))
+    # Differentiable part, on the silhouette pairs only: where the edge start -> end crosses
+    # the segment between the two pixel centres (signed distances of the centres to its line).
+    a, b = _gather(screen, start), _gather(screen, end)
+    edge = b - a
+    centre_front, centre_back = (
+        _pixel_centres(front, width, height, screen.dtype),
+        _pixel_centres(back, width, height, screen.dtype),
+    )
+    f_val = edge[:, 0] * (centre_front[:, 1] - a[:, 1]) - edge[:, 1] * (centre_front[:, 0] - a[:, 0])
+    b_val = edge[:, 0] * (centre_back[:, 1] - a[:, 1]) - edge[:, 1] * (centre_back[:, 0] - a[:, 0])
+    s = (f_val / (f_val - b_val)).clamp(0, 1)[:, None]  # crossing, from the front centre
+    cf, cb = _gather(flat_color, front), _gather(flat_color, back)
+    # One side or the other (never both: at s = 1/2 exactly the gradient goes to the back pixel).
+    near_front = s < 0.5
+    out = flat_color.index_add(0, front, torch.where(near_front, 0.5 - s, 0.0) * (cb - cf))
+    out = out.index_add(0, back, torch.where(near_front, 0.0, s - 0.5) * (cf - cb))
+    return out.view(batch, height, width, channels)
 
 
-def _blend_pairs(
-    deltas: Tensor,  # [P, C] accumulated changes
-    flat_color: Tensor,  # [P, C]
+def _pixel_centres(flat: Tensor, width: int, height: int, dtype: torch.dtype) -> Tensor:  # [N, 2] pixels
+    return torch.stack([(flat % width).to(dtype) + 0.5, ((flat // width) % height).to(dtype) + 0.5], 1)
+
+
+def _silhouette_pairs(
     front: Tensor,  # [N] pixel of the nearer surface
     back: Tensor,  # [N] its neighbour
     tri: Tensor,  # [P] triangle per pixel, -1 empty
-    screen: Tensor,  # [B*V, 2] projected vertices, pixels
+    screen: Tensor,  # [B*V, 2] projected vertices, pixels (detached)
     facing: Tensor,  # [B*F]
     faces: Tensor,
     topology: Tensor,
     count: int,
-    height: int,
     width: int,
+    height: int,
     horizontal: bool,
-) -> Tensor:
-    pixels = height * width
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # front, back, edge start and end vertex (into screen)
+    """The pairs whose segment leaves the front triangle through a silhouette edge of this
+    pass's orientation, with that edge's two vertices."""
     t = tri[front]
-    image = front // pixels
-    corners = screen[faces[t] + (image * count)[:, None]]  # [N, 3, 2]
-
-    def centre(flat: Tensor) -> Tensor:  # [N, 2]
-        return torch.stack(
-            [(flat % width).to(screen.dtype) + 0.5, ((flat // width) % height).to(screen.dtype) + 0.5], 1
-        )
-
+    image = front // (height * width)
+    vertex = faces[t] + (image * count)[:, None]  # [N, 3] into screen
+    corners = _gather(screen, vertex)  # [N, 3, 2]
     j, k = [1, 2, 0], [2, 0, 1]
     start, end = corners[:, j], corners[:, k]  # edge i runs from vertex j to vertex k: [N, 3, 2]
     edge = end - start
 
-    def edge_fn(p: Tensor) -> Tensor:  # [N, 3]: > 0 on the side of vertex i for a CCW triangle
+    def edge_fn(p: Tensor) -> Tensor:  # [N, 3]: the sign of the area on vertex i's side
         rel = p[:, None, :] - start
         return edge[..., 0] * rel[..., 1] - edge[..., 1] * rel[..., 0]
 
-    at_front, at_back = edge_fn(centre(front)), edge_fn(centre(back))
-    with torch.no_grad():
-        # Twice the signed area: edge 0's function at vertex 0 (its sign orients the edge functions).
-        rel = corners[:, 0] - start[:, 0]
-        area = edge[:, 0, 0] * rel[:, 1] - edge[:, 0, 1] * rel[:, 0]
-        sign = torch.sign(area)[:, None]
-        inside_front, inside_back = at_front * sign, at_back * sign
-        # Where the segment front -> back leaves the triangle: the first edge whose function drops below 0.
-        leaving = inside_back < 0
-        frac = torch.where(leaving, inside_front / (inside_front - inside_back).clamp(min=1e-30), torch.inf)
-        exit_edge = frac.argmin(1)  # [N]
-        found = leaving.any(1)
-        neighbour = topology[t, exit_edge]
-        face_index = image * len(faces)
-        silhouette = (neighbour < 0) | (facing[face_index + neighbour.clamp(min=0)] != facing[face_index + t])
-        direction = edge[torch.arange(len(t), device=t.device), exit_edge].detach()
-        steep = direction[:, 1].abs() > direction[:, 0].abs()
-        keep = found & silhouette & (steep if horizontal else ~steep)
-    sel = torch.nonzero(keep).squeeze(1)
-    e = exit_edge[sel]
-    f_val = at_front[sel, e]
-    b_val = at_back[sel, e]
-    s = (f_val / (f_val - b_val)).clamp(0, 1)[:, None]  # crossing, from the front centre
-    pf, pb = front[sel], back[sel]
-    cf, cb = flat_color[pf], flat_color[pb]
-    # One side or the other (never both: at s = 1/2 exactly the gradient goes to the back pixel).
-    near_front = s < 0.5
-    deltas = deltas.index_add(0, pf, torch.where(near_front, 0.5 - s, 0.0) * (cb - cf))
-    return deltas.index_add(0, pb, torch.where(near_front, 0.0, s - 0.5) * (cf - cb))
+    # Twice the signed area (edge 0's function at vertex 0) orients the edge functions.
+    rel = corners[:, 0] - start[:, 0]
+    sign = torch.sign(edge[:, 0, 0] * rel[:, 1] - edge[:, 0, 1] * rel[:, 0])[:, None]
+    inside_front = edge_fn(_pixel_centres(front, width, height, screen.dtype)) * sign
+    inside_back = edge_fn(_pixel_centres(back, width, height, screen.dtype)) * sign
+    # The segment front -> back leaves the triangle through the first edge it crosses.
+    leaving = inside_back < 0
+    frac = torch.where(leaving, inside_front / (inside_front - inside_back).clamp(min=1e-30), torch.inf)
+    exit_edge = frac.argmin(1)  # [N]
+    rows = torch.arange(len(t), device=t.device)
+    neighbour = topology[t, exit_edge]
+    face_index = image * len(faces)
+    silhouette = (neighbour < 0) | (facing[face_index + neighbour.clamp(min=0)] != facing[face_index + t])
+    direction = edge[rows, exit_edge]
+    steep = direction[:, 1].abs() > direction[:, 0].abs()
+    keep = torch.nonzero(leaving.any(1) & silhouette & (steep if horizontal else ~steep)).squeeze(1)
+    e = exit_edge[keep]
+    return (
+        front[keep],
+        back[keep],
+        vertex[keep, torch.tensor(j, device=e.device)[e]],
+        vertex[keep, torch.tensor(k, device=e.device)[e]],
+    )
