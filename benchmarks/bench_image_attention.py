@@ -173,15 +173,26 @@ def _dashed(draw: Any, points: list[tuple[float, float]], fill: Any, width: int,
             )
 
 
-def plot(rows: list[dict[str, Any]], fitted: dict[str, dict[str, float]], title: str, path: Path) -> None:
+def plot(
+    rows: list[dict[str, Any]],
+    fitted: dict[str, dict[str, float]],
+    title: str,
+    path: Path,
+    clock: str = "wall",
+) -> None:
+    """The log-log plot of `clock` ("wall" or "cpu") time against tokens, with slope-1 and
+    slope-2 guides, as a PNG."""
     from PIL import Image, ImageDraw, ImageFont
 
-    w, h, left, right, top, bottom = 880, 560, 80, 250, 40, 60
+    suffix, slope_key = ("_cpu_s", "cpu_all") if clock == "cpu" else ("_s", "all")
+    top_key = next(k for k in next(iter(fitted.values())) if k.startswith("largest"))
+
+    w, h, left, right, top, bottom = 900, 580, 80, 270, 60, 60
     img = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=13)
     tokens = [r["tokens"] for r in rows]
-    times = [r[f"{key}_s"] * 1e3 for key, *_ in SERIES for r in rows]
+    times = [r[f"{key}{suffix}"] * 1e3 for key, *_ in SERIES for r in rows]
     lx0, lx1 = math.log10(min(tokens)) - 0.05, math.log10(max(tokens)) + 0.05
     ly0, ly1 = math.floor(math.log10(min(times))), math.ceil(math.log10(max(times)))
 
@@ -194,6 +205,7 @@ def plot(rows: list[dict[str, Any]], fitted: dict[str, dict[str, float]], title:
         _, y = xy(tokens[0], 10.0**e)
         draw.line([(left, y), (w - right, y)], (225, 225, 225))
         draw.text((left - 8, y), f"{10.0**e:g} ms", (60, 60, 60), font, anchor="rm")
+    draw.text((left, 32), f"{'CPU' if clock == 'cpu' else 'wall'} time per call, log-log", (60, 60, 60), font)
     for n in tokens:  # vertical grid at the measured token counts
         x, _ = xy(n, 10.0**ly0)
         draw.line([(x, top), (x, h - bottom)], (235, 235, 235))
@@ -206,9 +218,9 @@ def plot(rows: list[dict[str, Any]], fitted: dict[str, dict[str, float]], title:
         font,
         anchor="ma",
     )
-    draw.text((left, 14), title, (0, 0, 0), font)
+    draw.text((left, 10), title, (0, 0, 0), font)
     # reference slopes 1 and 2 through the first forward+backward point of the linear model
-    n0, t0 = tokens[0], rows[0]["linear_fwd_bwd_s"] * 1e3
+    n0, t0 = tokens[0], rows[0][f"linear_fwd_bwd{suffix}"] * 1e3
     for k, label in ((1, "slope 1"), (2, "slope 2")):
         n1 = tokens[-1]
         t1 = t0 * (n1 / n0) ** k
@@ -219,7 +231,7 @@ def plot(rows: list[dict[str, Any]], fitted: dict[str, dict[str, float]], title:
         draw.text(xy(n1, t1), label, (120, 120, 120), font, anchor="rb")
     legend_y = top + 10
     for key, label, colour, dashed in SERIES:
-        pts = [xy(r["tokens"], r[f"{key}_s"] * 1e3) for r in rows]
+        pts = [xy(r["tokens"], r[f"{key}{suffix}"] * 1e3) for r in rows]
         if dashed:
             _dashed(draw, pts, colour, 2)
         else:
@@ -232,38 +244,53 @@ def plot(rows: list[dict[str, Any]], fitted: dict[str, dict[str, float]], title:
         else:
             draw.line([(lx, legend_y + 7), (lx + 26, legend_y + 7)], colour, 2)
         draw.text((lx + 32, legend_y), label, (0, 0, 0), font)
-        draw.text((lx + 32, legend_y + 15), f"slope {fitted[key]['all']:.2f} (all)", (90, 90, 90), font)
+        draw.text(
+            (lx + 32, legend_y + 15),
+            f"slope {fitted[key][slope_key]:.2f} all, {fitted[key][slope_key.replace('all', top_key)]:.2f} {top_key.replace('_', ' ')}",
+            (90, 90, 90),
+            font,
+        )
         legend_y += 40
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, optimize=True)
 
 
-def report(rows: list[dict[str, Any]], fitted: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+def report(rows: list[dict[str, Any]], fitted: dict[str, dict[str, float]], clock: str = "wall") -> str:
+    """The table in `clock` time (with the other clock's fwd+bwd ratio) and the slopes."""
+    main, other = ("_cpu_s", "_s") if clock == "cpu" else ("_s", "_cpu_s")
+    name, other_name = ("CPU", "wall") if clock == "cpu" else ("wall", "CPU")
+
+    def ms(r: dict[str, Any], key: str) -> str:
+        return f"{r[key + main] * 1e3:.1f}"
+
+    def ratio(r: dict[str, Any], mode: str, suffix: str) -> str:
+        return f"{r['softmax_' + mode + suffix] / r['linear_' + mode + suffix]:.2f}×"
+
     table = markdown_table(
         [
             "px",
             "latent",
             "tokens",
-            "linear fwd ms",
-            "softmax fwd ms",
+            f"linear fwd ms ({name})",
+            f"softmax fwd ms ({name})",
             "softmax / linear",
-            "linear fwd+bwd ms",
-            "softmax fwd+bwd ms",
+            f"linear fwd+bwd ms ({name})",
+            f"softmax fwd+bwd ms ({name})",
             "softmax / linear",
-            "softmax / linear, fwd+bwd CPU time",
+            f"fwd+bwd softmax / linear, {other_name} time",
         ],
         [
             [
                 r["px"],
                 f"{r['side']}²",
                 r["tokens"],
-                f"{r['linear_fwd_s'] * 1e3:.1f}",
-                f"{r['softmax_fwd_s'] * 1e3:.1f}",
-                f"{r['softmax_fwd_s'] / r['linear_fwd_s']:.2f}×",
-                f"{r['linear_fwd_bwd_s'] * 1e3:.1f}",
-                f"{r['softmax_fwd_bwd_s'] * 1e3:.1f}",
-                f"{r['softmax_fwd_bwd_s'] / r['linear_fwd_bwd_s']:.2f}×",
-                f"{r['softmax_fwd_bwd_cpu_s'] / r['linear_fwd_bwd_cpu_s']:.2f}×",
+                ms(r, "linear_fwd"),
+                ms(r, "softmax_fwd"),
+                ratio(r, "fwd", main),
+                ms(r, "linear_fwd_bwd"),
+                ms(r, "softmax_fwd_bwd"),
+                ratio(r, "fwd_bwd", main),
+                ratio(r, "fwd_bwd", other),
             ]
             for r in rows
         ],
@@ -303,8 +330,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="pixel sides, multiples of 32")
     parser.add_argument("--repeats", type=int, default=3, help="best of N per point (alternated)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_image_attention"))
+    parser.add_argument(
+        "--clock",
+        choices=("auto", "wall", "cpu"),
+        default="auto",
+        help="the time of the table and the plot; auto: process CPU time with 1 thread (its compute "
+        "time whatever else shares the machine), wall time otherwise",
+    )
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        help="re-draw the table and plot of a saved attention_scaling.json",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 small sizes, a tiny model")
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        record = json.loads(args.replot.read_text())
+        rows, info, saved = record["rows"], record["machine"], record["args"]
+        clock = args.clock if args.clock != "auto" else ("cpu" if int(info["threads"]) == 1 else "wall")
+        fitted = slopes(rows)
+        print(machine_line(info))
+        print(report(rows, fitted, clock))
+        title = (
+            f"Sana denoiser, width {saved['width']}, depth {saved['depth']}, batch {saved['batch']}: "
+            f"linear vs softmax self-attention ({info['capability']}, {info['threads']} thread(s))"
+        )
+        plot(rows, fitted, title, args.out / "attention_scaling.png", clock)
+        print(f"\nwrote {args.out / 'attention_scaling.png'}")
+        return 0
     args.sizes = [int(s) for s in str(args.sizes).split(",")]
     if args.quick:
         args.sizes, args.width, args.heads, args.depth = [256, 384, 512], 64, 2, 1
@@ -312,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(s % COMPRESSION for s in args.sizes) or len(args.sizes) < 2:
         sys.exit("--sizes: give at least two pixel sides, each a multiple of 32")
     torch.set_num_threads(args.threads)
+    clock = args.clock if args.clock != "auto" else ("cpu" if args.threads == 1 else "wall")
     info = machine()
     print(machine_line(info))
     print(
@@ -325,13 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(args)
     fitted = slopes(rows)
     print()
-    print(report(rows, fitted, args))
+    print(report(rows, fitted, clock))
     png = args.out / "attention_scaling.png"
     title = (
         f"Sana denoiser, width {args.width}, depth {args.depth}, batch {args.batch}: "
-        f"linear vs softmax self-attention ({info['capability']}, {info['threads']} threads)"
+        f"linear vs softmax self-attention ({info['capability']}, {info['threads']} thread(s))"
     )
-    plot(rows, fitted, title, png)
+    plot(rows, fitted, title, png, clock)
     record = {
         "machine": info,
         "args": {k: str(v) for k, v in vars(args).items()},
