@@ -1,15 +1,17 @@
 """The built-in captioned video dataset: one shape that moves, grows, shrinks or changes colour.
 
 Every clip shows one shape (the image set's shapes and colours, `voxforge.data.synth_images`)
-over a plain background doing one thing, and its caption says exactly that:
+over a plain background of another colour (never one too close to it, orange on yellow, nor a
+colour change whose way passes near it, white to black on grey) doing one thing, and its
+caption says exactly that:
 
     "a red circle moving left on a blue background"
     "a green star growing on a white background"
     "a yellow cross turning purple on a black background"
 
 The motions are moving left / right / up / down (the shape travels `travel` of the frame
-side, its cross position drawn at random), growing and shrinking (its radius goes from 0.07
-to 0.2 of the side, or back) and a colour change (linear in RGB from the first colour to the
+side, its cross position drawn at random), growing and shrinking (its radius goes from 0.09
+to 0.22 of the side, or back) and a colour change (linear in RGB from the first colour to the
 second). The attributes go with every caption as extra columns of `metadata.jsonl` and into
 `labels.json` (shape, colour, end colour, motion, background, and the trajectory), so a
 classifier of shape, colour and motion trained on real held-out clips can judge whether a
@@ -18,8 +20,9 @@ generated clip follows its prompt; `parse_caption` reads a caption back into att
 Clip i draws its attributes from `default_rng([seed, i])`: any clip can be made alone and
 `--num 64` extends `--num 16` without changing it. Frames are drawn 4x larger and downsampled
 (anti-aliased edges), then written as real `.mp4` files with PyAV — H.264 (libx264, CRF 12,
-one encoder thread: the same bytes on every run) or MPEG-4 part 2 where this FFmpeg build has
-no H.264 encoder — so `voxforge data videos` reads them exactly like a user's videos.
+4:4:4 chroma so a shape of a few pixels keeps its colour, one encoder thread: the same bytes on
+every run) or MPEG-4 part 2 (4:2:0) where this FFmpeg build has no H.264 encoder — so
+`voxforge data videos` reads them exactly like a user's videos.
 """
 
 from __future__ import annotations
@@ -56,9 +59,10 @@ MOTION_PHRASES = {
     "shrink": "shrinking",
 }
 ATTRIBUTES = ("shape", "colour", "end_colour", "motion", "background")
-RADIUS = 0.13  # of the side, for shapes that move or change colour
-SMALL, LARGE = 0.07, 0.2  # radii of growing and shrinking shapes
+RADIUS = 0.15  # of the side, for shapes that move or change colour
+SMALL, LARGE = 0.09, 0.22  # radii of growing and shrinking shapes
 SUPERSAMPLE = 4
+MIN_CONTRAST = 120  # least L1 RGB distance between a shape's colours and its background (orange/yellow: 85)
 CODECS = ("auto", "h264", "mpeg4")
 
 
@@ -135,10 +139,16 @@ def draw_labels(config: SynthVideosConfig, index: int) -> dict[str, Any]:
     rng = np.random.default_rng([config.seed, index])
     colours = list(COLOURS)
     colour = colours[int(rng.integers(len(colours)))]
-    backgrounds = [b for b in BACKGROUNDS if b != colour]
+    backgrounds = [b for b in BACKGROUNDS if _contrast(COLOURS[colour], BACKGROUND_RGB[b]) >= MIN_CONTRAST]
     background = backgrounds[int(rng.integers(len(backgrounds)))]
     motion = config.motions[int(rng.integers(len(config.motions)))]
-    ends = [c for c in colours if c not in (colour, background)]
+    # the change is linear in RGB: every colour on the way must stand out from the background
+    ends = [
+        c
+        for c in colours
+        if c != colour
+        and _path_contrast(COLOURS[colour], COLOURS[c], BACKGROUND_RGB[background]) >= MIN_CONTRAST
+    ]
     end_colour = ends[int(rng.integers(len(ends)))] if motion == "colour" else colour
     cross = float(rng.uniform(0.3, 0.7))  # the coordinate across the motion
     along = float(rng.uniform(-0.05, 0.05))  # where along it the path is centred
@@ -151,6 +161,16 @@ def draw_labels(config: SynthVideosConfig, index: int) -> dict[str, Any]:
         "cross": cross,
         "along": along,
     }
+
+
+def _contrast(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    return sum(abs(x - y) for x, y in zip(a, b))
+
+
+def _path_contrast(start: tuple[int, ...], end: tuple[int, ...], background: tuple[int, ...]) -> float:
+    """The least L1 distance to the background along the RGB line from start to end."""
+    line = np.asarray(start, float) + np.linspace(0.0, 1.0, 33)[:, None] * np.subtract(end, start)
+    return float(np.abs(line - np.asarray(background, float)).sum(-1).min())
 
 
 def trajectory(labels: dict[str, Any], frames: int, travel: float) -> list[tuple[float, float, float, float]]:
@@ -215,8 +235,13 @@ def _encoder(codec: str) -> str:
     return "mpeg4"
 
 
-def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8, codec: str = "auto") -> str:
-    """Write uint8 [T, H, W, 3] (even H and W) as an .mp4 (index at the front); returns the encoder."""
+def write_mp4(
+    frames: np.ndarray, path: str | Path, fps: int = 8, codec: str = "auto", chroma: str = "420"
+) -> str:
+    """Write uint8 [T, H, W, 3] (even H and W) as an .mp4 (index at the front); returns the encoder.
+
+    `chroma`: "420" (what every player plays) or "444" (H.264 High 4:4:4, full colour resolution).
+    """
     av = require_av()
     encoder = _encoder(codec)
     path = Path(path)
@@ -224,7 +249,10 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8, codec: str = "
     height, width = frames.shape[1:3]
     with av.open(str(partial), mode="w", options={"movflags": "+faststart"}) as container:
         stream = container.add_stream(encoder, rate=int(fps))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        # full-resolution chroma with H.264: at 32 px, 4:2:0 would smear a small shape's colour into
+        # the background (a judge of colour then learns the smear); MPEG-4 part 2 has only 4:2:0
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv444p" if encoder == "libx264" and chroma == "444" else "yuv420p"
         stream.codec_context.thread_count = 1  # one thread: the same bytes on every run
         stream.options = {"crf": "12"} if encoder == "libx264" else {"qscale": "2"}
         for frame in frames:
@@ -252,6 +280,7 @@ def write_synth_videos(out: str | Path, config: SynthVideosConfig | None = None)
             out / name,
             config.fps,
             config.codec,
+            chroma="444",
         )
         caption = caption_of(labels)
         row = {"file_name": name, "text": caption, **{key: labels[key] for key in ATTRIBUTES}}

@@ -7,7 +7,7 @@ resolution name to a mapping from a frame count to `[probability, batch size]`,
      "128px": {1: [1.0, 64], 33: [1.0, 16], 65: [1.0, 8]}}
 
 A resolution `"<N>px"` (or `N`) holds frames of about N² pixels in the aspect-ratio buckets of
-`voxforge.data.images.bucket_table(N, multiple, max_aspect)`. A clip of `n` frames and W x H
+`voxforge.data.image_buckets.bucket_table(N, multiple, max_aspect)`. A clip of `n` frames and W x H
 pixels is assigned as Open-Sora does: starting at the largest resolution whose area the clip
 reaches (W·H >= approx·N²), its frame bucket there is the largest count T <= n (a one-frame
 bucket takes images and one-frame clips only, never a video), and it stays in (N, T) with the
@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from voxforge.data.images import bucket_table, nearest_bucket
+from voxforge.data.image_buckets import bucket_table, nearest_bucket
 from voxforge.errors import UserError
 
 __all__ = [

@@ -12,10 +12,11 @@ cheap and certain first, each failure an `AssetError` with a stable reason code:
 3. the header: a video stream (`no_video_stream`), its declared frame size against
    `max_frame_pixels` (`video_too_large`) and its declared frame count against `max_frames`
    (`too_many_frames`) — all before a single frame is decoded;
-4. the decode, frame by frame: a frame larger than the limit or more frames than the limit
-   stop it at once (a header that lies), a decoder error is `truncated_video` or
-   `corrupt_video`, fewer frames than the header declares is `truncated_video`, none at all
-   `empty_video`.
+4. the decode, packet by packet: a frame larger than the limit or more frames than the limit
+   stop it at once (a header that lies); a packet FFmpeg could not read in full, a decoder
+   error after packets that decoded, or fewer frames than the header declares is
+   `truncated_video`; a decoder error on the first packet is `corrupt_video`; no frame at
+   all (and none declared) is `empty_video`.
 
 `read_clip` decodes once when the container declares its frame count (mp4, mov, gif) and keeps
 only the frames it is asked for, each resized (covering the bucket, Lanczos) and
@@ -137,7 +138,7 @@ class _Video:
 
     def __init__(self, path: Path, name: str, limits: VideoLimits):
         av = require_av()
-        self.name, self.limits = name, limits
+        self.name, self.limits, self.bytes = name, limits, path.stat().st_size
         known = _signature_known(path)
         try:
             self.container = av.open(str(path), mode="r")
@@ -155,6 +156,8 @@ class _Video:
                 )
             self.stream = self.container.streams.video[0]
             context = self.stream.codec_context
+            if context is None:
+                raise AssetError("corrupt_video", f"{name}: its video stream has no decoder parameters")
             self.coded = (int(context.width or 0), int(context.height or 0))
             if self.coded[0] * self.coded[1] > limits.max_frame_pixels:
                 raise AssetError(
@@ -188,30 +191,42 @@ class _Video:
     def frames(self) -> Any:
         """Decoded frames, checked one by one (size, count); decoder errors become AssetErrors."""
         av = require_av()
-        count = 0
-        iterator = self.container.decode(self.stream)
+        count = packets = 0
+        demuxer = self.container.demux(self.stream)  # ends with an empty packet that flushes the decoder
         while True:
             try:
-                frame = next(iterator)
+                packet = next(demuxer)
+                # FFmpeg flags a packet it could not read in full: the file is cut short
+                cut = packet.size and packet.pos is not None and packet.pos + packet.size > self.bytes
+                if cut or getattr(packet, "is_corrupt", False):
+                    raise AssetError(
+                        "truncated_video",
+                        f"{self.name} is cut short: packet {packets + 1} is incomplete ({self.bytes} bytes "
+                        f"in the file), after {count} frames",
+                    )
+                decoded = packet.decode()
             except StopIteration:
                 return
             except (av.error.FFmpegError, EOFError, OSError, ValueError) as err:
-                reason = "truncated_video" if count else "corrupt_video"
+                # data that stops after packets that decoded is a cut file; none at all, a damaged one
+                reason = "truncated_video" if packets else "corrupt_video"
                 raise AssetError(
                     reason, f"{self.name}: decoding stopped after {count} frames ({err})"
                 ) from None
-            count += 1
-            if count > self.limits.max_frames:
-                raise AssetError(
-                    "too_many_frames",
-                    f"{self.name} has more than {self.limits.max_frames} frames (the limit)",
-                )
-            if frame.width * frame.height > self.limits.max_frame_pixels:
-                raise AssetError(
-                    "video_too_large",
-                    f"{self.name}: frame {count} is {frame.width}x{frame.height}, over the pixel limit",
-                )
-            yield frame
+            packets += 1
+            for frame in decoded:
+                count += 1
+                if count > self.limits.max_frames:
+                    raise AssetError(
+                        "too_many_frames",
+                        f"{self.name} has more than {self.limits.max_frames} frames (the limit)",
+                    )
+                if frame.width * frame.height > self.limits.max_frame_pixels:
+                    raise AssetError(
+                        "video_too_large",
+                        f"{self.name}: frame {count} is {frame.width}x{frame.height}, over the pixel limit",
+                    )
+                yield frame
 
     def display_size(self, rotation: int) -> tuple[int, int]:
         width = max(1, round(self.coded[0] * self.sar)) if self.sar != 1 else self.coded[0]
@@ -276,7 +291,7 @@ def probe_video(path: Path, name: str, limits: VideoLimits) -> Probe:
 
 
 def _probe_of(video: _Video, count: int, rotation: int) -> Probe:
-    if count == 0:
+    if count == 0 and not video.declared:
         raise AssetError("empty_video", f"{video.name} holds no decodable frame")
     if video.declared and count < video.declared:
         raise AssetError(

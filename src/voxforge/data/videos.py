@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from voxforge.config.core import ConfigValueError, option
+from voxforge.data.image_manifest import read_manifest
 from voxforge.data.safety import is_within
 from voxforge.data.video_archive import archive_kind, expand_media_archive
 from voxforge.data.video_buckets import (
@@ -88,7 +89,7 @@ VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif"}
 STILL_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | STILL_EXTENSIONS
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
-MANIFEST = "manifest.jsonl"
+MANIFEST = "manifest.jsonl"  # the name `image_manifest.read_manifest` reads
 DATASET_INFO = "dataset.json"
 CLIPS = "clips"
 FORMAT_VERSION = 1
@@ -365,22 +366,6 @@ def _failed(index: int, source: str, file_name: str, reason: str, error: str, sh
 
 # ----------------------------------------------------------------------------------------------
 # the prepare job
-
-
-def read_manifest(out: str | Path) -> list[dict[str, Any]]:
-    """The records of OUT/manifest.jsonl; for a (source, file_name) listed twice the last wins."""
-    path = Path(out) / MANIFEST
-    if not path.is_file():
-        return []
-    records: dict[tuple[str, str], dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # the torn last line of a killed run
-            continue
-        if isinstance(record, dict) and "file_name" in record:
-            records[(str(record.get("source")), str(record["file_name"]))] = record
-    return list(records.values())
 
 
 def _write_atomic(path: Path, text: str) -> None:
