@@ -2,11 +2,13 @@
 
     python fsdp_worker.py JOBS.json
 
-JOBS.json is a list of {"run_dir", "overrides" (dotted keys), "stop_after" (optional)};
-the jobs run one after another in this process (a stop_after job followed by the same
-run_dir without it is an interrupted run and its resume). The recipe is `test_blocks`: a
-residual MLP whose blocks sit in an nn.ModuleList, so fsdp shards each block and the root,
-trained on the debug stage's regression data (no randomness in the loss).
+JOBS.json is a list of {"run_dir", "overrides", "stop_after" (optional), "recipe"
+(optional)}; the jobs run one after another in this process (a stop_after job followed by
+the same run_dir without it is an interrupted run and its resume). Without "recipe" the
+recipe is `test_blocks` (overrides: {dotted key: value}): a residual MLP whose blocks sit in
+an nn.ModuleList, so fsdp shards each block and the root, trained on the debug stage's
+regression data (no randomness in the loss). With "recipe" (a built-in name or file), the
+overrides are `key=value` strings as on the command line.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from voxforge.config.core import option
-from voxforge.recipe import recipe_from_data
+from voxforge.recipe import load_recipe, recipe_from_data
 from voxforge.stages import register_stage
 from voxforge.stages.base import Stage
 from voxforge.stages.debug import DebugDataConfig, RegressionData
@@ -102,7 +104,11 @@ def recipe(overrides: dict[str, object]):
 
 def main(path: str) -> None:
     for job in json.loads(open(path).read()):
-        train(recipe(job["overrides"]), job["run_dir"], stop_after=job.get("stop_after"))
+        if "recipe" in job:
+            built = load_recipe(job["recipe"], job["overrides"])
+        else:
+            built = recipe(job["overrides"])
+        train(built, job["run_dir"], stop_after=job.get("stop_after"))
 
 
 if __name__ == "__main__":

@@ -114,7 +114,8 @@ class CAME(torch.optim.Optimizer):
                     continue
                 if param.grad.is_sparse:
                     raise RuntimeError("CAME does not support sparse gradients")
-                grad = param.grad.float()
+                # fp16 / bf16 gradients are promoted; fp64 stays fp64
+                grad = param.grad.to(torch.promote_types(param.grad.dtype, torch.float32))
                 state = self.state[param] or self._init_state(param, grad)
                 state["step"] += 1
                 square = grad.pow(2) + eps1
