@@ -495,6 +495,7 @@ def plot_run(path: str | Path, out_png: str | Path, keys: list[str] | None = Non
     panels, left_out = _panels(series, keys)
     try:  # an optional dependency (the `plot` extra); the Figure API keeps pyplot's global state out
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise MissingDependencyError("matplotlib", "plot", "Plotting training curves") from None
 
@@ -518,11 +519,13 @@ def plot_run(path: str | Path, out_png: str | Path, keys: list[str] | None = Non
             ax.set_yscale("log")
         ax.set_title(group[0] if len(group) == 1 else "losses", fontsize=11)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("loss" if "loss" in group[0] else group[0])
         ax.grid(True, alpha=0.3)
         if len(group) > 1 or resumes or "loss" in group[0]:
             ax.legend(fontsize=8)
-    title = f"{status.name}: {status.stage or '?'} ({status.state}, step {status.step}"
+    title = status.name if status.name == status.stage else f"{status.name}: {status.stage or '?'}"
+    title += f" ({status.state}, step {status.step}"
     title += f"/{status.max_steps})" if status.max_steps else ")"
     if left_out:
         title += f"  [{left_out} more series: pick them with --keys]"
