@@ -158,7 +158,7 @@ def test_fsdp_matches_one_process_and_resumes_exactly(tmp_path):
         )
     )
     ddp = {**fsdp, "train.parallel": "ddp"}
-    bf16 = {**fsdp, "train.precision": "bf16"}
+    accumulated = {**fsdp, "train.batch_size": 4, "train.grad_accum": 2}
     _torchrun(
         _write_jobs(
             tmp_path / "two.json",
@@ -169,7 +169,9 @@ def test_fsdp_matches_one_process_and_resumes_exactly(tmp_path):
                 {"run_dir": str(tmp_path / "fsdp_came"), "overrides": {**fsdp, **came}},
                 {"run_dir": str(tmp_path / "switched"), "overrides": ddp, "stop_after": 3},
                 {"run_dir": str(tmp_path / "switched"), "overrides": fsdp},
-                {"run_dir": str(tmp_path / "bf16"), "overrides": bf16},
+                {"run_dir": str(tmp_path / "accumulated"), "overrides": accumulated},
+                {"run_dir": str(tmp_path / "bf16"), "overrides": {**fsdp, "train.precision": "bf16"}},
+                {"run_dir": str(tmp_path / "fp16"), "overrides": {**fsdp, "train.precision": "fp16"}},
             ],
         )
     )
@@ -193,12 +195,17 @@ def test_fsdp_matches_one_process_and_resumes_exactly(tmp_path):
     assert final_weights(tmp_path / "fsdp")["blocks.0.up.weight"].shape == (49, 24)
     # a ddp run resumes under fsdp (its optimizer state is keyed by position)
     _assert_same(tmp_path / "fsdp", tmp_path / "switched")
-    # bf16 compute through MixedPrecisionPolicy: fp32 weights, close to the fp32 run
-    bf16_weights = final_weights(tmp_path / "bf16")
-    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in bf16_weights.values())
+    # gradient accumulation: 2 processes x 2 micro-batches of 4 = 1 process x 16
+    _assert_same(tmp_path / "one", tmp_path / "accumulated")
+    # bf16 / fp16 (with the scaler) compute through MixedPrecisionPolicy: fp32 weights, no
+    # skipped step, close to the fp32 run
     fp32_weights = final_weights(tmp_path / "fsdp")
-    drift = max(float((bf16_weights[n] - fp32_weights[n]).abs().max()) for n in fp32_weights)
-    assert drift < 0.05
+    for precision in ("bf16", "fp16"):
+        weights = final_weights(tmp_path / precision)
+        assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
+        assert load_trainer_state(latest_checkpoint(tmp_path / precision))["skipped"] == 0
+        drift = max(float((weights[n] - fp32_weights[n]).abs().max()) for n in fp32_weights)
+        assert drift < 0.05, precision
 
 
 @pytest.mark.distributed
