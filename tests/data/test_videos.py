@@ -26,7 +26,7 @@ from voxforge.data.video_buckets import (  # noqa: E402
     bucket_rng,
     parse_bucket_config,
 )
-from voxforge.data.video_io import VideoLimits, frame_indices, probe_video  # noqa: E402
+from voxforge.data.video_io import VideoLimits, frame_indices, probe_video, read_clip  # noqa: E402
 from voxforge.data.videos import (  # noqa: E402
     VideoClipDataset,
     VideoPrepareConfig,
@@ -404,3 +404,23 @@ def test_cli_videos_and_synth_videos(tmp_path, capsys):
     assert code == 0 and json.loads(capsys.readouterr().out)["this_run"]["skipped"] == 3
     assert main(["data", "videos", str(clips), str(out), "--buckets", "{32px: {8: [2.0, 1]}}"]) == 2
     assert "probability" in capsys.readouterr().err
+
+
+def test_rotation_metadata_is_applied(tmp_path):
+    frames = np.zeros((4, 32, 64, 3), np.uint8)
+    frames[:, :, :16] = 255  # white on the left; shown rotated 90° counter-clockwise: at the bottom
+    with av.open(str(tmp_path / "phone.mp4"), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(90)
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    probe, clip = read_clip(tmp_path / "phone.mp4", "phone.mp4", VideoLimits(), lambda p: ([0, 3], (32, 64)))
+    assert (probe.width, probe.height, probe.rotation) == (32, 64, 90)
+    assert clip.shape == (2, 64, 32, 3)
+    assert clip[:, 52:].mean() > 200 and clip[:, :44].mean() < 30
+    run([tmp_path], tmp_path / "out")
+    assert by_name(tmp_path / "out")["phone.mp4"]["warning_reasons"] == ["missing_caption", "rotated"]
