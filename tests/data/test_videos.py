@@ -424,3 +424,25 @@ def test_rotation_metadata_is_applied(tmp_path):
     assert clip[:, 52:].mean() > 200 and clip[:, :44].mean() < 30
     run([tmp_path], tmp_path / "out")
     assert by_name(tmp_path / "out")["phone.mp4"]["warning_reasons"] == ["missing_caption", "rotated"]
+
+
+def test_engine_batch_stream_resumes_the_bucket_order(tmp_path):
+    from voxforge.train.data import BatchStream
+
+    src, out = make_set(tmp_path, {8: 4, 5: 6}), tmp_path / "out"
+    run([src], out, buckets={"32px": {4: [1.0, 3], 8: [1.0, 2]}})
+    data = VideoClipDataset(out)
+
+    def stream(epoch: int = 0, batch: int = 0) -> BatchStream:
+        return BatchStream(
+            data, collate_videos, batch_size=1, rank=0, world_size=1, seed=9, epoch=epoch, batch=batch,
+            make_sampler=lambda **position: video_batch_sampler(data, None, **position),
+        )  # fmt: skip
+
+    whole = stream()
+    expected = [whole.next()["id"] for _ in range(7)]  # across an epoch boundary (4 batches per epoch)
+    first = stream()
+    got = [first.next()["id"] for _ in range(3)]
+    resumed = stream(**first.state_dict())
+    got += [resumed.next()["id"] for _ in range(4)]
+    assert got == expected and expected[:4] != expected[4:]
