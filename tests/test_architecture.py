@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("runs", ("voxforge.runs", "voxforge.trellis")),
     ("inference", ("voxforge.pipelines",)),
     ("training", ("voxforge.stages", "voxforge.recipe", "voxforge.train.engine")),
-    ("workflows", ("voxforge.workflows",)),
+    ("workflows", ("voxforge.workflows", "voxforge.app")),
     ("commands", ("voxforge.commands",)),
     ("cli", ("voxforge.cli", "voxforge.__main__")),
 )

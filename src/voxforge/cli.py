@@ -14,6 +14,7 @@ import sys
 
 from voxforge import __version__
 from voxforge.commands import (
+    app,
     checkpoints,
     config_cmd,
     data,
@@ -28,7 +29,7 @@ from voxforge.commands import (
 from voxforge.errors import UserError
 
 #: in the order `voxforge --help` lists them
-COMMANDS = (train, runs_cmd, config_cmd, checkpoints, data, encode, generate, import_cmd, pipeline, demo)
+COMMANDS = (train, runs_cmd, config_cmd, checkpoints, data, encode, generate, import_cmd, pipeline, demo, app)
 
 
 def build_parser() -> argparse.ArgumentParser:

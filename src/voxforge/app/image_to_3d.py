@@ -1,0 +1,305 @@
+"""The image → 3D tab: condition images in, Gaussians (.ply), turntable (.mp4) and mesh (.glb) out.
+
+`ImageTo3DService` does the work without gradio's types: it checks a request
+(`requests.check_image_uploads`, the parameter ranges), prepares the images exactly as
+`voxforge generate` does (`ImageTo3DPipeline.load_images`: size-checked read, plain
+background removed, alpha-box crop), runs both stages with a progress callback per sampler
+step, and exports through `voxforge.export.export_asset` — the same writer as
+`voxforge generate` — into a fresh job folder under the app's output folder, with a
+`generation.json` record. `build` lays out the tab and names its endpoints:
+
+- `/preprocess` (uploads → the images as the model will see them), run on upload;
+- `/image_to_3d` (uploads, model, seed, steps and guidance of both stages, multi-image
+  mode → processed images, turntable .mp4, .glb, [.glb, .ply, .mp4], the record).
+
+Models are the folders `voxforge generate --model` takes (the output of `voxforge pipeline
+run` or `voxforge demo`, or any folder with `ss_flow/` and `slat_flow/` runs); each loads
+once, on first use, and stays loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+from torch import Tensor
+
+from voxforge.app.registry import AppContext, Family, model_labels
+from voxforge.app.requests import (
+    RequestError,
+    check_choice,
+    check_float,
+    check_image_uploads,
+    check_int,
+    user_message,
+)
+from voxforge.app.ui import endpoint, slider
+from voxforge.errors import UserError
+from voxforge.export import ExportConfig, export_asset
+from voxforge.models.conditioning import default_slat_sampler, default_structure_sampler
+from voxforge.models.sampler_presets import SLAT_SAMPLER, STRUCTURE_SAMPLER
+from voxforge.pipelines.image_to_3d import ImageTo3DPipeline, resolve_model_dir
+
+__all__ = ["FAMILY", "Asset", "ImageTo3DService", "discover", "is_model_folder"]
+
+MODES = ("stochastic", "multidiffusion")
+FORMATS = ["glb", "ply", "mp4", "png"]
+#: (stage key of the pipeline's progress callback) -> what the progress bar says
+STAGE_NAMES = {"structure": "stage 1/2: structure flow", "latents": "stage 2/2: SLat flow"}
+
+
+def is_model_folder(path: Path) -> bool:
+    try:
+        resolve_model_dir(path)
+    except UserError:
+        return False
+    return True
+
+
+def discover(folder: Path, depth: int = 2) -> list[Path]:
+    """Model folders at `folder` or up to `depth` levels below it (not inside one another)."""
+    if is_model_folder(folder):
+        return [folder]
+    if depth == 0 or not folder.is_dir() or (folder / "config.yaml").is_file():  # a run: not inside it
+        return []
+    found = []
+    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found += discover(child, depth - 1)
+    return found
+
+
+@dataclass
+class Asset:
+    """What one /image_to_3d request produced (every path inside its job folder)."""
+
+    folder: Path
+    processed: list[Path]  # the condition images as the model saw them
+    glb: Path
+    ply: Path
+    mp4: Path
+    record: dict[str, Any]
+
+
+class ImageTo3DService:
+    def __init__(self, models: list[Path], context: AppContext):
+        if not models:
+            raise UserError("the image → 3D tab needs at least one model folder")
+        self.models = model_labels(models)
+        self.context = context
+        self._pipelines: dict[str, ImageTo3DPipeline] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.models)
+
+    def pipeline(self, label: str | None = None) -> ImageTo3DPipeline:
+        label = self.labels[0] if label in (None, "") else check_choice("model", label, self.labels)
+        with self._lock:
+            if label not in self._pipelines:
+                self._pipelines[label] = ImageTo3DPipeline.from_model_dir(
+                    self.models[label], device=self.context.device
+                )
+            return self._pipelines[label]
+
+    def _load(self, uploads: Any, model: str | None) -> tuple[list[Path], Tensor]:
+        """(checked upload paths, condition images [K, 3, S, S] in [0, 1]), as `voxforge generate`."""
+        paths = check_image_uploads(uploads, self.context.limits)
+        try:
+            return paths, self.pipeline(model).load_images(paths)
+        except UserError as err:
+            raise RequestError(user_message(err, paths)) from None
+
+    def prepare(self, uploads: Any, model: str | None = None) -> np.ndarray:
+        """The condition images [K, S, S, 3] uint8 as the model will see them."""
+        return _pixels(self._load(uploads, model)[1])
+
+    def generate(
+        self,
+        uploads: Any,
+        *,
+        model: str | None = None,
+        seed: Any = 0,
+        steps: Any = STRUCTURE_SAMPLER["steps"],
+        cfg: Any = STRUCTURE_SAMPLER["cfg_scale"],
+        slat_steps: Any = SLAT_SAMPLER["steps"],
+        slat_cfg: Any = SLAT_SAMPLER["cfg_scale"],
+        mode: Any = "stochastic",
+        progress: Callable[[str, int, int], None] | None = None,  # (what, step, steps)
+    ) -> Asset:
+        limits = self.context.limits
+        seed = check_int("seed", seed, 0, limits.max_seed)
+        steps = check_int("structure steps", steps, 1, limits.max_steps)
+        cfg = check_float("structure guidance", cfg, 0.0, limits.max_cfg)
+        slat_steps = check_int("SLat steps", slat_steps, 1, limits.max_steps)
+        slat_cfg = check_float("SLat guidance", slat_cfg, 0.0, limits.max_cfg)
+        mode = check_choice("multi-image mode", mode, MODES)
+        start = time.perf_counter()
+        paths, images = self._load(uploads, model)
+        pipeline = self.pipeline(model)
+        folder = self.context.jobs.new("image_to_3d")
+        processed = []
+        for k, image in enumerate(_pixels(images)):
+            processed.append(folder / f"input_{k}.png")
+            Image.fromarray(image).save(processed[-1])
+
+        def report(stage: str, step: int, total: int) -> None:
+            if progress is not None:
+                progress(STAGE_NAMES.get(stage, stage), step, total)
+
+        result = pipeline.generate(
+            images,
+            seed=seed,
+            structure_sampler=default_structure_sampler(steps=steps, cfg_scale=cfg),
+            slat_sampler=default_slat_sampler(steps=slat_steps, cfg_scale=slat_cfg),
+            mode=mode,
+            progress=report,
+        )
+        report("export: turntable, .ply, .glb", 0, 1)
+        export_start = time.perf_counter()
+        config = ExportConfig(formats=FORMATS, frames=self.context.frames, size=self.context.size)
+        files = export_asset(
+            result.gaussians, folder, coords=result.coords, resolution=result.resolution, config=config
+        )
+        report("export: turntable, .ply, .glb", 1, 1)
+        record = {
+            "model": str(self.models[model or self.labels[0]].resolve()),
+            "images": [p.name for p in paths],
+            "mode": mode,
+            "seed": seed,
+            "structure_sampler": {"steps": steps, "cfg_scale": cfg},
+            "slat_sampler": {"steps": slat_steps, "cfg_scale": slat_cfg},
+            "resolution": result.resolution,
+            "voxels": int(len(result.coords)),
+            "gaussians": int(result.gaussians.num_gaussians),
+            "fallback": result.fallback,
+            "seconds": {
+                **{k: round(v, 3) for k, v in result.timings.items()},
+                "export": round(time.perf_counter() - export_start, 3),
+                "total": round(time.perf_counter() - start, 3),
+            },
+            "files": sorted(p.name for p in files.values()),
+        }
+        (folder / "generation.json").write_text(json.dumps(record, indent=1))
+        return Asset(folder, processed, files["glb"], files["ply"], files["mp4"], record)
+
+
+def _pixels(images: Tensor) -> np.ndarray:  # [K, 3, S, S] in [0, 1] -> [K, S, S, 3] uint8
+    return (images.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+def _display(pixels: np.ndarray, side: int = 256) -> list[np.ndarray]:
+    """Condition images scaled up (nearest) so a 32-px model input is visible in the page."""
+    shown = []
+    for image in pixels:
+        scale = max(1, side // max(image.shape[:2]))
+        shown.append(image.repeat(scale, 0).repeat(scale, 1))
+    return shown
+
+
+def build(context: AppContext, models: list[Path]) -> None:
+    """The tab's components and its endpoints `/preprocess` and `/image_to_3d`."""
+    service = ImageTo3DService(models, context)
+    service.pipeline()  # load the first model now: a broken folder fails at start, not at first request
+    limits = context.limits
+    with gr.Row():
+        with gr.Column():
+            uploads = gr.File(
+                label="Images (one, or several views of one object)",
+                file_count="multiple",
+                file_types=["image"],
+                elem_id="image-upload",
+            )
+            processed = gr.Gallery(
+                label="As the model sees them (background removed)",
+                columns=4,
+                height=220,
+                elem_id="processed",
+            )
+            model = gr.Dropdown(
+                service.labels, value=service.labels[0], label="Model", visible=len(service.labels) > 1
+            )
+            with gr.Row():
+                seed = gr.Number(0, label="Seed", precision=0)
+                mode = gr.Radio(list(MODES), value="stochastic", label="Multi-image mode")
+            with gr.Accordion("Stage 1: structure", open=False):
+                steps = slider(
+                    1, limits.max_steps, STRUCTURE_SAMPLER["steps"], step=1, label="structure steps"
+                )
+                cfg = slider(
+                    0, limits.max_cfg, STRUCTURE_SAMPLER["cfg_scale"], step=0.1, label="structure guidance"
+                )
+            with gr.Accordion("Stage 2: structured latents", open=False):
+                slat_steps = slider(1, limits.max_steps, SLAT_SAMPLER["steps"], step=1, label="SLat steps")
+                slat_cfg = slider(
+                    0, limits.max_cfg, SLAT_SAMPLER["cfg_scale"], step=0.1, label="SLat guidance"
+                )
+            run = gr.Button("Generate", variant="primary", elem_id="generate")
+        with gr.Column():
+            turntable = gr.Video(label="Turntable", autoplay=True, loop=True, elem_id="turntable")
+            view = gr.Model3D(label="Mesh (.glb)", elem_id="model3d")
+            downloads = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
+            record = gr.JSON(label="generation.json")
+
+    @endpoint
+    def preprocess(files: Any, model_name: str | None) -> list[np.ndarray]:
+        if not files:
+            return []
+        return _display(service.prepare(files, model_name))
+
+    @endpoint
+    def image_to_3d(
+        files: Any,
+        model_name: str | None,
+        seed_value: Any,
+        steps_value: Any,
+        cfg_value: Any,
+        slat_steps_value: Any,
+        slat_cfg_value: Any,
+        mode_value: Any,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - how gradio injects its progress tracker
+    ) -> tuple[Any, ...]:
+        def report(what: str, step: int, total: int) -> None:
+            progress((step, total), desc=f"{what}: step {step}/{total}" if total > 1 else what, unit="steps")
+
+        asset = service.generate(
+            files,
+            model=model_name,
+            seed=seed_value,
+            steps=steps_value,
+            cfg=cfg_value,
+            slat_steps=slat_steps_value,
+            slat_cfg=slat_cfg_value,
+            mode=mode_value,
+            progress=report,
+        )
+        shown = _display(np.stack([np.asarray(Image.open(p)) for p in asset.processed]))
+        files_out = [str(asset.glb), str(asset.ply), str(asset.mp4)]
+        return shown, str(asset.mp4), str(asset.glb), files_out, asset.record
+
+    uploads.upload(preprocess, [uploads, model], processed, api_name="preprocess", concurrency_id="models")
+    run.click(
+        image_to_3d,
+        [uploads, model, seed, steps, cfg, slat_steps, slat_cfg, mode],
+        [processed, turntable, view, downloads, record],
+        api_name="image_to_3d",
+        concurrency_id="models",
+    )
+
+
+FAMILY = Family(
+    name="image_to_3d",
+    title="Image → 3D",
+    claims=is_model_folder,
+    discover=discover,
+    build=build,
+    order=0,
+)

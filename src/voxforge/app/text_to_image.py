@@ -1,0 +1,250 @@
+"""The text → image tab (the image family, Sana's row): a prompt in, a PNG out.
+
+`TextToImageService` runs `pipelines.image.ImagePipeline` — what `voxforge generate image`
+runs — on the models of the tab: image_flow run folders and local diffusers Sana folders
+given with `--model` or found under `--runs`. LoRA runs (image_flow runs with
+`model.finetune: lora`) are the tab's LoRA choice: a LoRA run loads with the base it was
+trained on (`runs.load_image_transformer` rebuilds it from the run's `init_from` /
+`pretrained`), so choosing one generates with base + adapters. Each pipeline loads on first
+use and stays loaded.
+
+Endpoint `/text_to_image` (prompt, negative prompt, width, height, steps, guidance, seed,
+sampler, model, LoRA → the image, its .png download, the record). Each request is checked
+(prompt length, size a multiple of the model's factor and at most `max_side`, steps, guidance,
+seed) before sampling, and writes `image.png` and `generation.json` into its job folder.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from voxforge.app.registry import AppContext, Family, model_labels
+from voxforge.app.requests import RequestError, check_choice, check_float, check_int
+from voxforge.app.ui import endpoint, slider
+from voxforge.config.core import load_yaml
+from voxforge.errors import UserError
+from voxforge.pipelines.image import SAMPLERS, ImagePipeline
+from voxforge.train.monitor import find_runs
+
+__all__ = ["FAMILY", "NO_LORA", "TextToImageService", "is_image_model", "is_lora_run"]
+
+NO_LORA = "none"
+
+
+def _run_config(path: Path) -> dict[str, Any]:
+    try:
+        return load_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else {}
+    except (UserError, OSError, ValueError):
+        return {}
+
+
+def is_lora_run(path: Path) -> bool:
+    config = _run_config(path)
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    return config.get("stage") == "image_flow" and model.get("finetune") == "lora"
+
+
+def is_image_model(path: Path) -> bool:
+    """An image_flow run (with a checkpoint) or a local diffusers Sana folder."""
+    path = Path(path)
+    if _run_config(path).get("stage") == "image_flow":
+        return (path / "checkpoints").is_dir()
+    return (path / "model_index.json").is_file() and (path / "transformer").is_dir()
+
+
+def discover(folder: Path) -> list[Path]:
+    """The image_flow runs under `folder` (`train.monitor.find_runs`: a pipeline folder's runs/)."""
+    if is_image_model(folder):
+        return [folder]
+    return [run for run in find_runs(folder) if is_image_model(run)]
+
+
+@dataclass
+class Picture:
+    path: Path  # image.png in the job folder
+    record: dict[str, Any]
+
+
+class TextToImageService:
+    def __init__(self, models: list[Path], context: AppContext):
+        self.models = model_labels([m for m in models if not is_lora_run(m)])
+        self.loras = model_labels([m for m in models if is_lora_run(m)])
+        if not self.models and not self.loras:
+            raise UserError("the text → image tab needs at least one image model")
+        self.context = context
+        self._pipelines: dict[Path, ImagePipeline] = {}
+        self._lock = threading.Lock()
+
+    def choose(self, model: str | None, lora: str | None) -> Path:
+        """The folder a request runs: the LoRA run when one is chosen, else the model."""
+        if lora not in (None, "", NO_LORA):
+            return self.loras[check_choice("LoRA", lora, list(self.loras))]
+        if not self.models:
+            raise RequestError(f"choose a LoRA ({', '.join(self.loras)}): no base model is loaded")
+        if model in (None, ""):
+            return next(iter(self.models.values()))
+        return self.models[check_choice("model", model, list(self.models))]
+
+    def pipeline(self, folder: Path) -> ImagePipeline:
+        with self._lock:
+            if folder not in self._pipelines:
+                self._pipelines[folder] = ImagePipeline.from_model(folder, device=self.context.device)
+            return self._pipelines[folder]
+
+    def generate(
+        self,
+        prompt: Any,
+        negative: Any = "",
+        *,
+        width: Any = None,
+        height: Any = None,
+        steps: Any = 20,
+        cfg: Any = 4.5,
+        seed: Any = 0,
+        sampler: Any = "dpm",
+        model: str | None = None,
+        lora: str | None = None,
+        progress: Callable[[int, int], None] | None = None,  # (step, steps)
+    ) -> Picture:
+        limits = self.context.limits
+        if not isinstance(prompt, str) or not isinstance(negative, str | None):
+            raise RequestError("prompt and negative prompt must be text")
+        if len(prompt) > limits.max_prompt_chars or len(negative or "") > limits.max_prompt_chars:
+            raise RequestError(f"prompts are limited to {limits.max_prompt_chars} characters")
+        steps = check_int("steps", steps, 1, limits.max_steps)
+        cfg = check_float("guidance", cfg, 0.0, limits.max_cfg)
+        seed = check_int("seed", seed, 0, limits.max_seed)
+        sampler = check_choice("sampler", sampler, SAMPLERS)
+        folder = self.choose(model, lora)
+        pipeline = self.pipeline(folder)
+        default_w, default_h = pipeline.resolution
+        width = default_w if width in (None, 0) else check_int("width", width, 1, limits.max_side)
+        height = default_h if height in (None, 0) else check_int("height", height, 1, limits.max_side)
+        size = pipeline.check_size((width, height))
+        start = time.perf_counter()
+        image = pipeline.generate(
+            [prompt],
+            negative=negative or "",
+            steps=steps,
+            cfg=cfg,
+            seed=seed,
+            size=size,
+            sampler=sampler,
+            callback=None if progress is None else lambda i, t, x: progress(i + 1, steps),
+        )[0]
+        job = self.context.jobs.new("text_to_image")
+        path = job / "image.png"
+        Image.fromarray(image).save(path)
+        record = {
+            "model": str(folder.resolve()),
+            "lora": lora not in (None, "", NO_LORA),
+            "prompt": prompt,
+            "negative": negative or "",
+            "size": list(size),
+            "sampler": {
+                "method": sampler,
+                "steps": steps,
+                "cfg_scale": cfg,
+                "flow_shift": pipeline.flow_shift,
+            },
+            "seed": seed,
+            "seconds": round(time.perf_counter() - start, 3),
+            "files": ["image.png"],
+        }
+        (job / "generation.json").write_text(json.dumps(record, indent=1))
+        return Picture(path, record)
+
+
+def build(context: AppContext, models: list[Path]) -> None:
+    """The tab's components and its endpoint `/text_to_image`."""
+    service = TextToImageService(models, context)
+    limits = context.limits
+    first = service.pipeline(service.choose(None, None if service.models else next(iter(service.loras))))
+    factor = first.factor
+    width0, height0 = first.resolution
+    with gr.Row():
+        with gr.Column():
+            prompt = gr.Textbox(label="Prompt", lines=2, max_length=limits.max_prompt_chars)
+            negative = gr.Textbox(label="Negative prompt", max_length=limits.max_prompt_chars)
+            with gr.Row():
+                model = gr.Dropdown(
+                    list(service.models),
+                    value=next(iter(service.models), None),
+                    label="Model",
+                    visible=bool(service.models),
+                )
+                lora = gr.Dropdown(
+                    [NO_LORA, *service.loras],
+                    value=NO_LORA if service.models else next(iter(service.loras)),
+                    label="LoRA (runs found under --runs)",
+                )
+            with gr.Row():
+                width = slider(factor, limits.max_side, width0, step=factor, label="width")
+                height = slider(factor, limits.max_side, height0, step=factor, label="height")
+            with gr.Row():
+                steps = slider(1, limits.max_steps, 20, step=1, label="steps")
+                cfg = slider(0, limits.max_cfg, 4.5, step=0.1, label="guidance")
+            with gr.Row():
+                seed = gr.Number(0, label="Seed", precision=0)
+                sampler = gr.Radio(list(SAMPLERS), value="dpm", label="Sampler")
+            run = gr.Button("Generate", variant="primary", elem_id="generate-image")
+        with gr.Column():
+            result = gr.Image(label="Image", type="filepath", elem_id="image-result")
+            download = gr.File(label="Download")
+            record = gr.JSON(label="generation.json")
+
+    @endpoint
+    def text_to_image(
+        prompt_text: Any,
+        negative_text: Any,
+        width_value: Any,
+        height_value: Any,
+        steps_value: Any,
+        cfg_value: Any,
+        seed_value: Any,
+        sampler_value: Any,
+        model_name: str | None,
+        lora_name: str | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - how gradio injects its progress tracker
+    ) -> tuple[Any, ...]:
+        picture = service.generate(
+            prompt_text,
+            negative_text,
+            width=width_value,
+            height=height_value,
+            steps=steps_value,
+            cfg=cfg_value,
+            seed=seed_value,
+            sampler=sampler_value,
+            model=model_name,
+            lora=lora_name,
+            progress=lambda step, total: progress((step, total), desc=f"sampling: step {step}/{total}"),
+        )
+        return str(picture.path), str(picture.path), picture.record
+
+    run.click(
+        text_to_image,
+        [prompt, negative, width, height, steps, cfg, seed, sampler, model, lora],
+        [result, download, record],
+        api_name="text_to_image",
+        concurrency_id="models",
+    )
+
+
+FAMILY = Family(
+    name="text_to_image",
+    title="Text → image",
+    claims=is_image_model,
+    discover=discover,
+    build=build,
+    order=10,
+)
