@@ -1,7 +1,8 @@
 """`voxforge pipeline run FILE [--out DIR] [key=value ...]`: every stage, skipping finished ones.
 
-FILE is a pipeline YAML (or the name of a built-in one, e.g. `pipeline_tiny`); see
-`voxforge.workflows.pipeline` for its layout and the steps. Re-running the same command
+FILE is a pipeline YAML (or the name of a built-in one, e.g. `pipeline_tiny`,
+`pipeline_image_tiny`); see `voxforge.workflows.pipeline` for its layout and the steps
+(`kind: image` files: `voxforge.workflows.image_pipeline`). Re-running the same command
 continues where it stopped: finished steps are skipped, a training run resumes from its
 newest checkpoint. The output folder is then a model folder for
 `voxforge generate --model DIR --image IMG --out OUT`.
@@ -16,12 +17,16 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pipeline",
-        help="run every stage (data -> SS-VAE -> SS-flow -> SLat-VAE -> SLat-flow); finished steps are skipped",
-        description="Chain data preparation, training and encoding of both stages from one pipeline file.",
+        help="run every stage of a pipeline file (3D or image); finished steps are skipped",
+        description="Chain data preparation, training, encoding and evaluation from one pipeline file: "
+        "3D (data -> SS-VAE -> SS-flow -> SLat-VAE -> SLat-flow) or `kind: image` (images -> autoencoder "
+        "-> flows -> LoRA -> evaluation -> report).",
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     run_p = actions.add_parser("run", help="run (or continue) a pipeline file")
-    run_p.add_argument("file", help="pipeline YAML, or a built-in pipeline name (pipeline_tiny)")
+    run_p.add_argument(
+        "file", help="pipeline YAML, or a built-in pipeline name (pipeline_tiny, pipeline_image_tiny)"
+    )
     run_p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. stages.slat_vae.train.max_steps=50"
     )
@@ -49,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     )
     done = sum(r.status == "done" for r in records)
     skipped = sum(r.status == "skipped" for r in records)
+    if getattr(spec, "kind", "3d") == "image":
+        return _image_summary(spec, out, done, skipped)
     print(
         f"voxforge pipeline: {done} steps run, {skipped} skipped; model folder {out} "
         f"(voxforge generate --model {out} --image IMG --out OUT)",
@@ -65,3 +72,24 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1 if failed else 0
     return 0
+
+
+def _image_summary(spec, out: str, done: int, skipped: int) -> int:
+    """An image pipeline wrote its report as its last step: say where, and exit by its checks."""
+    from voxforge.workflows.image_report import build_image_report
+
+    last = list(spec.stages)[-1]
+    print(
+        f"voxforge pipeline: {done} steps run, {skipped} skipped; models in {out}/runs "
+        f"(voxforge generate image --model {out}/runs/{last} --prompt TEXT --out OUT)",
+        file=sys.stderr,
+    )
+    report = build_image_report(out)
+    failed = [c.name for c in report.checks if not c.passed]
+    if report.checks:
+        print(
+            f"voxforge pipeline: report {out}/report.md; checks "
+            + (f"FAILED: {', '.join(failed)}" if failed else "passed"),
+            file=sys.stderr,
+        )
+    return 1 if failed else 0

@@ -59,7 +59,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from voxforge.config.core import apply_overrides, from_dict, load_yaml, option, to_dict
+from voxforge.config.core import apply_overrides, from_dict, load_yaml, option
 from voxforge.data import PreparedDataset
 from voxforge.data.image_io import read_image
 from voxforge.data.prepare import ALL_STEPS, PrepareConfig, prepare
@@ -87,6 +87,8 @@ from voxforge.stages import Recipe
 from voxforge.train.checkpoint import latest_checkpoint
 from voxforge.train.distributed import resolve_device
 from voxforge.train.engine import train
+from voxforge.workflows.image_pipeline import ImagePipelineSpec, load_image_pipeline, run_image_pipeline
+from voxforge.workflows.steps import PIPELINE_RECORD, StepRecord, deep_merge, write_pipeline_record
 
 __all__ = [
     "PIPELINE_RECORD",
@@ -100,7 +102,6 @@ __all__ = [
 ]
 
 STAGE_ORDER = ("ss_vae", "ss_flow", "slat_vae", "slat_flow")
-PIPELINE_RECORD = "pipeline.json"
 
 
 @dataclass
@@ -171,10 +172,19 @@ class PipelineSpec:
     evaluate: EvaluateSpec = option(default_factory=EvaluateSpec)
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[PipelineSpec, str]:
+def load_pipeline(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[PipelineSpec | ImagePipelineSpec, str]:
+    """The typed pipeline file with `overrides` applied; `kind: image` files are the image
+    family's (`workflows.image_pipeline`), any other kind is an error, none is 3D."""
     resolved = resolve_recipe_path(path)
     data = apply_overrides(load_yaml(resolved), overrides)
     source = str(resolved) + (" (with command-line overrides)" if overrides else "")
+    kind = data.pop("kind", "3d")
+    if kind == "image":
+        return load_image_pipeline(data, source), source
+    if kind != "3d":
+        raise ConfigError(f"{source}: key 'kind': unknown pipeline kind {kind!r}; expected 3d or image")
     spec = from_dict(PipelineSpec, data, source=source)
     if spec.data.source and spec.data.synth is not None:
         raise ConfigError(f"{source}: key 'data': give either 'source' or 'synth', not both")
@@ -198,25 +208,6 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     return spec, source
 
 
-@dataclass
-class StepRecord:
-    step: str
-    status: str  # done | skipped | failed
-    detail: str = ""
-    seconds: float = 0.0
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def stage_recipe(spec: PipelineSpec, stage: str, paths: dict[str, Any], source: str = "") -> Recipe:
     """The typed recipe of one stage: its recipe file, the entry's sections, the pipeline's settings."""
     entry = dict(spec.stages[stage])
@@ -227,12 +218,12 @@ def stage_recipe(spec: PipelineSpec, stage: str, paths: dict[str, Any], source: 
             f"{source}: key 'stages.{stage}.recipe': {recipe_path} trains '{data.get('stage')}', not '{stage}'"
         )
     data.setdefault("train", {}).setdefault("seed", spec.seed)
-    data = _deep_merge(data, entry)
+    data = deep_merge(data, entry)
     data["train"].setdefault("device", spec.device)
     pipeline_data = dict(paths)
     if spec.holdout is not None:
         pipeline_data["eval_assets"] = spec.holdout
-    data = _deep_merge(data, {"data": pipeline_data})
+    data = deep_merge(data, {"data": pipeline_data})
     return recipe_from_data(data, source=f"{recipe_path} (stage {stage} of {source or 'the pipeline'})")
 
 
@@ -250,14 +241,7 @@ class _Run:
     def record(self, rec: StepRecord) -> None:
         self.records.append(rec)
         self.log(f"{rec.step:<18} {rec.status:<8} {rec.seconds:7.1f} s  {rec.detail}")
-        payload = {
-            "source": self.source,
-            "spec": to_dict(self.spec),
-            "steps": [to_dict(r) for r in self.records],
-        }
-        tmp = self.out / f".{PIPELINE_RECORD}.tmp"
-        tmp.write_text(json.dumps(payload, indent=1, default=str))
-        tmp.replace(self.out / PIPELINE_RECORD)
+        write_pipeline_record(self.out, self.source, self.spec, self.records)
 
     # --- data --------------------------------------------------------------------------
     def synth(self) -> Path:
@@ -528,7 +512,7 @@ class _Run:
 
 
 def run_pipeline(
-    spec: PipelineSpec,
+    spec: PipelineSpec | ImagePipelineSpec,
     out: str | Path,
     *,
     source: str = "",
@@ -536,6 +520,8 @@ def run_pipeline(
     progress: bool = True,
 ) -> list[StepRecord]:
     """Run every step not yet complete (module docstring); returns what each step did."""
+    if isinstance(spec, ImagePipelineSpec):
+        return run_image_pipeline(spec, out, source=source, log=log, progress=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(spec, out, source, log)

@@ -1,0 +1,388 @@
+"""`voxforge pipeline run FILE` for `kind: image` files: captioned images → autoencoder → flows
+at growing resolution → an optional LoRA that learns a held-back colour → evaluation → report.
+
+```yaml
+kind: image
+out: runs/pipeline_image_tiny
+seed: 0                                   # train.seed of every stage, data and sampling noise
+holdout: 8                                # data.eval_images of every stage: one held-out set
+data:
+  synth_images: {num: 512, size: 64, seed: 0}   # the built-in shapes ... or:  source: path/to/images
+  images: {resolution: 64, buckets: square}      # voxforge.data.images.ImagePrepareConfig settings
+  held_back: {colour: purple, num: 64}           # optional: the base data never shows this colour
+stages:                                   # trained in this order
+  image_ae: {recipe: image_ae_tiny}
+  flow_32:  {recipe: image_flow_tiny, data: {resolution: 32}}
+  flow_64:  {recipe: image_flow_tiny, init_from: flow_32, data: {resolution: 64}, flow: {time_shift: 2.0}}
+  lora:     {recipe: image_lora_tiny, init_from: flow_64, train_on: held_back}
+evaluate:                                 # optional; needs synth_images (the judge reads its labels)
+  judge: {images: 192, classifier: {steps: 300, width: 16}}
+  prompts: {num: 24, per_prompt: 1, held_back: 16}
+  sampling: {steps: 12, cfg: 4.5, sampler: dpm}
+  standard: {inception: /models/pt_inception.pth, clip: /models/clip-vit-large-patch14}  # optional
+  checks: {prompt_gain: 0.1, lora_colour_gain: 0.3}   # name -> threshold (workflows.image_report)
+```
+
+A stage entry is a recipe (`recipe`, whose `stage` must be `image_ae` or `image_flow`) with
+sections merged over it, plus two keys of the pipeline: `init_from: STAGE` (an earlier flow
+stage whose weights start this one: `model.init_from`, for progressive resolution and LoRA)
+and `train_on: base | held_back` (which prepared folder it trains on). The runner sets
+`data.path`, `data.autoencoder` (the `image_ae` stage's run, for every flow stage),
+`model.init_from` and, with `holdout`, `data.eval_images`; `key=value` overrides reach any
+setting (`stages.flow_64.train.max_steps=50`).
+
+Steps, in order, each skipped when its output is complete:
+
+    synth images → synth held-back → synth judge images → prepare images → prepare held-back
+        → each stage → evaluate → report
+
+- synth: skipped when the folder's `synth.json` records the same settings. The base set
+  draws every colour but the held-back one (`exclude_colours`); the held-back set (seed + 1000)
+  only that colour (`only_colours`); the judge's real images (seed + 2000, `evaluate.judge.
+  images`) every colour, so the judge knows the held-back one too. None of them overlap.
+- prepare: `voxforge.data.images.prepare_images` skips images already stored.
+- stages: the engine resumes from the newest checkpoint; a finished run is `skipped`.
+- evaluate (`workflows.image_report.evaluate_images`): skipped when `OUT/eval/image_eval.json`
+  names the same checkpoints and settings.
+- report: `report.md` + `report.json` rewritten from what the steps recorded.
+
+Layout: `OUT/synth`, `OUT/synth_held_back`, `OUT/synth_judge`, `OUT/images`,
+`OUT/images_held_back`, `OUT/runs/<stage>`, `OUT/eval/`, `OUT/report.{md,json}` and
+`OUT/pipeline.json` (each step, its wall and CPU seconds; `workflows.steps`). Each flow run
+is a model folder for `voxforge generate image --model OUT/runs/<stage>`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from voxforge.config.core import from_dict, load_yaml, option, to_dict
+from voxforge.data.images import ImagePrepareConfig, prepare_images
+from voxforge.data.synth_images import COLOURS, SynthImagesConfig, write_synth_images
+from voxforge.errors import ConfigError, UserError
+from voxforge.recipe import recipe_from_data, resolve_recipe_path
+from voxforge.stages import Recipe
+from voxforge.train.checkpoint import latest_checkpoint
+from voxforge.train.distributed import resolve_device
+from voxforge.train.engine import train
+from voxforge.workflows.image_report import (
+    EVAL_RECORD,
+    ImageEvaluateSpec,
+    evaluate_images,
+    write_image_report,
+)
+from voxforge.workflows.steps import StepRecord, deep_merge, write_pipeline_record
+
+__all__ = [
+    "HELD_BACK_SEED_OFFSET",
+    "JUDGE_SEED_OFFSET",
+    "ImagePipelineSpec",
+    "image_stage_recipe",
+    "load_image_pipeline",
+    "run_image_pipeline",
+]
+
+#: the held-back and judge sets draw from seed + these, so they never repeat a base image
+HELD_BACK_SEED_OFFSET = 1000
+JUDGE_SEED_OFFSET = 2000
+STAGE_KINDS = ("image_ae", "image_flow")
+TRAIN_ON = ("base", "held_back")
+
+
+@dataclass
+class SynthImagesSpec:
+    num: int = option(512, ge=1, help="images of the base data")
+    size: int = option(64, ge=16, le=1024, help="side in pixels")
+    seed: int = option(0, ge=0)
+
+
+@dataclass
+class HeldBackSpec:
+    colour: str = option("purple", choices=tuple(COLOURS), help="the colour the base data never shows")
+    num: int = option(64, ge=2, help="images of the held-back data (every one shows the colour)")
+
+
+@dataclass
+class ImageDataSpec:
+    source: str = option("", help="a folder or archive of captioned images (instead of synth_images)")
+    synth_images: SynthImagesSpec | None = option(None, help="the built-in captioned shapes")
+    images: dict[str, Any] = option(
+        default_factory=dict, help="voxforge.data.images.ImagePrepareConfig settings (voxforge data images)"
+    )
+    held_back: HeldBackSpec | None = option(None, help="a colour kept out of the base data, for a LoRA stage")
+
+
+@dataclass
+class ImagePipelineSpec:
+    kind: str = option("image", choices=("image",), help="the pipeline kind (3d files leave it out)")
+    out: str = option("", help="output folder (the --out option overrides it)")
+    data: ImageDataSpec = option(default_factory=ImageDataSpec)
+    stages: dict[str, dict[str, Any]] = option(
+        default_factory=dict, help="stage -> {recipe: NAME, init_from: STAGE, train_on: base|held_back, ...}"
+    )
+    device: str = option("auto", help="device of every step (a stage's own train.device wins)")
+    seed: int = option(0, ge=0, help="train.seed of every stage; the sampling noise of the evaluation")
+    holdout: int | None = option(
+        None, ge=0, help="held-out images of every stage (data.eval_images); None: each recipe's own"
+    )
+    evaluate: ImageEvaluateSpec | None = option(None, help="judge, prompts, sampling, checks")
+
+
+def _entry_kind(name: str, entry: Any, source: str) -> str:
+    if not isinstance(entry, dict) or not isinstance(entry.get("recipe"), str):
+        raise ConfigError(f"{source}: key 'stages.{name}.recipe': required, the recipe to train")
+    stage = load_yaml(resolve_recipe_path(entry["recipe"])).get("stage")
+    if stage not in STAGE_KINDS:
+        raise ConfigError(
+            f"{source}: key 'stages.{name}.recipe': {entry['recipe']} trains '{stage}'; an image "
+            f"pipeline trains {' or '.join(STAGE_KINDS)}"
+        )
+    return str(stage)
+
+
+def load_image_pipeline(data: dict[str, Any], source: str) -> ImagePipelineSpec:
+    """The typed `kind: image` pipeline of `data` (the file with its overrides applied)."""
+    spec = from_dict(ImagePipelineSpec, {"kind": "image", **data}, source=source)
+    if bool(spec.data.source) == (spec.data.synth_images is not None):
+        raise ConfigError(
+            f"{source}: key 'data': give 'synth_images' (built-in shapes) or 'source' (your images), one of them"
+        )
+    if spec.data.source and spec.data.held_back is not None:
+        raise ConfigError(f"{source}: key 'data.held_back': needs 'synth_images' (it draws the colour)")
+    if not spec.stages:
+        raise ConfigError(f"{source}: key 'stages': name at least one stage")
+    kinds: dict[str, str] = {}
+    for name, entry in spec.stages.items():
+        kinds[name] = _entry_kind(name, entry, source)
+        init_from = entry.get("init_from")
+        if init_from is not None and (init_from not in kinds or init_from == name):
+            raise ConfigError(
+                f"{source}: key 'stages.{name}.init_from': '{init_from}' is not a stage before it "
+                f"({', '.join(list(kinds)[:-1]) or 'none'})"
+            )
+        if init_from is not None and (kinds[name], kinds[init_from]) != ("image_flow", "image_flow"):
+            raise ConfigError(f"{source}: key 'stages.{name}.init_from': both stages must train image_flow")
+        train_on = entry.get("train_on", "base")
+        if train_on not in TRAIN_ON:
+            raise ConfigError(f"{source}: key 'stages.{name}.train_on': expected base or held_back")
+        if train_on == "held_back" and spec.data.held_back is None:
+            raise ConfigError(f"{source}: key 'stages.{name}.train_on': held_back needs 'data.held_back'")
+    if list(kinds.values()).count("image_ae") > 1:
+        raise ConfigError(f"{source}: key 'stages': at most one image_ae stage")
+    if spec.evaluate is not None:
+        if spec.data.synth_images is None:
+            raise ConfigError(
+                f"{source}: key 'evaluate': the judge learns the attributes of the built-in shapes; "
+                "it needs 'data.synth_images'"
+            )
+        spec.evaluate.resolve_stages(spec.stages, kinds, source)
+    return spec
+
+
+def image_stage_recipe(spec: ImagePipelineSpec, name: str, paths: dict[str, Any], source: str = "") -> Recipe:
+    """The typed recipe of stage `name`: its recipe file, the entry's sections, the runner's paths."""
+    entry = {k: v for k, v in spec.stages[name].items() if k not in ("init_from", "train_on")}
+    recipe_path = resolve_recipe_path(entry.pop("recipe"))
+    data = load_yaml(recipe_path)
+    data.setdefault("train", {}).setdefault("seed", spec.seed)
+    data = deep_merge(data, entry)
+    data["train"].setdefault("device", spec.device)
+    return recipe_from_data(
+        deep_merge(data, paths), source=f"{recipe_path} (stage {name} of {source or 'the pipeline'})"
+    )
+
+
+class _ImageRun:
+    """One `run_image_pipeline` call: the output layout and the step record."""
+
+    def __init__(self, spec: ImagePipelineSpec, out: Path, source: str, log: Callable[[str], None]):
+        self.spec, self.out, self.source, self.log = spec, out, source, log
+        self.records: list[StepRecord] = []
+        self.runs = out / "runs"
+        self.device = resolve_device(spec.device)
+
+    def record(self, rec: StepRecord) -> None:
+        self.records.append(rec)
+        self.log(f"{rec.step:<20} {rec.status:<8} {rec.seconds:7.1f} s  {rec.detail}")
+        write_pipeline_record(self.out, self.source, self.spec, self.records)
+
+    def timed(self, step: str, work: Callable[[], tuple[str, str, dict[str, Any]]]) -> None:
+        """Run `work` -> (status, detail, info) and record it with its wall and CPU seconds."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        status, detail, info = work()
+        seconds = time.perf_counter() - wall if status == "done" else 0.0
+        if status == "done":
+            info = {**info, "cpu_seconds": round(time.process_time() - cpu, 2)}
+        self.record(StepRecord(step, status, detail, seconds, info))
+
+    # --- data --------------------------------------------------------------------------
+    def synth(self, step: str, folder: Path, config: SynthImagesConfig) -> None:
+        wanted = {
+            "num": config.num,
+            "size": config.size,
+            "seed": config.seed,
+            "exclude_colours": list(config.exclude_colours),
+            "only_colours": list(config.only_colours),
+        }
+
+        def work() -> tuple[str, str, dict[str, Any]]:
+            info_path = folder / "synth.json"
+            if info_path.is_file():
+                have = json.loads(info_path.read_text())
+                if {k: have.get(k) for k in wanted} == wanted:
+                    return "skipped", f"{folder} already holds these {config.num} images", {}
+            write_synth_images(folder, config)
+            colours = ", ".join(config.colours())
+            return "done", f"{config.num} images ({colours}) -> {folder}", {}
+
+        self.timed(step, work)
+
+    def prepare(self, step: str, source: Path, target: Path, progress: bool) -> None:
+        settings = {"progress": progress, **self.spec.data.images}
+        config = from_dict(ImagePrepareConfig, settings, source=self.source, prefix="data.images")
+
+        def work() -> tuple[str, str, dict[str, Any]]:
+            summary = prepare_images([source], target, config)
+            run = summary.get("this_run", {})
+            status = "skipped" if not run.get("processed") else "done"
+            detail = (
+                f"{source} -> {target}: {summary['count']} images ready, {summary['failed']} failed "
+                f"({run.get('processed', 0)} processed now)"
+            )
+            if not summary["count"]:
+                raise UserError(f"{source}: no usable image (see {target / 'manifest.jsonl'})")
+            return status, detail, {"count": summary["count"], "failed": summary["failed"]}
+
+        self.timed(step, work)
+
+    # --- training ----------------------------------------------------------------------
+    def train_stage(self, name: str, recipe: Recipe) -> None:
+        run_dir = self.runs / name
+
+        def work() -> tuple[str, str, dict[str, Any]]:
+            result = train(recipe, run_dir, recipe_name=str(self.spec.stages[name]["recipe"]))
+            if result.reason == "already_complete":
+                return "skipped", f"{run_dir} already trained to step {result.step}", {}
+            if result.reason != "max_steps":
+                self.record(StepRecord(name, "failed", f"stopped at step {result.step} ({result.reason})"))
+                raise UserError(
+                    f"stage {name} stopped at step {result.step} ({result.reason}); re-run the same command "
+                    "to continue"
+                )
+            metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("eval_"))
+            return "done", f"{result.step} steps -> {run_dir} {shown}".rstrip(), {"metrics": metrics}
+
+        self.timed(name, work)
+
+    def model_steps(self) -> dict[str, int | None]:
+        steps = {}
+        for name in self.spec.stages:
+            ckpt = latest_checkpoint(self.runs / name)
+            steps[name] = ckpt.step if ckpt else None
+        return steps
+
+
+def _stage_paths(spec: ImagePipelineSpec, out: Path, name: str, kind: str, ae_stage: str | None) -> dict:
+    entry = spec.stages[name]
+    images = out / ("images_held_back" if entry.get("train_on") == "held_back" else "images")
+    data: dict[str, Any] = {"path": str(images)}
+    if spec.holdout is not None:
+        data["eval_images"] = spec.holdout
+    paths: dict[str, Any] = {"data": data}
+    if kind == "image_flow":
+        if ae_stage is not None:
+            data["autoencoder"] = str(out / "runs" / ae_stage)
+        if entry.get("init_from"):
+            paths["model"] = {"init_from": str(out / "runs" / entry["init_from"])}
+    return paths
+
+
+def run_image_pipeline(
+    spec: ImagePipelineSpec,
+    out: str | Path,
+    *,
+    source: str = "",
+    log: Callable[[str], None] = lambda message: None,
+    progress: bool = True,
+    title: str = "voxforge image pipeline report",
+) -> list[StepRecord]:
+    """Run every step not yet complete (module docstring); returns what each step did."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = _ImageRun(spec, out, source, log)
+    data = spec.data
+    held_back = data.held_back
+    base_source = Path(data.source) if data.source else out / "synth"
+    if data.synth_images is not None:
+        synth = data.synth_images
+        exclude = (held_back.colour,) if held_back else ()
+        run.synth(
+            "synth images",
+            base_source,
+            SynthImagesConfig(num=synth.num, size=synth.size, seed=synth.seed, exclude_colours=exclude),
+        )
+        if held_back is not None:
+            run.synth(
+                "synth held-back",
+                out / "synth_held_back",
+                SynthImagesConfig(
+                    num=held_back.num,
+                    size=synth.size,
+                    seed=synth.seed + HELD_BACK_SEED_OFFSET,
+                    only_colours=(held_back.colour,),
+                ),
+            )
+        if spec.evaluate is not None and spec.evaluate.judge is not None:
+            run.synth(
+                "synth judge images",
+                out / "synth_judge",
+                SynthImagesConfig(
+                    num=spec.evaluate.judge.images, size=synth.size, seed=synth.seed + JUDGE_SEED_OFFSET
+                ),
+            )
+    run.prepare("prepare images", base_source, out / "images", progress)
+    if held_back is not None:
+        run.prepare("prepare held-back", out / "synth_held_back", out / "images_held_back", progress)
+    kinds = {name: _entry_kind(name, entry, source) for name, entry in spec.stages.items()}
+    ae_stage = next((name for name, kind in kinds.items() if kind == "image_ae"), None)
+    for name, kind in kinds.items():
+        recipe = image_stage_recipe(spec, name, _stage_paths(spec, out, name, kind, ae_stage), source)
+        run.train_stage(name, recipe)
+    if spec.evaluate is not None:
+        evaluation = spec.evaluate
+        steps = run.model_steps()
+
+        def work() -> tuple[str, str, dict[str, Any]]:
+            path = out / "eval" / EVAL_RECORD
+            settings = {"evaluate": to_dict(evaluation), "seed": spec.seed, "model_steps": steps}
+            if path.is_file():
+                previous = json.loads(path.read_text())
+                if {k: previous.get(k) for k in settings} == json.loads(json.dumps(settings)):
+                    return "skipped", f"{path} is up to date", {}
+            result = evaluate_images(
+                evaluation,
+                out,
+                seed=spec.seed,
+                held_back=held_back.colour if held_back else None,
+                device=run.device,
+                log=log,
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({**settings, **result}, indent=1))
+            return "done", result["summary"], {}
+
+        run.timed("evaluate", work)
+
+    def report() -> tuple[str, str, dict[str, Any]]:
+        written = write_image_report(out, title)
+        verdict = "all checks passed" if written.passed else "a check FAILED"
+        return "done", f"{out / 'report.md'} ({verdict})", {}
+
+    run.timed("report", report)
+    return run.records
