@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 MESHES = Path("/work/shared/data/meshes")
-DEFAULT_MESHES = ("plain/bunny.ply", "textured/spot", "plain/fandisk.obj@2")
+DEFAULT_MESHES = ("plain/bunny.ply", "textured/spot", "plain/fandisk.obj@1", "plain/fandisk.obj@2")
 
 
 def load(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
