@@ -143,3 +143,27 @@ def test_training_on_the_cache_logs_the_losses_of_training_on_images(cached, tmp
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         curves.append([r["loss"] for r in map(json.loads, lines) if "loss" in r])
     assert len(curves[0]) == 3 and torch.allclose(torch.tensor(curves[0]), torch.tensor(curves[1]), rtol=1e-4)
+
+
+def test_a_pretrained_text_encoder_is_identified_by_its_folders(cached, tmp_path):
+    from tests.stages.image_helpers import tiny_pretrained_text_encoder
+
+    pytest.importorskip("transformers")
+    model = tiny_pretrained_text_encoder(tmp_path / "gemma")
+    pretrained = ["text_encoder.kind=pretrained", f"text_encoder.path={model}", "text_encoder.max_length=16"]
+    cache = tmp_path / "cache"
+    argv = ["encode", "--model", str(cached["ae"]), "--data", str(cached["images"]), "--out", str(cache)]
+    assert main(argv + ["--text-encoder", "image_flow_tiny", *pretrained]) == 0
+    recipe = load_recipe("image_flow_tiny", overrides(cached, f"data.latents={cache}", *pretrained))
+    stage = ImageFlowStage(recipe, tmp_path / "run", torch.device("cpu"))
+    item = stage.build_dataset()[0]
+    embeds, mask = stage.text_encoder().encode([item["caption"]])
+    assert torch.equal(item["text_mask"], mask[0]) and torch.allclose(
+        item["text_embeds"][mask[0]], embeds[0][mask[0]]
+    )
+    longer = load_recipe(
+        "image_flow_tiny",
+        overrides(cached, f"data.latents={cache}", *pretrained[:2], "text_encoder.max_length=12"),
+    )
+    with pytest.raises(UserError, match="another text encoder"):
+        ImageFlowStage(longer, tmp_path / "run2", torch.device("cpu")).build_dataset()
