@@ -44,6 +44,8 @@ from voxforge.models.image import (
 from voxforge.models.image_encoders import ImageEncoder, ImageEncoderConfig
 from voxforge.models.slat_vae import SLatVAE, SLatVAEConfig
 from voxforge.models.ss_vae import SSVAE, SSVAEConfig
+from voxforge.models.video_ae import VideoAutoencoder
+from voxforge.models.video_ae import load_video_autoencoder as load_video_autoencoder_folder
 from voxforge.train.checkpoint import (
     CheckpointInfo,
     latest_checkpoint,
@@ -57,12 +59,14 @@ __all__ = [
     "OCCUPANCY_INFO",
     "SLAT_INFO",
     "STRUCTURE_INFO",
+    "VIDEO_AE_EXPORT",
     "Run",
     "load_image_flow",
     "load_image_models",
     "load_image_transformer",
     "load_slat_vae",
     "load_ss_vae",
+    "load_video_autoencoder",
     "write_info",
 ]
 
@@ -75,6 +79,8 @@ STRUCTURE_INFO = "structure.json"
 SLAT_INFO = "slat.json"
 #: written by the image_flow stage: autoencoder folder, latent scale, flow shift, text encoder, base
 IMAGE_INFO = "image.json"
+#: written by the video_ae stage at the end of training: the autoencoder with its latent statistics
+VIDEO_AE_EXPORT = Path("export") / "autoencoder"
 
 Section = TypeVar("Section")
 
@@ -183,6 +189,31 @@ def load_slat_vae(
     vae = SLatVAE(cfg, in_channels)
     ckpt = run.load_weights(vae, ema=ema)
     return vae.to(device).eval(), ckpt
+
+
+def load_video_autoencoder(
+    path: str | Path | Run, device: torch.device | str = "cpu", *, kind: str | None = None
+) -> VideoAutoencoder:
+    """A video autoencoder in eval mode on `device` from a video_ae run folder (its
+    `export/autoencoder/`, written at the end of training) or from a diffusers folder (one
+    `VideoAutoencoder.save` wrote, or a released HunyuanVideo / LTX-Video VAE). With `kind`,
+    insist on that `autoencoder.kind`."""
+    if isinstance(path, Run) or (Path(path) / CONFIG_FILE).is_file():
+        run = Run.open(path, "video_ae", "the video autoencoder")
+        folder = run.path / VIDEO_AE_EXPORT
+        if not (folder / "config.json").is_file():
+            raise UserError(
+                f"{run.path}: no exported autoencoder ({folder} is written when the video_ae run "
+                "finishes training; let it finish or resume it)"
+            )
+    else:
+        folder = Path(path)
+        if not folder.is_dir():
+            raise UserError(
+                f"{folder}: video autoencoder not found (a video_ae run folder or a diffusers "
+                "AutoencoderKLHunyuanVideo / AutoencoderKLLTXVideo folder)"
+            )
+    return load_video_autoencoder_folder(folder, kind=kind).to(device).eval()
 
 
 def _run_weights(run: Run, ema: bool) -> tuple[dict[str, torch.Tensor], Path]:
