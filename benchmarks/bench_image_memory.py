@@ -155,7 +155,7 @@ def report(rows: list[dict[str, Any]]) -> str:
             [
                 r["config"],
                 r["mode"] + (f" (rank {r['lora_rank']})" if r["lora_rank"] else ""),
-                f"{r['trainable_params'] / 1e6:.3g} M / {r['total_params'] / 1e6:.4g} M "
+                f"{r['trainable_params'] / 1e6:.4g} M / {r['total_params'] / 1e6:.4g} M "
                 f"({100 * r['trainable_params'] / r['total_params']:.3g} %)",
                 mib(r["rss_after_build_mib"]),
                 mib(r["peak_mib"]),
