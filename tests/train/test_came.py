@@ -113,6 +113,23 @@ def test_state_is_factored_for_matrices():
     assert set(optimizer.state[bias]) == {"step", "exp_avg", "exp_avg_sq"}
 
 
+def test_a_1x1_convolution_steps_as_its_matrix_and_a_3x3_kernel_is_not_factored():
+    gen = torch.Generator().manual_seed(3)
+    grads = [torch.randn(6, 4, generator=gen) for _ in range(3)]
+    linear = torch.nn.Parameter(torch.randn(6, 4, generator=gen))
+    conv = torch.nn.Parameter(linear.detach().clone().view(6, 4, 1, 1))
+    kernel = torch.nn.Parameter(torch.randn(6, 1, 3, 3, generator=gen))
+    optimizer = CAME([linear, conv, kernel], lr=0.05)
+    for g in grads:
+        linear.grad, conv.grad = g.clone(), g.clone().view(6, 4, 1, 1)
+        kernel.grad = torch.randn(6, 1, 3, 3, generator=gen)
+        optimizer.step()
+    torch.testing.assert_close(conv.detach().view(6, 4), linear.detach(), rtol=0, atol=0)
+    assert optimizer.state[conv]["exp_avg_sq_row"].shape == (6,)
+    assert optimizer.state[conv]["exp_avg_sq_col"].shape == (4,)
+    assert set(optimizer.state[kernel]) == {"step", "exp_avg", "exp_avg_sq"}  # as Sana's CAME
+
+
 def test_state_dict_round_trip_continues_identically():
     def run(split: bool) -> torch.Tensor:
         torch.manual_seed(0)

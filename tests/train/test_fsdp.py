@@ -3,8 +3,9 @@
 Fast tests check the pieces in this process (which units are sharded, the meta skeleton of
 rank 0's hooks, the optimizer-state layouts, LoRA refused). The `distributed` + `slow` ones
 launch 2 gloo processes through torchrun (tests/train/fsdp_worker.py): fsdp at batch B per
-process against 1 process at 2B, exact resume of an fsdp run, CAME under fsdp, a ddp run
-resumed under fsdp, bf16, and the image_flow stage at toy size (fsdp against ddp).
+process against 1 process at 2B (also with accumulation), exact resume of an fsdp run, CAME
+under fsdp, a ddp run resumed under fsdp and back, bf16 and fp16, and the image_flow stage at
+toy size (fsdp against ddp).
 """
 
 from __future__ import annotations
@@ -169,6 +170,8 @@ def test_fsdp_matches_one_process_and_resumes_exactly(tmp_path):
                 {"run_dir": str(tmp_path / "fsdp_came"), "overrides": {**fsdp, **came}},
                 {"run_dir": str(tmp_path / "switched"), "overrides": ddp, "stop_after": 3},
                 {"run_dir": str(tmp_path / "switched"), "overrides": fsdp},
+                {"run_dir": str(tmp_path / "switched_back"), "overrides": fsdp, "stop_after": 3},
+                {"run_dir": str(tmp_path / "switched_back"), "overrides": ddp},
                 {"run_dir": str(tmp_path / "accumulated"), "overrides": accumulated},
                 {"run_dir": str(tmp_path / "bf16"), "overrides": {**fsdp, "train.precision": "bf16"}},
                 {"run_dir": str(tmp_path / "fp16"), "overrides": {**fsdp, "train.precision": "fp16"}},
@@ -193,8 +196,10 @@ def test_fsdp_matches_one_process_and_resumes_exactly(tmp_path):
     assert came_state["exp_avg"].shape == (49, 24)
     assert came_state["exp_avg_sq_row"].shape == (49,) and came_state["exp_avg_sq_col"].shape == (24,)
     assert final_weights(tmp_path / "fsdp")["blocks.0.up.weight"].shape == (49, 24)
-    # a ddp run resumes under fsdp (its optimizer state is keyed by position)
-    _assert_same(tmp_path / "fsdp", tmp_path / "switched")
+    # a ddp run resumes under fsdp (its optimizer state is keyed by position), and back
+    for key in ("model", "ema_0.9"):
+        _assert_same(tmp_path / "fsdp", tmp_path / "switched", key)
+        _assert_same(tmp_path / "fsdp", tmp_path / "switched_back", key)
     # gradient accumulation: 2 processes x 2 micro-batches of 4 = 1 process x 16
     _assert_same(tmp_path / "one", tmp_path / "accumulated")
     # bf16 / fp16 (with the scaler) compute through MixedPrecisionPolicy: fp32 weights, no

@@ -1,8 +1,7 @@
 """CAME: confidence-guided adaptive memory-efficient optimization (Luo et al., ACL 2023).
 
 Sana trains with CAME: AdamW's quality at Adafactor's memory. Per parameter matrix G of
-shape [n, m] (leading dimensions of larger tensors are batch dimensions; the last two are
-factored):
+shape [n, m] (a linear weight; a 1x1 convolution's [out, in, 1, 1] as its [out, in] matrix):
 
     V_t  = G^2 + eps1                                   squared gradient
     r_t  = b2 r + (1 - b2) mean_cols(V_t)    [n]        factored second moment (Adafactor)
@@ -16,15 +15,20 @@ factored):
     p   -= lr (m_t / sqrt(R_t C_t^T / mean(R_t)) + weight_decay p)
 
 so the state of a matrix is one momentum plus four vectors (row and column statistics of the
-second moment and of the instability), not two full moments as in Adam. Parameters with
-fewer than two dimensions (biases, norm gains) keep a full second moment and take the
-momentum step m_t / 1, as the authors' implementation does. There is no bias correction.
-Defaults are the paper's: betas (0.9, 0.999, 0.9999), eps (1e-30, 1e-16), clip 1.0.
+second moment and of the instability), not two full moments as in Adam. Other shapes
+(biases, norm gains, k x k convolutions) keep a full second moment and take the momentum
+step m_t / 1, as Sana's CAME does: factoring the last two dimensions of a [C, 1, 3, 3]
+depthwise kernel or of a 1x1 kernel, as the authors' package does for every tensor of two
+or more dimensions, stores statistics as large as the weight (for Sana 600M the state would
+be 1.4x AdamW's instead of about half). The state of a 1x1 convolution is kept in its matrix
+view. There is no bias correction. Defaults are the paper's: betas (0.9, 0.999, 0.9999),
+eps (1e-30, 1e-16), clip 1.0.
 
 Why not the authors' package (`came-pytorch` 0.1.3 on PyPI, MIT, last released in 2023): its
 state is created with `torch.zeros(shape).type_as(grad)` from the global shape, which breaks
-for FSDP2's DTensor parameters, it stores an unused RMS tensor per parameter, and it reads
-`p.data` everywhere. The formulas are a few lines; this implementation writes them with
+for FSDP2's DTensor parameters, it factors 1x1 and k x k convolutions over their kernel
+dimensions (above), it stores an unused RMS tensor per parameter, and it reads `p.data`
+everywhere. The formulas are a few lines; this implementation writes them with
 ordinary tensor ops only (no `.data`, no Python-side shapes), so the same code runs on
 DTensor shards: DTensor reduces the row/column means of a sharded matrix across processes.
 Its state holds tensors and a float step only, so `state_dict()` loads with
@@ -81,7 +85,8 @@ class CAME(torch.optim.Optimizer):
 
     @staticmethod
     def factored(param: Tensor) -> bool:
-        return param.dim() >= 2
+        """Matrices and 1x1 convolutions ([out, in, 1, 1]) are factored as [out, in]."""
+        return param.dim() == 2 or (param.dim() == 4 and param.shape[2] == param.shape[3] == 1)
 
     def _init_state(self, param: Tensor, grad: Tensor) -> dict:
         state = self.state[param]
@@ -116,6 +121,8 @@ class CAME(torch.optim.Optimizer):
                     raise RuntimeError("CAME does not support sparse gradients")
                 # fp16 / bf16 gradients are promoted; fp64 stays fp64
                 grad = param.grad.to(torch.promote_types(param.grad.dtype, torch.float32))
+                if self.factored(param):
+                    grad = grad.flatten(1)  # [out, in]: a no-op for matrices
                 state = self.state[param] or self._init_state(param, grad)
                 state["step"] += 1
                 square = grad.pow(2) + eps1
@@ -141,5 +148,5 @@ class CAME(torch.optim.Optimizer):
                     update = exp_avg
                 if decay:
                     param.mul_(1.0 - lr * decay)
-                param.add_(update.to(param.dtype), alpha=-lr)
+                param.add_(update.reshape(param.shape).to(param.dtype), alpha=-lr)
         return loss
