@@ -44,7 +44,20 @@ def test_the_api_lists_every_named_endpoint(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert {"/preprocess", "/image_to_3d", "/text_to_image", "/runs", "/run_detail"} <= set(endpoints)
     names = [p["parameter_name"] for p in endpoints["/image_to_3d"]["parameters"]]
-    assert names[0] == "files" and "steps_value" in names and "mode_value" in names
+    assert names == ["files", "model", "seed", "steps", "cfg", "slat_steps", "slat_cfg", "mode"]
+    names = [p["parameter_name"] for p in endpoints["/text_to_image"]["parameters"]]
+    assert names == [
+        "prompt",
+        "negative",
+        "width",
+        "height",
+        "steps",
+        "cfg",
+        "seed",
+        "sampler",
+        "model",
+        "lora",
+    ]
 
 
 def test_image_to_3d_returns_a_glb_that_trimesh_opens(client, app_server, tmp_path):

@@ -92,7 +92,11 @@ class ImageTo3DService:
     def __init__(self, models: list[Path], context: AppContext):
         if not models:
             raise UserError("the image → 3D tab needs at least one model folder")
-        self.models = model_labels(models)
+        unique: dict[tuple[Path, Path], Path] = {}
+        for path in models:  # a model folder and its runs/ name the same two runs: keep the first
+            ss, slat = resolve_model_dir(path)
+            unique.setdefault((ss.resolve(), slat.resolve()), path)
+        self.models = model_labels(list(unique.values()))
         self.context = context
         self._pipelines: dict[str, ImageTo3DPipeline] = {}
         self._lock = threading.Lock()
@@ -212,59 +216,62 @@ def build(context: AppContext, models: list[Path]) -> None:
     limits = context.limits
     with gr.Row():
         with gr.Column():
-            uploads = gr.File(
+            uploads_box = gr.File(
                 label="Images (one, or several views of one object)",
                 file_count="multiple",
                 file_types=["image"],
                 elem_id="image-upload",
             )
-            processed = gr.Gallery(
+            processed_box = gr.Gallery(
                 label="As the model sees them (background removed)",
                 columns=4,
-                height=220,
+                height=200,
+                object_fit="contain",
                 elem_id="processed",
             )
-            model = gr.Dropdown(
+            model_box = gr.Dropdown(
                 service.labels, value=service.labels[0], label="Model", visible=len(service.labels) > 1
             )
             with gr.Row():
-                seed = gr.Number(0, label="Seed", precision=0)
-                mode = gr.Radio(list(MODES), value="stochastic", label="Multi-image mode")
+                seed_box = gr.Number(0, label="Seed", precision=0)
+                mode_box = gr.Radio(list(MODES), value="stochastic", label="Multi-image mode")
             with gr.Accordion("Stage 1: structure", open=False):
-                steps = slider(
+                steps_box = slider(
                     1, limits.max_steps, STRUCTURE_SAMPLER["steps"], step=1, label="structure steps"
                 )
-                cfg = slider(
+                cfg_box = slider(
                     0, limits.max_cfg, STRUCTURE_SAMPLER["cfg_scale"], step=0.1, label="structure guidance"
                 )
             with gr.Accordion("Stage 2: structured latents", open=False):
-                slat_steps = slider(1, limits.max_steps, SLAT_SAMPLER["steps"], step=1, label="SLat steps")
-                slat_cfg = slider(
+                slat_steps_box = slider(
+                    1, limits.max_steps, SLAT_SAMPLER["steps"], step=1, label="SLat steps"
+                )
+                slat_cfg_box = slider(
                     0, limits.max_cfg, SLAT_SAMPLER["cfg_scale"], step=0.1, label="SLat guidance"
                 )
-            run = gr.Button("Generate", variant="primary", elem_id="generate")
+            run_box = gr.Button("Generate", variant="primary", elem_id="generate")
         with gr.Column():
-            turntable = gr.Video(label="Turntable", autoplay=True, loop=True, elem_id="turntable")
-            view = gr.Model3D(label="Mesh (.glb)", elem_id="model3d")
-            downloads = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
-            record = gr.JSON(label="generation.json")
+            turntable_box = gr.Video(label="Turntable", autoplay=True, loop=True, elem_id="turntable")
+            view_box = gr.Model3D(label="Mesh (.glb)", elem_id="model3d")
+            downloads_box = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
+            record_box = gr.JSON(label="generation.json")
 
     @endpoint
-    def preprocess(files: Any, model_name: str | None) -> list[np.ndarray]:
+    def preprocess(files: Any, model: str | None) -> list[np.ndarray]:
         if not files:
             return []
-        return _display(service.prepare(files, model_name))
+        return _display(service.prepare(files, model))
 
     @endpoint
     def image_to_3d(
         files: Any,
-        model_name: str | None,
-        seed_value: Any,
-        steps_value: Any,
-        cfg_value: Any,
-        slat_steps_value: Any,
-        slat_cfg_value: Any,
-        mode_value: Any,
+        model: str | None,
+        seed: Any,
+        steps: Any,
+        cfg: Any,
+        slat_steps: Any,
+        slat_cfg: Any,
+        mode: Any,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - how gradio injects its progress tracker
     ) -> tuple[Any, ...]:
         def report(what: str, step: int, total: int) -> None:
@@ -272,24 +279,26 @@ def build(context: AppContext, models: list[Path]) -> None:
 
         asset = service.generate(
             files,
-            model=model_name,
-            seed=seed_value,
-            steps=steps_value,
-            cfg=cfg_value,
-            slat_steps=slat_steps_value,
-            slat_cfg=slat_cfg_value,
-            mode=mode_value,
+            model=model,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            slat_steps=slat_steps,
+            slat_cfg=slat_cfg,
+            mode=mode,
             progress=report,
         )
         shown = _display(np.stack([np.asarray(Image.open(p)) for p in asset.processed]))
         files_out = [str(asset.glb), str(asset.ply), str(asset.mp4)]
         return shown, str(asset.mp4), str(asset.glb), files_out, asset.record
 
-    uploads.upload(preprocess, [uploads, model], processed, api_name="preprocess", concurrency_id="models")
-    run.click(
+    uploads_box.upload(
+        preprocess, [uploads_box, model_box], processed_box, api_name="preprocess", concurrency_id="models"
+    )
+    run_box.click(
         image_to_3d,
-        [uploads, model, seed, steps, cfg, slat_steps, slat_cfg, mode],
-        [processed, turntable, view, downloads, record],
+        [uploads_box, model_box, seed_box, steps_box, cfg_box, slat_steps_box, slat_cfg_box, mode_box],
+        [processed_box, turntable_box, view_box, downloads_box, record_box],
         api_name="image_to_3d",
         concurrency_id="models",
     )

@@ -113,36 +113,38 @@ def build(context: AppContext, demo: gr.Blocks) -> None:
 
     initial = [r.name for r in runs_in(None)]
     with gr.Row():
-        folder = gr.Dropdown(labels, value=labels[0], label="Runs folder", scale=3)
-        refresh = gr.Button("Refresh", scale=1)
-    table = gr.Dataframe(headers=COLUMNS, label="Runs", interactive=False, wrap=True, elem_id="runs-table")
-    records = gr.JSON(label="Runs (records)", visible=False)
+        folder_box = gr.Dropdown(labels, value=labels[0], label="Runs folder", scale=3)
+        refresh_box = gr.Button("Refresh", scale=1)
+    table_box = gr.Dataframe(
+        headers=COLUMNS, label="Runs", interactive=False, wrap=True, elem_id="runs-table"
+    )
+    records_box = gr.JSON(label="Runs (records)", visible=False)
     with gr.Row():
         # runs appear while the app is up: the value is checked against the runs found at request time
-        run = gr.Dropdown(
+        run_box = gr.Dropdown(
             initial, value=initial[0] if initial else None, label="Run", scale=3, allow_custom_value=True
         )
-        show = gr.Button("Show curves and samples", scale=1)
+        show_box = gr.Button("Show curves and samples", scale=1)
     with gr.Row():
-        curves = gr.Image(label="Loss and metric curves", type="filepath")
-        samples = gr.Gallery(label="Samples (newest first)", columns=4, height=360)
-    detail = gr.JSON(label="Run record")
+        curves_box = gr.Image(label="Loss and metric curves", type="filepath")
+        samples_box = gr.Gallery(label="Samples (newest first)", columns=4, height=360)
+    detail_box = gr.JSON(label="Run record")
 
     @endpoint
-    def runs(folder_label: str | None, current: str | None = None) -> tuple[Any, ...]:
-        found = runs_in(folder_label)
+    def runs(folder: str | None, current: str | None = None) -> tuple[Any, ...]:
+        found = runs_in(folder)
         names = [r.name for r in found]
         keep = current if current in names else (names[0] if names else None)
         return run_rows(found), [run_record(r) for r in found], gr.update(choices=names, value=keep)
 
     @endpoint
-    def run_detail(folder_label: str | None, name: str | None) -> tuple[Any, ...]:
-        found = {r.name: r for r in runs_in(folder_label)}
+    def run_detail(folder: str | None, run: str | None) -> tuple[Any, ...]:
+        found = {r.name: r for r in runs_in(folder)}
         if not found:
             raise RequestError("no runs in this folder yet")
-        name = check_choice("run", name, list(found))
-        status = read_run(found[name].path, root=folders[folder_label or labels[0]])
-        key = hashlib.sha256(f"{folder_label}\0{name}".encode()).hexdigest()[:16]
+        name = check_choice("run", run, list(found))
+        status = read_run(found[name].path, root=folders[folder or labels[0]])
+        key = hashlib.sha256(f"{folder}\0{name}".encode()).hexdigest()[:16]
         try:
             plot = str(plot_run(status.path, plots / f"{Path(name).name}-{key}.png"))
         except UserError:  # no training record yet: the table says so, the plot stays empty
@@ -155,14 +157,19 @@ def build(context: AppContext, demo: gr.Blocks) -> None:
                 continue
         return plot, images, run_record(status)
 
-    listing = [table, records, run]
-    refresh.click(runs, [folder, run], listing, api_name="runs", concurrency_id="runs")
-    folder.change(runs, [folder], listing, api_visibility="private", concurrency_id="runs")
-    demo.load(runs, [folder, run], listing, api_visibility="private", concurrency_id="runs")
+    listing = [table_box, records_box, run_box]
+    refresh_box.click(runs, [folder_box, run_box], listing, api_name="runs", concurrency_id="runs")
+    folder_box.change(runs, [folder_box], listing, api_visibility="private", concurrency_id="runs")
+    demo.load(runs, [folder_box, run_box], listing, api_visibility="private", concurrency_id="runs")
     timer = gr.Timer(10)
     timer.tick(
-        runs, [folder, run], listing, api_visibility="private", show_progress="hidden", concurrency_id="runs"
+        runs,
+        [folder_box, run_box],
+        listing,
+        api_visibility="private",
+        show_progress="hidden",
+        concurrency_id="runs",
     )
-    details = [curves, samples, detail]
-    show.click(run_detail, [folder, run], details, api_name="run_detail", concurrency_id="runs")
-    run.input(run_detail, [folder, run], details, api_visibility="private", concurrency_id="runs")
+    details = [curves_box, samples_box, detail_box]
+    show_box.click(run_detail, [folder_box, run_box], details, api_name="run_detail", concurrency_id="runs")
+    run_box.input(run_detail, [folder_box, run_box], details, api_visibility="private", concurrency_id="runs")

@@ -173,68 +173,79 @@ def build(context: AppContext, models: list[Path]) -> None:
     width0, height0 = first.resolution
     with gr.Row():
         with gr.Column():
-            prompt = gr.Textbox(label="Prompt", lines=2, max_length=limits.max_prompt_chars)
-            negative = gr.Textbox(label="Negative prompt", max_length=limits.max_prompt_chars)
+            prompt_box = gr.Textbox(label="Prompt", lines=2, max_length=limits.max_prompt_chars)
+            negative_box = gr.Textbox(label="Negative prompt", max_length=limits.max_prompt_chars)
             with gr.Row():
-                model = gr.Dropdown(
+                model_box = gr.Dropdown(
                     list(service.models),
                     value=next(iter(service.models), None),
                     label="Model",
                     visible=bool(service.models),
                 )
-                lora = gr.Dropdown(
+                lora_box = gr.Dropdown(
                     [NO_LORA, *service.loras],
                     value=NO_LORA if service.models else next(iter(service.loras)),
                     label="LoRA (runs found under --runs)",
                 )
             with gr.Row():
-                width = slider(factor, limits.max_side, width0, step=factor, label="width")
-                height = slider(factor, limits.max_side, height0, step=factor, label="height")
+                width_box = slider(factor, limits.max_side, width0, step=factor, label="width")
+                height_box = slider(factor, limits.max_side, height0, step=factor, label="height")
             with gr.Row():
-                steps = slider(1, limits.max_steps, 20, step=1, label="steps")
-                cfg = slider(0, limits.max_cfg, 4.5, step=0.1, label="guidance")
+                steps_box = slider(1, limits.max_steps, 20, step=1, label="steps")
+                cfg_box = slider(0, limits.max_cfg, 4.5, step=0.1, label="guidance")
             with gr.Row():
-                seed = gr.Number(0, label="Seed", precision=0)
-                sampler = gr.Radio(list(SAMPLERS), value="dpm", label="Sampler")
-            run = gr.Button("Generate", variant="primary", elem_id="generate-image")
+                seed_box = gr.Number(0, label="Seed", precision=0)
+                sampler_box = gr.Radio(list(SAMPLERS), value="dpm", label="Sampler")
+            run_box = gr.Button("Generate", variant="primary", elem_id="generate-image")
         with gr.Column():
-            result = gr.Image(label="Image", type="filepath", elem_id="image-result")
-            download = gr.File(label="Download")
-            record = gr.JSON(label="generation.json")
+            result_box = gr.Image(label="Image", type="filepath", elem_id="image-result")
+            download_box = gr.File(label="Download")
+            record_box = gr.JSON(label="generation.json")
 
     @endpoint
     def text_to_image(
-        prompt_text: Any,
-        negative_text: Any,
-        width_value: Any,
-        height_value: Any,
-        steps_value: Any,
-        cfg_value: Any,
-        seed_value: Any,
-        sampler_value: Any,
-        model_name: str | None,
-        lora_name: str | None,
+        prompt: Any,
+        negative: Any,
+        width: Any,
+        height: Any,
+        steps: Any,
+        cfg: Any,
+        seed: Any,
+        sampler: Any,
+        model: str | None,
+        lora: str | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - how gradio injects its progress tracker
     ) -> tuple[Any, ...]:
         picture = service.generate(
-            prompt_text,
-            negative_text,
-            width=width_value,
-            height=height_value,
-            steps=steps_value,
-            cfg=cfg_value,
-            seed=seed_value,
-            sampler=sampler_value,
-            model=model_name,
-            lora=lora_name,
+            prompt,
+            negative,
+            width=width,
+            height=height,
+            steps=steps,
+            cfg=cfg,
+            seed=seed,
+            sampler=sampler,
+            model=model,
+            lora=lora,
             progress=lambda step, total: progress((step, total), desc=f"sampling: step {step}/{total}"),
         )
         return str(picture.path), str(picture.path), picture.record
 
-    run.click(
+    run_box.click(
         text_to_image,
-        [prompt, negative, width, height, steps, cfg, seed, sampler, model, lora],
-        [result, download, record],
+        [
+            prompt_box,
+            negative_box,
+            width_box,
+            height_box,
+            steps_box,
+            cfg_box,
+            seed_box,
+            sampler_box,
+            model_box,
+            lora_box,
+        ],
+        [result_box, download_box, record_box],
         api_name="text_to_image",
         concurrency_id="models",
     )
