@@ -25,11 +25,15 @@ shard of the full tensors it read from the checkpoint, without communication (ev
 reads the files). They do not use `set_model_state_dict` / `set_optimizer_state_dict`: with
 full state dicts and no broadcast they scatter every tensor from rank 0, and in this engine
 the two ranks reached those scatters for different tensors (a collective mismatch that
-aborts gloo); slicing locally needs no collective at all. A ddp run's optimizer state (keyed by position)
-loads into fsdp and back (`optimizer_state_by_index`), so a run can switch modes on resume. EMA shadows stay sharded like the
-parameters (`gather_full` / `shard_like` convert them). Sampling and final evaluation run on
-rank 0 alone, so they use a plain copy of the model rebuilt from `meta_template` and the
-gathered weights.
+aborts gloo); slicing locally needs no collective at all. A ddp run's optimizer state (keyed
+by position) loads into fsdp and back (`optimizer_state_by_index`), so a run can switch
+modes on resume. EMA shadows stay sharded like the parameters (`gather_full` / `shard_like`
+convert them). Sampling and final evaluation run on rank 0 alone, so they use a plain copy
+of the model rebuilt from `meta_template` and the gathered weights.
+
+Gradient accumulation under fsdp reduce-scatters after every micro-batch: skipping the sync
+(`set_requires_gradient_sync(False)`) would keep every block's unsharded gradients alive
+until the last micro-batch, the memory fsdp is there to save.
 """
 
 from __future__ import annotations
@@ -165,10 +169,6 @@ def shard_model(
     # the root's parameters are needed again at the start of backward: keep them gathered
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
     return model
-
-
-def is_sharded(model: nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -1,8 +1,9 @@
 """Optimizer, learning-rate schedule and gradient clipping.
 
-- `optim.name`: AdamW (torch's) or CAME (`train.came`, Sana's optimizer), with parameter groups: the recipe's `optim.param_groups` rules (regex on the
-  parameter name, first match wins) set lr scales and weight decay; 1-D parameters
-  (biases, norm gains, embeddings' scalars) get no weight decay unless told otherwise.
+- `optim.name`: AdamW (torch's) or CAME (`train.came`, Sana's optimizer), with parameter
+  groups: the recipe's `optim.param_groups` rules (regex on the parameter name, first match
+  wins) set lr scales and weight decay; 1-D parameters (biases, norm gains, embeddings'
+  scalars) get no weight decay unless told otherwise.
 - Schedule: linear warmup, then constant or cosine down to `min_lr_ratio`. It is a
   LambdaLR over a plain closure, so its state dict holds only counters (safe to load with
   weights_only=True). It advances only on applied steps: a skipped non-finite step does
