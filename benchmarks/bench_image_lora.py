@@ -155,6 +155,10 @@ def voxforge_loop(
     rates = [r["steps_per_s"] for r in rows if "steps_per_s" in r][1:]  # the first window warms up
     seconds = sum(args.window / rate for rate in rates)
     steps = args.window * len(rates)
+    if len(marks) != len(rates) + 1:
+        sys.exit(
+            f"expected {len(rates) + 1} logged windows, saw {len(marks)}: has the engine's logging changed?"
+        )
     return {
         "ms_per_step": 1000 * seconds / steps,  # the engine's own steps_per_s
         "cpu_ms_per_step": 1000 * (marks[-1][1] - marks[0][1]) / steps,
