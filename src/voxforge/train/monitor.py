@@ -519,7 +519,7 @@ def plot_run(path: str | Path, out_png: str | Path, keys: list[str] | None = Non
             ax.set_yscale("log")
         ax.set_title(group[0] if len(group) == 1 else "losses", fontsize=11)
         ax.set_xlabel("step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_ylabel("loss" if "loss" in group[0] else group[0])
         ax.grid(True, alpha=0.3)
         if len(group) > 1 or resumes or "loss" in group[0]:
