@@ -13,8 +13,15 @@ import pytest
 from tests.app.bad_files import object_on_white, png_bomb, text_named_png
 
 pytestmark = pytest.mark.app
-gradio_client = pytest.importorskip("gradio_client")
-trimesh = pytest.importorskip("trimesh")
+
+
+def _gradio_client():  # imported by the tests, not at collection: the default run deselects them
+    return pytest.importorskip("gradio_client")
+
+
+def _files(*paths: Path) -> list:
+    return [_gradio_client().handle_file(str(p)) for p in paths]
+
 
 #: (model, seed, structure steps, structure guidance, SLat steps, SLat guidance, mode) after the images
 SETTINGS = ("tiny3d", 0, 2, 3.0, 2, 3.0, "stochastic")
@@ -22,18 +29,17 @@ SETTINGS = ("tiny3d", 0, 2, 3.0, 2, 3.0, "stochastic")
 
 @pytest.fixture(scope="module")
 def client(app_server, tmp_path_factory):
-    return gradio_client.Client(
+    return _gradio_client().Client(
         app_server.url, verbose=False, download_files=str(tmp_path_factory.mktemp("client_downloads"))
     )
 
 
 def _images_to_3d(client, *paths: Path, settings=SETTINGS):
-    files = [gradio_client.handle_file(str(p)) for p in paths]
-    return client.predict(files, *settings, api_name="/image_to_3d")
+    return client.predict(_files(*paths), *settings, api_name="/image_to_3d")
 
 
 def _error(client, *args, api_name: str) -> str:
-    with pytest.raises(gradio_client.exceptions.AppError) as info:
+    with pytest.raises(_gradio_client().exceptions.AppError) as info:
         client.predict(*args, api_name=api_name)
     message = str(info.value)
     assert "Traceback" not in message and 'File "' not in message
@@ -64,6 +70,7 @@ def test_image_to_3d_returns_a_glb_that_trimesh_opens(client, app_server, tmp_pa
     image = object_on_white(tmp_path / "chair.png")
     processed, video, glb, downloads, record = _images_to_3d(client, image)
     assert Path(glb).suffix == ".glb"
+    trimesh = pytest.importorskip("trimesh")
     mesh = trimesh.load(glb, force="mesh")
     assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
     assert sorted(Path(p).suffix for p in downloads) == [".glb", ".mp4", ".ply"]
@@ -88,7 +95,7 @@ def test_preprocess_shows_the_background_removed(client, tmp_path):
     from PIL import Image
 
     gallery = client.predict(
-        [gradio_client.handle_file(str(object_on_white(tmp_path / "a.png")))],
+        _files(object_on_white(tmp_path / "a.png")),
         "tiny3d",
         api_name="/preprocess",
     )
@@ -99,16 +106,16 @@ def test_preprocess_shows_the_background_removed(client, tmp_path):
 
 def test_bad_uploads_get_messages(client, tmp_path):
     fake = text_named_png(tmp_path / "fake.png")
-    message = _error(client, [gradio_client.handle_file(str(fake))], *SETTINGS, api_name="/image_to_3d")
+    message = _error(client, _files(fake), *SETTINGS, api_name="/image_to_3d")
     assert "fake.png: not an image" in message
     bomb = png_bomb(tmp_path / "bomb.png")
-    message = _error(client, [gradio_client.handle_file(str(bomb))], *SETTINGS, api_name="/image_to_3d")
+    message = _error(client, _files(bomb), *SETTINGS, api_name="/image_to_3d")
     assert "bomb.png: the image declares more than" in message and "decompression bomb" in message
     assert str(tmp_path) not in message
 
 
 def test_out_of_range_parameters_get_messages(client, tmp_path):
-    image = [gradio_client.handle_file(str(object_on_white(tmp_path / "a.png")))]
+    image = _files(object_on_white(tmp_path / "a.png"))
     steps_zero = ("tiny3d", 0, 0, 3.0, 2, 3.0, "stochastic")
     assert "structure steps must be between 1 and 200, got 0" in _error(
         client, image, *steps_zero, api_name="/image_to_3d"

@@ -19,7 +19,6 @@ import pytest
 from tests.app.bad_files import object_on_white, text_named_png
 
 pytestmark = pytest.mark.browser
-webdriver = pytest.importorskip("selenium.webdriver")
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 FLAGS = [
@@ -40,6 +39,7 @@ FLAGS = [
 def browser(tmp_path):
     if not (CHROMIUM.is_file() and DRIVER.is_file()):
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")  # here, not at collection
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

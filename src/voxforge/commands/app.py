@@ -55,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
+    # read when gradio is imported: no analytics, and its cache inside --out from the start
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ["GRADIO_TEMP_DIR"] = str(Path(args.out).resolve() / ".gradio")
     try:
         import gradio  # noqa: F401 - optional dependency (the `app` extra): say how to install it
     except ImportError:
