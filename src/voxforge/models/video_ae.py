@@ -66,6 +66,9 @@ class VideoAEConfig:
     patch_size: int = option(4, ge=1, help="ltx: pixels per side folded into channels before the encoder")
     spatial_compression: int = option(8, ge=1, help="hunyuan: 2^(levels - 1) at most")
     temporal_compression: int = option(4, ge=1, help="hunyuan: 4 (its causal downsampling)")
+    gradient_checkpointing: bool = option(
+        False, help="recompute the blocks' activations in the backward pass (diffusers' own checkpointing)"
+    )
 
     def __post_init__(self):
         if len(self.block_out_channels) < 2:
@@ -195,6 +198,15 @@ class VideoAutoencoder(nn.Module):
             mean = mean + (0.5 * logvar).exp() * noise
         return self._norm(mean)
 
+    def forward(self, video: Tensor, sample: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """Training pass: (reconstruction [B, 3, T, H, W], posterior mean, logvar).
+
+        With `sample` the decoder sees mean + std * noise, the noise drawn from the global
+        torch RNG (the training engine saves and restores it); without, the mean."""
+        mean, logvar = self.posterior(video)
+        z = mean + (0.5 * logvar).exp() * torch.randn_like(mean) if sample else mean
+        return self.decode_raw(z), mean, logvar
+
     def decode_raw(self, z: Tensor) -> Tensor:
         return self.model.decode(z).sample
 
@@ -279,5 +291,9 @@ def load_video_autoencoder(folder: str | Path, kind: str | None = None) -> Video
 def build_video_autoencoder(cfg: VideoAEConfig) -> VideoAutoencoder:
     """A fresh autoencoder of the configured size, or the released one in `cfg.pretrained`."""
     if cfg.pretrained:
-        return load_video_autoencoder(cfg.pretrained, kind=cfg.kind)
-    return VideoAutoencoder(cfg.kind, _fresh(cfg))
+        ae = load_video_autoencoder(cfg.pretrained, kind=cfg.kind)
+    else:
+        ae = VideoAutoencoder(cfg.kind, _fresh(cfg))
+    if cfg.gradient_checkpointing:
+        ae.model.enable_gradient_checkpointing()
+    return ae

@@ -40,6 +40,7 @@ _BUILTIN = {
     "slat_flow": "voxforge.stages.slat_flow:SLatFlowStage",
     "image_ae": "voxforge.stages.image_ae:ImageAEStage",
     "image_flow": "voxforge.stages.image_flow:ImageFlowStage",
+    "video_ae": "voxforge.stages.video_ae:VideoAEStage",
     "video_flow": "voxforge.stages.video_flow:VideoFlowStage",
 }
 _REGISTERED: dict[str, type] = {}
