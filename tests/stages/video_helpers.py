@@ -87,3 +87,19 @@ def video_artefacts(base: Path) -> dict[str, Path]:
 
 def flow_overrides(artefacts: dict[str, Path], *extra: str) -> list[str]:
     return FLOW_OVERRIDES + [f"data.path={artefacts['clips']}", f"data.autoencoder={artefacts['ae']}", *extra]
+
+
+def video_flow_run(base: Path) -> Path:
+    """A video_flow run of 10 steps on the artefacts, every loss logged, half the batch
+    image-conditioned (trained once per session)."""
+    from voxforge.recipe import load_recipe
+    from voxforge.train.engine import train
+
+    run = base / "video_flow"
+    if not (run / "final_metrics.json").is_file():
+        extra = ["train.max_steps=10", "train.checkpoint_every=5", "train.log_every=1", "optim.lr=3e-3"]
+        recipe = load_recipe(
+            "video_flow_tiny", flow_overrides(video_artefacts(base), *extra, "flow.p_image_cond=0.5")
+        )
+        train(recipe, run)
+    return run
