@@ -5,6 +5,7 @@ a .glb that trimesh opens, bad uploads and out-of-range parameters answered with
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,16 @@ def test_it_listens_on_127_0_0_1_only(app_server):
         if state == "0A" and int(local_port, 16) == port:  # 0A: LISTEN
             listening.append(address)
     assert listening == ["0100007F"]  # 127.0.0.1, little-endian hex
+
+
+def test_progress_names_the_stage_and_the_step(client, tmp_path):
+    settings = ("tiny3d", 0, 20, 3.0, 100, 3.0, "stochastic")  # 100 SLat steps: seconds to watch
+    job = client.submit(_files(object_on_white(tmp_path / "a.png")), *settings, api_name="/image_to_3d")
+    seen = set()
+    while not job.done():
+        seen |= {(p.desc, p.index, p.length) for p in (job.status().progress_data or [])}
+        time.sleep(0.05)
+    job.result()
+    slat = [(desc, index, length) for desc, index, length in seen if desc.startswith("stage 2/2: SLat flow")]
+    assert slat, f"no SLat progress among {sorted(seen, key=str)}"
+    assert all(length == 100 and desc.endswith(f"step {index}/100") for desc, index, length in slat)
