@@ -30,9 +30,8 @@ Conventions, the ones the `video_flow` stage trains with:
 Loading: `from_run(run_dir)` reads a video_flow run (its newest checkpoint, EMA weights by
 default, and `RUN/video.json`); `from_export(folder)` reads what the run exported
 (`RUN/export/`: denoiser.safetensors, video_dit.json, video.json, text_encoder/);
-`from_model(path)` tells the two apart. The autoencoder is the folder the run recorded, read
-by `voxforge.runs.load_video_autoencoder` (a video_ae run or a diffusers folder) where this
-install has it, else by `models.video_ae.load_video_autoencoder` (a diffusers folder).
+`from_model(path)` tells the two apart. The autoencoder is the one the run recorded (a
+video_ae run or a diffusers folder), read by `voxforge.runs.load_video_autoencoder`.
 """
 
 from __future__ import annotations
@@ -98,12 +97,8 @@ def denoiser_config(cfg: VideoDiTConfig, in_channels: int) -> VideoDiTConfig:
 
 
 def load_autoencoder(path: str | Path) -> video_ae.VideoAutoencoder:
-    """A frozen video autoencoder from a video_ae run or a diffusers folder (see the module docstring)."""
-    loader = getattr(runs, "load_video_autoencoder", None) or video_ae.load_video_autoencoder
-    autoencoder = loader(path)
-    if isinstance(autoencoder, tuple):  # a loader that also returns its checkpoint
-        autoencoder = autoencoder[0]
-    return autoencoder.requires_grad_(False).eval()
+    """The frozen video autoencoder of a video_ae run or a diffusers folder (`runs.load_video_autoencoder`)."""
+    return runs.load_video_autoencoder(path).requires_grad_(False).eval()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
