@@ -138,11 +138,15 @@ def test_init_from_with_another_autoencoder_keeps_the_blocks(artefacts, base_run
         stage_of(artefacts, tmp_path / "none", *extra, "model.reinit=none").build_model()
 
 
-def test_image_conditioning_needs_the_channels(artefacts, tmp_path):
+def test_recipe_checks_name_the_key_or_bucket(artefacts, tmp_path):
     with pytest.raises(ConfigError, match="p_image_cond"):
         stage_of(artefacts, tmp_path, "flow.p_image_cond=0.5", "model.image_condition=false")
     with pytest.raises(ConfigError, match="in_channels"):
         stage_of(artefacts, tmp_path, "model.in_channels=6").build_model()
+    with pytest.raises(ConfigError, match=r"bucket 16px/9/16x16 is 16x16; sides must be multiples of 12"):
+        stage_of(artefacts, tmp_path, "model.patch_size=3").build_dataset()
+    with pytest.raises(ConfigError, match=r"'model.patch_t': 2 does not divide the 5 latent frames"):
+        stage_of(artefacts, tmp_path, "model.patch_t=2").build_dataset()
 
 
 def test_stop_and_resume_continue_the_loss_exactly(artefacts, tmp_path):
