@@ -110,7 +110,7 @@ def test_image_pipeline_file_errors_name_the_key():
     with pytest.raises(ConfigError, match="unknown checks"):
         load_pipeline("demo_image_quick", ["evaluate.checks.no_such_check=1"])
     with pytest.raises(ConfigError, match="kind"):
-        load_pipeline("demo_image_quick", ["kind=video"])
+        load_pipeline("demo_image_quick", ["kind=audio"])
 
 
 def test_standard_options_belong_to_the_image_demo(tmp_path):

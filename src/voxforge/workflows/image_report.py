@@ -36,8 +36,8 @@ fails with the value null when its step did not run):
 | `lora_colour` | LoRA: held-back colour accuracy on the prompts naming it |
 | `lora_colour_gain` | LoRA minus its base on those prompts |
 
-Loss curves are drawn with Pillow (already a dependency): a line plot is all a report needs,
-and matplotlib is not one of voxforge's dependencies.
+Loss curves are drawn with Pillow (a core dependency): a line plot is all a report needs, and
+matplotlib is only the optional `plot` extra, while every install must be able to run a demo.
 """
 
 from __future__ import annotations
