@@ -28,6 +28,8 @@ TRELLIS's third SLat decoder, in two parts:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -41,10 +43,13 @@ from voxforge.sparse.tensor import SparseTensor
 
 __all__ = [
     "MESH_LAYOUT",
+    "MeshFields",
     "SLatMeshDecoder",
     "SparseSubdivideBlock",
     "features_to_mesh",
+    "fields_to_mesh",
     "mesh_feature_channels",
+    "mesh_fields",
 ]
 
 #: channels of a fine voxel's prediction, in order: (name, channels)
@@ -66,13 +71,32 @@ def _split(feats: Tensor, use_color: bool) -> dict[str, Tensor]:  # [N, C] -> na
     return out
 
 
-def features_to_mesh(
+@dataclass
+class MeshFields:
+    """The per-vertex and per-cube fields `features_to_mesh` extracts from (training reads them).
+
+    `vertices [V, 3]` integer grid vertices of the `resolution`³ cubes, `sdf [V]` (biased),
+    `positions [V, 3]` deformed world positions, `attrs [V, 6]` or None, `cube_coords [N, 3]`,
+    `weights [N, 21]` raw FlexiCubes weights, `cube_vertices [N, 8]` each cube's corner rows.
+    """
+
+    vertices: Tensor
+    sdf: Tensor
+    positions: Tensor
+    attrs: Tensor | None
+    cube_coords: Tensor
+    weights: Tensor
+    cube_vertices: Tensor
+    resolution: int
+
+
+def mesh_fields(
     coords: Tensor,  # [N, 3] fine voxels (cubes) of one sample, in [0, resolution)
     feats: Tensor,  # [N, 101] (53 without colour) per MESH_LAYOUT
     resolution: int,  # the fine grid, 4R
     use_color: bool = True,
-) -> ExtractedMesh:
-    """TRELLIS's `SparseFeatures2Mesh(res=resolution)` at inference; see the module docstring."""
+) -> MeshFields:
+    """Corner predictions averaged over the cubes sharing them (the module docstring)."""
     n = feats.shape[0]
     expected = mesh_feature_channels(use_color)
     if feats.shape[1] != expected:
@@ -96,24 +120,44 @@ def features_to_mesh(
     for c in range(8):  # one corner at a time: no [N·8, C] copy of the features
         sums.index_add_(0, inverse[:, c], torch.cat([v[:, c].float() for v in corner_values], dim=-1))
     counts = torch.bincount(inverse.reshape(-1), minlength=keys.numel()).to(sums.dtype)
-    del inverse
     mean = sums.div_(counts[:, None])
     mean[:, 0] -= 1.0 / resolution
     vertices = torch.stack([keys // rv**2, keys // rv % rv, keys % rv], dim=1)  # [V, 3]
 
     positions = vertices.float() / resolution - 0.5 + (1 - 1e-8) / (2 * resolution) * torch.tanh(mean[:, 1:4])
     attrs = torch.sigmoid(mean[:, 4:]) if use_color else None
+    return MeshFields(vertices, mean[:, 0], positions, attrs, coords, parts["weights"], inverse, resolution)
+
+
+def features_to_mesh(
+    coords: Tensor,  # [N, 3] fine voxels (cubes) of one sample, in [0, resolution)
+    feats: Tensor,  # [N, 101] (53 without colour) per MESH_LAYOUT
+    resolution: int,  # the fine grid, 4R
+    use_color: bool = True,
+    *,
+    deviation: bool = False,
+) -> ExtractedMesh:
+    """TRELLIS's `SparseFeatures2Mesh(res=resolution)` at inference; see the module docstring.
+
+    `deviation` also returns FlexiCubes's per-crossing deviation (`ExtractedMesh.deviation`),
+    the L_dev regulariser of training."""
+    return fields_to_mesh(mesh_fields(coords, feats, resolution, use_color), deviation=deviation)
+
+
+def fields_to_mesh(fields: MeshFields, *, deviation: bool = False) -> ExtractedMesh:
+    """FlexiCubes extraction of `mesh_fields`' output (what `features_to_mesh` runs)."""
     return flexicubes_extract(
-        vertices,
-        mean[:, 0],
-        positions,
-        resolution,
-        cube_coords=coords,
-        weights=parts["weights"],
-        vertex_attrs=attrs,
+        fields.vertices,
+        fields.sdf,
+        fields.positions,
+        fields.resolution,
+        cube_coords=fields.cube_coords,
+        weights=fields.weights,
+        vertex_attrs=fields.attrs,
         fill_sdf=1.0,
         fill_attrs=0.5,  # sigmoid(0): TRELLIS's dense colour grid starts at 0 before its sigmoid
         origin=-0.5,
+        deviation=deviation,
     )
 
 

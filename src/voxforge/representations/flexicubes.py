@@ -169,6 +169,9 @@ class ExtractedMesh:
     vertex_attrs: Tensor | None = None  # [V, A]
     resolution: int = 64
     sdf_margin: float = float("inf")
+    #: with `flexicubes_extract(..., deviation=True)`: per edge crossing, |its distance to its
+    #: dual vertex - the mean of that vertex's distances| (FlexiCubes's L_dev terms)
+    deviation: Tensor | None = None
 
     @property
     def success(self) -> bool:
@@ -225,6 +228,7 @@ def flexicubes_extract(
     fill_attrs: float = 0.0,
     origin: float = -0.5,
     weight_scale: float = 0.99,
+    deviation: bool = False,
 ) -> ExtractedMesh:
     """Extract the surface `sdf = 0` with FlexiCubes (inference form) from a sparse grid.
 
@@ -234,6 +238,7 @@ def flexicubes_extract(
     none), edges in key order, quads whose first endpoint is outside first; a quad splits
     along the diagonal whose two gammas have the larger product. Vertices that are not given
     read `fill_sdf`, the grid position `origin + v / R` and `fill_attrs` (module docstring).
+    `deviation` adds FlexiCubes's L_dev terms (`ExtractedMesh.deviation`), a training regulariser.
     """
     dev = positions.device
     t = case_tables(dev)
@@ -328,6 +333,12 @@ def flexicubes_extract(
     beta_sum = torch.zeros(n_vd, 1, device=dev).index_add_(0, vd_of, bw)
     ue = (pos_s[a] * wb[:, None] - pos_s[b] * wa[:, None]) / den
     vertices = torch.zeros(n_vd, 3, device=dev).index_add_(0, vd_of, ue * bw) / beta_sum
+    dev_terms = None
+    if deviation:  # spread of each dual vertex's distances to its crossings
+        dist = (ue - vertices[vd_of]).norm(dim=1)
+        per_vd = torch.bincount(vd_of, minlength=n_vd).clamp_(min=1).to(dist.dtype)
+        mean_dist = torch.zeros(n_vd, device=dev).index_add_(0, vd_of, dist) / per_vd
+        dev_terms = (dist - mean_dist[vd_of]).abs()
     out_attrs = None
     if attrs_s is not None:
         uc = (attrs_s[a] * wb[:, None] - attrs_s[b] * wa[:, None]) / den
@@ -347,7 +358,7 @@ def flexicubes_extract(
         quad[:, [0, 1, 2, 0, 2, 3]],
         quad[:, [0, 1, 3, 3, 1, 2]],
     ).reshape(-1, 3)
-    return ExtractedMesh(vertices, faces, out_attrs, resolution, margin)
+    return ExtractedMesh(vertices, faces, out_attrs, resolution, margin, dev_terms)
 
 
 def _vd_cube(start: Tensor, num_vd: Tensor) -> Tensor:  # [n_vd] the cube of each dual vertex
