@@ -29,6 +29,7 @@ from torch import nn
 from voxforge.config.core import from_dict, load_yaml
 from voxforge.errors import UserError
 from voxforge.models.conditioning import ImageConditionedFlow, frozen_image_encoder
+from voxforge.models.get3d import Get3DConfig, Get3DGAN, Get3DGenerator
 from voxforge.models.image import (
     ImageFlowConfig,
     LoRAConfig,
@@ -61,6 +62,7 @@ __all__ = [
     "STRUCTURE_INFO",
     "VIDEO_AE_EXPORT",
     "Run",
+    "load_get3d",
     "load_image_flow",
     "load_image_models",
     "load_image_transformer",
@@ -189,6 +191,19 @@ def load_slat_vae(
     vae = SLatVAE(cfg, in_channels)
     ckpt = run.load_weights(vae, ema=ema)
     return vae.to(device).eval(), ckpt
+
+
+def load_get3d(
+    run: str | Path | Run, device: torch.device | str = "cpu", *, ema: bool = True
+) -> Get3DGenerator:
+    """The generator of a get3d run with its newest weights, eval mode: G_ema (the average
+    the stage keeps inside the model, `Get3DGAN.g_ema`) or, with `ema=False`, the raw G.
+    Its `generate(z_geo, z_tex)` gives `(vertices, faces, texture)` per code pair."""
+    run = Run.open(run, "get3d", "the GET3D run")
+    gan = Get3DGAN(run.section("model", Get3DConfig))
+    run.load_weights(gan, ema=False)  # G_ema is part of the model's weights, not an engine EMA
+    generator = gan.g_ema if ema else gan.generator
+    return generator.to(device).eval()
 
 
 def load_video_autoencoder(

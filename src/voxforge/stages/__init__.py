@@ -42,6 +42,7 @@ _BUILTIN = {
     "image_flow": "voxforge.stages.image_flow:ImageFlowStage",
     "video_ae": "voxforge.stages.video_ae:VideoAEStage",
     "video_flow": "voxforge.stages.video_flow:VideoFlowStage",
+    "get3d": "voxforge.stages.get3d:Get3DStage",
 }
 _REGISTERED: dict[str, type] = {}
 

@@ -111,6 +111,23 @@ class Stage(abc.ABC):
             return batch[0].shape[0]
         return 1
 
+    # --- stage-owned training state (every rank) ------------------------------------
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Called on every rank after each applied optimizer step (not after skipped ones),
+        with the unwrapped model and the new step count: for updates that must follow the
+        engine's step, e.g. a GAN's G_ema."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Training state the stage owns besides the model's weights (a GAN's second
+        optimizer and discriminators, an augmentation probability): tensors, numbers and
+        containers of them, saved in every checkpoint's trainer state so resume is exact."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (called on resume, after `build_model`)."""
+        return None
+
     # --- hooks (rank 0 only) ----------------------------------------------------------
     def on_sample(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float] | None:
         """Write periodic samples under `out_dir` (the EMA model when EMA is on); return metrics."""

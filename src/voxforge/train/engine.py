@@ -254,6 +254,7 @@ class Trainer:
             "spikes": self.spikes.state_dict(),
             "data": stream.state_dict(),
             "world_size": self.info.world_size,
+            "stage": self.stage.state_dict(),  # stage-owned state (Stage.state_dict), {} for most
         }
 
     def _resume(self, info: DistInfo) -> ckpt_io.CheckpointInfo | None:
@@ -299,6 +300,7 @@ class Trainer:
             self.scaler.load_state_dict(ts["scaler"])
         self.clipper.load_state_dict(ts["clipper"])
         self.spikes.load_state_dict(ts["spikes"])
+        self.stage.load_state_dict(ts.get("stage") or {})
         self.step, self.skipped = ts["step"], ts["skipped"]
         self.nonfinite_in_row, self.samples_seen = ts["nonfinite_in_row"], ts["samples_seen"]
         self.ema_updates = ts.get("ema_updates", 0)
@@ -566,6 +568,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.nonfinite_in_row = 0
+        self.stage.after_step(self.model, self.step)
         if self.ema is not None:
             self.ema.update(self.model, self.ema_updates if self.cfg.ema_warmup else None)
             self.ema_updates += 1
