@@ -169,3 +169,16 @@ def test_refuses_settings_it_cannot_train(prepared, tmp_path):
     for bad in ("train.grad_accum=2", "train.precision=fp16", "train.parallel=fsdp"):
         with pytest.raises(UserError, match="get3d: train"):
             Get3DStage(_recipe(prepared, bad), tmp_path, torch.device("cpu"))
+
+
+def test_recipes_load_at_their_scales():
+    tiny = load_recipe("get3d_tiny")
+    assert (tiny.model.image_size, tiny.model.grid_resolution, tiny.model.triplane_resolution) == (64, 32, 32)
+    assert 8 <= tiny.model.triplane_channels <= 16 and tiny.model.mapping_layers == 8
+    full = load_recipe("get3d_shapenet_scale")
+    assert full.stage == "get3d" and full.model.image_size in (512, 1024)
+    assert (full.model.grid_resolution, full.model.triplane_resolution, full.model.triplane_channels) == (
+        90,
+        256,
+        32,
+    )
