@@ -1,5 +1,6 @@
 """Fixtures of the app tests: a tiny image → 3D model folder (random weights, < 1 s), a tiny
-diffusers Sana folder, and `voxforge app` serving both from a subprocess on a free port.
+diffusers Sana folder, a tiny video_flow run, and `voxforge app` serving them from a
+subprocess on a free port.
 
 The server fixture is shared by the API tests (`app` marker) and the browser test
 (`browser`), so the app starts once per session. It runs in its own working directory with
@@ -48,6 +49,14 @@ def sana_model(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def video_model(tmp_path_factory) -> Path:
+    """A video_flow run trained 10 steps on tiny clips (tests/stages/video_helpers.py)."""
+    from tests.stages.video_helpers import video_flow_run
+
+    return video_flow_run(tmp_path_factory.mktemp("app_video"))
+
+
 @dataclass
 class Server:
     url: str
@@ -58,7 +67,7 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def app_server(tmp_path_factory, tiny_model, sana_model) -> Server:
+def app_server(tmp_path_factory, tiny_model, sana_model, video_model) -> Server:
     pytest.importorskip("gradio")
     cwd = tmp_path_factory.mktemp("app_cwd")
     out, log = cwd / "out", tmp_path_factory.mktemp("app_log") / "server.log"
@@ -72,22 +81,14 @@ def app_server(tmp_path_factory, tiny_model, sana_model) -> Server:
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": str(REPO / "src"),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "voxforge",
-        "app",
-        "--model",
-        str(tiny_model),
-        "--model",
-        str(sana_model),
-    ]
+    command = [sys.executable, "-m", "voxforge", "app"]
+    command += ["--model", str(tiny_model), "--model", str(sana_model), "--model", str(video_model)]
     command += ["--runs", str(tiny_model / "runs"), "--out", "out", "--port", str(port)]
     command += ["--frames", "4", "--size", "48", "--device", "cpu"]
     with open(log, "w") as handle:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300  # imports of torch, gradio, diffusers on a loaded 2-core machine
     while True:
         if process.poll() is not None:
             pytest.fail(f"voxforge app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
@@ -97,7 +98,7 @@ def app_server(tmp_path_factory, tiny_model, sana_model) -> Server:
         except OSError:
             if time.monotonic() > deadline:
                 process.kill()
-                pytest.fail(f"voxforge app did not answer within 180 s:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"voxforge app did not answer within 300 s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
     yield Server(url, cwd, out, log, started)
     process.terminate()

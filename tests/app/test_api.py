@@ -49,7 +49,9 @@ def _error(client, *args, api_name: str) -> str:
 
 def test_the_api_lists_every_named_endpoint(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert {"/preprocess", "/image_to_3d", "/text_to_image", "/runs", "/run_detail"} <= set(endpoints)
+    assert {"/preprocess", "/image_to_3d", "/text_to_image", "/text_to_video", "/runs", "/run_detail"} <= set(
+        endpoints
+    )
     names = [p["parameter_name"] for p in endpoints["/image_to_3d"]["parameters"]]
     assert names == ["files", "model", "seed", "steps", "cfg", "slat_steps", "slat_cfg", "mode"]
     names = [p["parameter_name"] for p in endpoints["/text_to_image"]["parameters"]]
@@ -147,6 +149,43 @@ def test_text_to_image_returns_a_png_of_the_asked_size(client):
     assert "mystery" in message and "choices" in message  # gradio's own check of a dropdown value
 
 
+def test_text_and_image_to_video_return_the_asked_frames(client, tmp_path):
+    av = pytest.importorskip("av")
+    mp4, gif, downloads, record = client.predict(
+        "a red circle moving left",
+        "",
+        None,
+        16,
+        32,
+        5,
+        2,
+        5.0,
+        0,
+        "euler",
+        "video_flow",
+        api_name="/text_to_video",
+    )
+    with av.open(mp4) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+    assert len(frames) == 5 and frames[0].shape == (32, 16, 3)
+    assert sorted(Path(p).suffix for p in downloads) == [".gif", ".mp4"] and Path(gif).suffix == ".gif"
+    assert record["frames"] == 5 and record["size"] == [16, 32] and record["first_frame"] is None
+    first = _files(object_on_white(tmp_path / "start.png"))[0]
+    *_, record = client.predict(
+        "a red circle", "", first, 16, 16, 5, 2, 5.0, 0, "euler", "video_flow", api_name="/text_to_video"
+    )
+    assert record["first_frame"] == "start.png"
+    message = _error(
+        client, "x", "", None, 16, 16, 8, 2, 5.0, 0, "euler", "video_flow", api_name="/text_to_video"
+    )
+    assert "frames 8: the ltx autoencoder takes 1 + k*2 frames" in message
+    fake = _files(text_named_png(tmp_path / "fake.png"))[0]
+    message = _error(
+        client, "x", "", fake, 16, 16, 5, 2, 5.0, 0, "euler", "video_flow", api_name="/text_to_video"
+    )
+    assert "fake.png: not an image" in message
+
+
 def test_runs_lists_the_runs_and_plots_their_curves(client):
     rows, records, _ = client.predict(_runs_folder(client), None, api_name="/runs")
     names = [row[0] for row in rows["data"]]
@@ -172,7 +211,13 @@ def _runs_folder(client) -> str:
 def test_nothing_is_written_outside_the_output_folder(client, app_server, tiny_model, tmp_path):
     _images_to_3d(client, object_on_white(tmp_path / "again.png"))
     assert sorted(p.name for p in app_server.cwd.iterdir()) == ["out"]  # the server's working directory
-    assert {p.name for p in app_server.out.iterdir()} <= {".gradio", "image_to_3d", "text_to_image", "runs"}
+    assert {p.name for p in app_server.out.iterdir()} <= {
+        ".gradio",
+        "image_to_3d",
+        "text_to_image",
+        "text_to_video",
+        "runs",
+    }
     changed = [p for p in tiny_model.rglob("*") if p.stat().st_mtime > app_server.started]
     assert not changed  # the model folder (and its runs) only read
 
