@@ -38,6 +38,7 @@ _BUILTIN = {
     "ss_flow": "voxforge.stages.ss_flow:SSFlowStage",
     "slat_vae": "voxforge.stages.slat_vae:SLatVAEStage",
     "slat_flow": "voxforge.stages.slat_flow:SLatFlowStage",
+    "slat_mesh": "voxforge.stages.slat_mesh:SLatMeshStage",
     "image_ae": "voxforge.stages.image_ae:ImageAEStage",
     "image_flow": "voxforge.stages.image_flow:ImageFlowStage",
     "video_ae": "voxforge.stages.video_ae:VideoAEStage",
