@@ -5,6 +5,7 @@ embedding table), so what is cached can be checked exactly against what they com
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,8 @@ def test_cache_holds_what_the_encoders_compute(prepared, tmp_path):
     assert sum(r.get("mask", False) for r in data.records) == 3
     batch = collate_images([cached[i] for i in range(len(cached)) if cached.buckets()[i] == (32, 32)][:4])
     assert batch["latent"].shape == (4, 6, 8, 8) and batch["text_embeds"].shape == (4, LENGTH, WIDTH)
+    worker = pickle.loads(pickle.dumps(cached))  # a DataLoader worker opens its own shards
+    assert torch.equal(worker[3]["latent"], cached[3]["latent"])
 
 
 def test_flips_follow_the_image_path_draw_for_draw(prepared, tmp_path):
