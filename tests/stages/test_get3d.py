@@ -182,3 +182,25 @@ def test_recipes_load_at_their_scales():
         256,
         32,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_process_gloo_ddp_trains(prepared, tmp_path):
+    """G through DDP, the stage's discriminators with their gradients all-reduced by the stage:
+    two steps on two processes finish and checkpoint both ranks' RNG and the D state."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    args = [f"data.path={prepared}", *TINY, "train.max_steps=2", "train.checkpoint_every=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "voxforge", "train", "get3d_tiny", "--out", str(run), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = latest_checkpoint(run)
+    assert ckpt.step == 2 and {"rng_rank0.pt", "rng_rank1.pt"} <= {p.name for p in ckpt.path.iterdir()}
+    state = torch.load(ckpt.path / "trainer_state.pt", weights_only=True)
+    assert state["world_size"] == 2 and state["stage"]["d_steps"] == 2
