@@ -1,5 +1,6 @@
 """Fixtures of the app tests: a tiny image → 3D model folder (random weights, < 1 s), a tiny
-diffusers Sana folder, a tiny video_flow run, and `voxforge app` serving them from a
+diffusers Sana folder, a tiny video_flow run, a random-weight get3d run, and `voxforge app`
+serving them from a
 subprocess on a free port.
 
 The server fixture is shared by the API tests (`app` marker) and the browser test
@@ -57,6 +58,13 @@ def video_model(tmp_path_factory) -> Path:
     return video_flow_run(tmp_path_factory.mktemp("app_video"))
 
 
+@pytest.fixture(scope="session")
+def get3d_model(tmp_path_factory) -> Path:
+    from tests.app.tiny_model import write_tiny_get3d
+
+    return write_tiny_get3d(tmp_path_factory.mktemp("app_get3d") / "get3d")
+
+
 @dataclass
 class Server:
     url: str
@@ -67,7 +75,7 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def app_server(tmp_path_factory, tiny_model, sana_model, video_model) -> Server:
+def app_server(tmp_path_factory, tiny_model, sana_model, video_model, get3d_model) -> Server:
     pytest.importorskip("gradio")
     cwd = tmp_path_factory.mktemp("app_cwd")
     out, log = cwd / "out", tmp_path_factory.mktemp("app_log") / "server.log"
@@ -83,6 +91,7 @@ def app_server(tmp_path_factory, tiny_model, sana_model, video_model) -> Server:
     }
     command = [sys.executable, "-m", "voxforge", "app"]
     command += ["--model", str(tiny_model), "--model", str(sana_model), "--model", str(video_model)]
+    command += ["--model", str(get3d_model)]
     command += ["--runs", str(tiny_model / "runs"), "--out", "out", "--port", str(port)]
     command += ["--frames", "4", "--size", "48", "--device", "cpu"]
     with open(log, "w") as handle:

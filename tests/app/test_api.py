@@ -49,9 +49,8 @@ def _error(client, *args, api_name: str) -> str:
 
 def test_the_api_lists_every_named_endpoint(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert {"/preprocess", "/image_to_3d", "/text_to_image", "/text_to_video", "/runs", "/run_detail"} <= set(
-        endpoints
-    )
+    expected = {"/preprocess", "/image_to_3d", "/text_to_image", "/text_to_video", "/mesh_gan"}
+    assert expected | {"/runs", "/run_detail"} <= set(endpoints)
     names = [p["parameter_name"] for p in endpoints["/image_to_3d"]["parameters"]]
     assert names == ["files", "model", "seed", "steps", "cfg", "slat_steps", "slat_cfg", "mode"]
     names = [p["parameter_name"] for p in endpoints["/text_to_image"]["parameters"]]
@@ -186,6 +185,18 @@ def test_text_and_image_to_video_return_the_asked_frames(client, tmp_path):
     assert "fake.png: not an image" in message
 
 
+def test_mesh_gan_samples_a_coloured_glb_per_seed(client):
+    trimesh = pytest.importorskip("trimesh")
+    glb, download, record = client.predict(3, 0.7, "get3d", api_name="/mesh_gan")
+    mesh = trimesh.load(glb, force="mesh")
+    assert len(mesh.faces) == record["faces"] > 0 and mesh.visual.kind == "vertex"
+    again = client.predict(3, 0.7, "get3d", api_name="/mesh_gan")[2]
+    assert (again["vertices"], again["faces"]) == (record["vertices"], record["faces"])
+    assert "truncation psi must be between 0 and 1, got 1.5" in _error(
+        client, 3, 1.5, "get3d", api_name="/mesh_gan"
+    )
+
+
 def test_runs_lists_the_runs_and_plots_their_curves(client):
     rows, records, _ = client.predict(_runs_folder(client), None, api_name="/runs")
     names = [row[0] for row in rows["data"]]
@@ -216,6 +227,7 @@ def test_nothing_is_written_outside_the_output_folder(client, app_server, tiny_m
         "image_to_3d",
         "text_to_image",
         "text_to_video",
+        "mesh_gan",
         "runs",
     }
     changed = [p for p in tiny_model.rglob("*") if p.stat().st_mtime > app_server.started]

@@ -82,3 +82,24 @@ def write_tiny_model(root: str | Path, seed: int = 0) -> Path:
     )
     (slat_flow / "slat.json").write_text(json.dumps({"vae_run": str(slat_vae), "extractor": "rgb"}))
     return root
+
+
+def write_tiny_get3d(folder: str | Path, seed: int = 0) -> Path:
+    """A get3d run folder with a random-weight generator (12³ FlexiCubes grid: a sphere at init)."""
+    from voxforge.models.get3d import Get3DConfig, Get3DGAN
+
+    torch.manual_seed(seed)
+    cfg = Get3DConfig(
+        z_dim=16,
+        w_dim=16,
+        mapping_layers=2,
+        triplane_resolution=16,
+        triplane_channels=8,
+        channel_max=32,
+        grid_resolution=12,
+        mlp_hidden=16,
+        image_size=32,
+    )
+    cfg.discriminator.channel_max = 32
+    cfg.discriminator.cmap_dim = 16
+    return _write_run(Path(folder), "get3d", {"model": cfg}, Get3DGAN(cfg))

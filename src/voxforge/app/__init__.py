@@ -2,9 +2,9 @@
 tab, and every action a named HTTP endpoint.
 
 - `registry`: families → tab builders (`Family`, `register_family`); built-in: image → 3D
-  (`image_to_3d`), text → image (`text_to_image`), text / image → video (`text_to_video`).
-  A family whose inference API lands (the mesh GAN) adds a module with a `FAMILY` and a line
-  in `registry._BUILTIN`.
+  (`image_to_3d`), text → image (`text_to_image`), text / image → video (`text_to_video`),
+  mesh GAN (`mesh_gan`). A new family adds a module with a `FAMILY` and a line in
+  `registry._BUILTIN`.
 - `requests`: what every request is checked against (parameter ranges, uploaded images by
   content and declared size) and the job folders results go to. No gradio.
 - `ui`: the endpoint error boundary (`gr.Error`, never a traceback), sliders, the theme.

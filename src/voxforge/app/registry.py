@@ -4,8 +4,8 @@ A family tab is a `Family`: which model folders it claims (`claims`), which it f
 a runs folder (`discover`), and `build(context, models)`, called inside the tab to add its
 components and named endpoints. The built-in families are import strings (`_BUILTIN`), so
 listing them imports nothing heavy; a family whose inference API is not in the tree has no
-line here. Adding one (the mesh GAN when it lands) is a module with a `FAMILY` and a line in
-`_BUILTIN`; plugins and tests call `register_family`.
+line here. Adding one is a module with a `FAMILY` and a line in `_BUILTIN`; plugins and tests
+call `register_family`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ _BUILTIN = {
     "image_to_3d": "voxforge.app.image_to_3d:FAMILY",
     "text_to_image": "voxforge.app.text_to_image:FAMILY",
     "text_to_video": "voxforge.app.text_to_video:FAMILY",
+    "mesh_gan": "voxforge.app.mesh_gan:FAMILY",
 }
 _REGISTERED: dict[str, Family] = {}
 
