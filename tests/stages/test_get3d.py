@@ -166,7 +166,7 @@ def test_augment_is_identity_at_zero_and_keeps_black_background():
 
 
 def test_refuses_settings_it_cannot_train(prepared, tmp_path):
-    for bad in ("train.grad_accum=2", "train.precision=fp16", "train.parallel=fsdp"):
+    for bad in ("train.grad_accum=2", "train.precision=fp16", "train.parallel=fsdp", "train.ema_rates=[0.9]"):
         with pytest.raises(UserError, match="get3d: train"):
             Get3DStage(_recipe(prepared, bad), tmp_path, torch.device("cpu"))
 

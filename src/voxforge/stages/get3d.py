@@ -41,7 +41,10 @@ decides the R1 steps) and the augmentation state (p and its running statistic). 
 interrupted run resumes to the same weights as an uninterrupted one.
 
 Limits, checked at start: `train.grad_accum: 1` (one D update per G update), precision
-fp32 or bf16 (the stage's D update has no GradScaler), no FSDP.
+fp32 or bf16 (the stage's D update has no GradScaler), no FSDP, no engine EMA
+(`train.ema_rates`; G_ema is the stage's). A step whose G loss is non-finite is skipped by the
+engine as usual; its D update has already happened (a non-finite D update is skipped by the
+stage instead).
 """
 
 from __future__ import annotations
@@ -150,6 +153,10 @@ class Get3DStage(Stage):
             )
         if train.parallel == "fsdp":
             raise UserError("get3d: train.parallel fsdp is not supported; use ddp or none")
+        if train.ema_rates:
+            raise UserError(
+                "get3d: train.ema_rates must be empty; the stage keeps G_ema itself (gan.ema_half_life)"
+            )
         self.d_rgb: Discriminator | None = None
         self.d_mask: Discriminator | None = None
         self.d_optimizer: torch.optim.Optimizer | None = None
