@@ -15,7 +15,8 @@ checked and a misfit is refused naming the bucket and the nearest counts that fi
 fits, the same for every clip of a bucket).
 
 Loss (fp32, autocast off): `l1`·L1 + `l2`·L2 on pixels in [-1, 1] between the clip and the
-decoding of a posterior sample, + `lpips_weight`·LPIPS per frame (`voxforge.eval.lpips`, local
+decoding of a posterior sample (of the posterior mean with `sample_posterior: false`, which
+the CPU recipes use: a few hundred steps fit it much faster), + `lpips_weight`·LPIPS per frame (`voxforge.eval.lpips`, local
 VGG-LPIPS weights in `lpips_path`; off by default) + `kl`·KL(posterior ‖ N(0, I)) averaged over
 latent elements. The KL weight is small (Open-Sora's and HunyuanVideo's VAEs train at 1e-6
 against per-pixel reconstruction losses): it keeps the posterior a distribution and the latent
@@ -94,6 +95,9 @@ class VideoAELossConfig:
     lpips_weight: float = option(0.0, ge=0.0, help="weight of per-frame LPIPS (needs lpips_path)")
     lpips_path: str = option("", help="local VGG-LPIPS weights (voxforge.eval.lpips.load_lpips)")
     kl: float = option(1.0e-6, ge=0.0, help="weight of KL(posterior || N(0, I)), mean over latent elements")
+    sample_posterior: bool = option(
+        True, help="decode a posterior sample (a VAE); false: decode the mean (faster to fit, tiny recipes)"
+    )
 
 
 def fitting_frames(frames: int, temporal_compression: int) -> int:
@@ -241,8 +245,8 @@ class VideoAEStage(Stage):
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         video = self.clip(batch["video"])
-        recon, mean, logvar = model(video)
         cfg = self.loss_cfg
+        recon, mean, logvar = model(video, sample=cfg.sample_posterior)
         with torch.autocast(video.device.type, enabled=False):
             diff = recon.float() - video.float()
             l1, l2 = diff.abs().mean(), diff.pow(2).mean()
