@@ -40,9 +40,7 @@ MICRO = [
             "precision": "fp32",
         }.items()
     ),
-    "evaluate.checks.prompt_gain=-1",
-    "evaluate.checks.lora_colour_gain=-1",
-    "evaluate.checks.judge_colour=0",
+    "evaluate.checks={prompt_gain: -1, lora_colour_gain: -1, judge_colour: 0}",  # untrained: any value
 ]
 
 
