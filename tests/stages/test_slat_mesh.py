@@ -19,6 +19,10 @@ from voxforge.stages.slat_mesh import EVAL_FILE, MeshLossConfig, geometry_losses
 from voxforge.train.checkpoint import latest_checkpoint
 from voxforge.train.engine import train
 
+#: held on all three seeds of the tiny recipe (docs/benchmarks.md, "SLat mesh decoder")
+CHAMFER_MARGIN = 0.0
+VOXEL_IOU_GAIN = 0.0
+
 TINY = [
     "model.resolution=8",
     "model.width=32",
@@ -109,8 +113,9 @@ def test_recipe_checks_the_group_count():
         load_recipe("slat_mesh_tiny", ["model.width=32", "model.num_groups=8"])
 
 
-def test_short_run_records_the_untrained_start_and_resumes_exactly(prepared, tmp_path):
-    extra = ["train.max_steps=2", "train.checkpoint_every=1", "train.sample_every=2"]
+def test_interrupted_run_resumes_to_the_same_weights(prepared, tmp_path):
+    # no held-out asset: the evaluations (tested below) stay out of this one's time
+    extra = ["train.max_steps=2", "train.checkpoint_every=1", "data.eval_assets=0", "train.ema_rates=[0.9]"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(_recipe(prepared, *extra), straight)
     first = train(_recipe(prepared, *extra), resumed, stop_after=1)
@@ -118,14 +123,58 @@ def test_short_run_records_the_untrained_start_and_resumes_exactly(prepared, tmp
     train(_recipe(prepared, *extra), resumed)
     a, b = latest_checkpoint(straight), latest_checkpoint(resumed)
     assert a.step == b.step == 2
-    wa, wb = load_file(a.weights["model"]), load_file(b.weights["model"])
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    records = json.loads((straight / EVAL_FILE).read_text())["evaluations"]
-    assert [r["step"] for r in records] == [0, 2]
-    for r in records:
-        assert 0 < r["chamfer"] < 1 and 0 <= r["normal_consistency"] <= 1 and 0 <= r["voxel_iou"] <= 1
-        assert len(r["assets"]) == 1
-    final = json.loads((straight / "final_metrics.json").read_text())
-    assert final["eval_chamfer_untrained"] == records[0]["chamfer"]
+    for kind in ("model", "ema_0.9"):
+        wa, wb = load_file(a.weights[kind]), load_file(b.weights[kind])
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    start = load_file(a.weights["model"])
+    assert any(k.startswith("decoder.") for k in start)
     assert list((straight / "gt_cache").glob("*.npz"))  # ground-truth renders cached per asset
-    assert list((straight / "samples").glob("step_00000002/meshes/*.ply"))
+
+
+def test_the_untrained_start_is_recorded_and_evaluations_score_held_out_meshes(prepared, tmp_path):
+    from voxforge.stages.slat_mesh import SLatMeshStage
+
+    stage = SLatMeshStage(_recipe(prepared), tmp_path, torch.device("cpu"))
+    model = stage.build_model()  # scores the untrained model at step 0
+    records = json.loads((tmp_path / EVAL_FILE).read_text())["evaluations"]
+    assert [r["step"] for r in records] == [0] and len(records[0]["assets"]) == 1
+    r = records[0]
+    assert 0 < r["chamfer"] < 1 and 0 < r["normal_consistency"] <= 1 and 0 <= r["voxel_iou"] <= 1
+    assert r["faces"] > 0  # the untrained decoder extracts the structure's shell
+    stage.build_model()  # a resumed run does not score step 0 again
+    assert len(json.loads((tmp_path / EVAL_FILE).read_text())["evaluations"]) == 1
+    final = stage.on_train_end(model.eval(), 5)
+    assert final["eval_chamfer_untrained"] == r["chamfer"] and final["eval_chamfer"] == pytest.approx(
+        r["chamfer"]
+    )
+    steps = [e["step"] for e in json.loads((tmp_path / EVAL_FILE).read_text())["evaluations"]]
+    assert steps == [0, 5] and list((tmp_path / "samples").glob("step_00000005/meshes/*.ply"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tiny_recipe_lowers_held_out_chamfer_against_its_untrained_start(tmp_path_factory, seed):
+    """`voxforge train slat_mesh_tiny` on the data its header prepares (docs/benchmarks.md,
+    "SLat mesh decoder": the numbers of these three seeds)."""
+    from voxforge.data.prepare import PrepareConfig, prepare
+    from voxforge.data.synth import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp(f"slat_mesh_tiny_{seed}")
+    write_dataset(root / "synth", SynthConfig(num=24, seed=0))
+    config = PrepareConfig(resolution=16, views=12, image_size=64, cond_views=1, workers=0, progress=False)
+    prepare(root / "synth", root / "prepared", config)
+    recipe = load_recipe(
+        "slat_mesh_tiny",
+        [
+            f"data.path={root / 'prepared'}",
+            f"train.seed={seed}",
+            "train.progress=false",
+            "train.tensorboard=false",
+        ],
+    )
+    train(recipe, root / "run")
+    records = json.loads((root / "run" / EVAL_FILE).read_text())["evaluations"]
+    start, end = records[0], records[-1]
+    assert start["step"] == 0 and end["step"] == recipe.train.max_steps
+    assert end["chamfer"] < (1 - CHAMFER_MARGIN) * start["chamfer"]
+    assert end["voxel_iou"] > start["voxel_iou"] + VOXEL_IOU_GAIN
