@@ -12,9 +12,14 @@ step, and exports through `voxforge.export.export_asset` — the same writer as
 - `/image_to_3d` (uploads, model, seed, steps and guidance of both stages, multi-image
   mode → processed images, turntable .mp4, .glb, [.glb, .ply, .mp4], the record).
 
-Models are the folders `voxforge generate --model` takes (the output of `voxforge pipeline
-run` or `voxforge demo`, or any folder with `ss_flow/` and `slat_flow/` runs); each loads
-once, on first use, and stays loaded.
+Models are the folders `voxforge generate --model` takes: the output of `voxforge pipeline
+run` or `voxforge demo`, any folder with `ss_flow/` and `slat_flow/` runs, or TRELLIS's
+released models (a TRELLIS-image-large download or its `voxforge import trellis` folder),
+which `image_to_3d_trellis.TrellisModel` runs as `voxforge generate` does — one image per
+request, the folder's sampler settings as the fields' defaults, a textured FlexiCubes `.glb`.
+Each model loads once, on first use, and stays loaded; choosing a model in the page sets
+the step and guidance fields to its defaults. gradio is imported by `build`, so the folder
+checks (`is_model_folder`, `discover`) run without it.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
 import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from voxforge.app.image_to_3d_trellis import TrellisModel, check_trellis_guidance, is_trellis_model
 from voxforge.app.registry import AppContext, Family, model_labels
 from voxforge.app.requests import (
     RequestError,
@@ -41,7 +46,6 @@ from voxforge.app.requests import (
     check_int,
     user_message,
 )
-from voxforge.app.ui import endpoint, slider
 from voxforge.errors import UserError
 from voxforge.export import ExportConfig, export_asset
 from voxforge.models.conditioning import default_slat_sampler, default_structure_sampler
@@ -53,10 +57,24 @@ __all__ = ["FAMILY", "Asset", "ImageTo3DService", "discover", "is_model_folder"]
 MODES = ("stochastic", "multidiffusion")
 FORMATS = ["glb", "ply", "mp4", "png"]
 #: (stage key of the pipeline's progress callback) -> what the progress bar says
-STAGE_NAMES = {"structure": "stage 1/2: structure flow", "latents": "stage 2/2: SLat flow"}
+STAGE_NAMES = {
+    "structure": "stage 1/2: structure flow",
+    "latents": "stage 2/2: SLat flow",
+    "decode": "decoding Gaussians and mesh",
+    "export": "export: turntable, .ply, .glb",
+}
+VOXFORGE_DEFAULTS = {
+    "steps": STRUCTURE_SAMPLER["steps"],
+    "cfg": STRUCTURE_SAMPLER["cfg_scale"],
+    "slat_steps": SLAT_SAMPLER["steps"],
+    "slat_cfg": SLAT_SAMPLER["cfg_scale"],
+}
 
 
 def is_model_folder(path: Path) -> bool:
+    """A voxforge model folder (ss_flow + slat_flow runs) or a TRELLIS one."""
+    if is_trellis_model(path):
+        return True
     try:
         resolve_model_dir(path)
     except UserError:
@@ -92,39 +110,64 @@ class ImageTo3DService:
     def __init__(self, models: list[Path], context: AppContext):
         if not models:
             raise UserError("the image → 3D tab needs at least one model folder")
-        unique: dict[tuple[Path, Path], Path] = {}
+        unique: dict[tuple[Path, ...], Path] = {}
         for path in models:  # a model folder and its runs/ name the same two runs: keep the first
+            if is_trellis_model(path):
+                unique.setdefault((path.resolve(),), path)
+                continue
             ss, slat = resolve_model_dir(path)
             unique.setdefault((ss.resolve(), slat.resolve()), path)
         self.models = model_labels(list(unique.values()))
         self.context = context
-        self._pipelines: dict[str, ImageTo3DPipeline] = {}
+        self._pipelines: dict[str, ImageTo3DPipeline | TrellisModel] = {}
         self._lock = threading.Lock()
 
     @property
     def labels(self) -> list[str]:
         return list(self.models)
 
-    def pipeline(self, label: str | None = None) -> ImageTo3DPipeline:
-        label = self.labels[0] if label in (None, "") else check_choice("model", label, self.labels)
+    def _label(self, label: str | None) -> str:
+        return self.labels[0] if label in (None, "") else check_choice("model", label, self.labels)
+
+    def is_trellis(self, label: str | None = None) -> bool:
+        return is_trellis_model(self.models[self._label(label)])
+
+    def pipeline(self, label: str | None = None) -> ImageTo3DPipeline | TrellisModel:
+        label = self._label(label)
         with self._lock:
             if label not in self._pipelines:
-                self._pipelines[label] = ImageTo3DPipeline.from_model_dir(
-                    self.models[label], device=self.context.device
+                path = self.models[label]
+                self._pipelines[label] = (
+                    TrellisModel(path, self.context)
+                    if is_trellis_model(path)
+                    else ImageTo3DPipeline.from_model_dir(path, device=self.context.device)
                 )
             return self._pipelines[label]
 
-    def _load(self, uploads: Any, model: str | None) -> tuple[list[Path], Tensor]:
-        """(checked upload paths, condition images [K, 3, S, S] in [0, 1]), as `voxforge generate`."""
+    def defaults(self, label: str | None = None) -> dict[str, float]:
+        """The step and guidance fields' values for a model: TRELLIS's from its folder, else the presets."""
+        pipeline = self.pipeline(label)
+        return pipeline.defaults() if isinstance(pipeline, TrellisModel) else dict(VOXFORGE_DEFAULTS)
+
+    def _load(self, uploads: Any, model: str | None) -> tuple[list[Path], Tensor, list[str]]:
+        """(checked upload paths, condition images [K, 3, S, S] in [0, 1], notes), as `voxforge generate`."""
         paths = check_image_uploads(uploads, self.context.limits)
+        pipeline = self.pipeline(model)
         try:
-            return paths, self.pipeline(model).load_images(paths)
+            if isinstance(pipeline, TrellisModel):
+                return paths, *pipeline.load_images(paths)
+            return paths, pipeline.load_images(paths), []
+        except RequestError:
+            raise
         except UserError as err:
             raise RequestError(user_message(err, paths)) from None
 
     def prepare(self, uploads: Any, model: str | None = None) -> np.ndarray:
         """The condition images [K, S, S, 3] uint8 as the model will see them."""
         return _pixels(self._load(uploads, model)[1])
+
+    def _check_guidance(self, model: str | None, name: str, value: float) -> float:
+        return check_trellis_guidance(name, value) if self.is_trellis(model) else value
 
     def generate(
         self,
@@ -146,8 +189,10 @@ class ImageTo3DService:
         slat_steps = check_int("SLat steps", slat_steps, 1, limits.max_steps)
         slat_cfg = check_float("SLat guidance", slat_cfg, 0.0, limits.max_cfg)
         mode = check_choice("multi-image mode", mode, MODES)
+        cfg = self._check_guidance(model, "structure guidance", cfg)
+        slat_cfg = self._check_guidance(model, "SLat guidance", slat_cfg)
         start = time.perf_counter()
-        paths, images = self._load(uploads, model)
+        paths, images, notes = self._load(uploads, model)
         pipeline = self.pipeline(model)
         folder = self.context.jobs.new("image_to_3d")
         processed = []
@@ -159,6 +204,29 @@ class ImageTo3DService:
             if progress is not None:
                 progress(STAGE_NAMES.get(stage, stage), step, total)
 
+        if isinstance(pipeline, TrellisModel):
+            files, fields = pipeline.generate(
+                images,
+                folder,
+                seed=seed,
+                steps=steps,
+                cfg=cfg,
+                slat_steps=slat_steps,
+                slat_cfg=slat_cfg,
+                progress=report,
+            )
+            fields["seconds"]["total"] = round(time.perf_counter() - start, 3)
+            record = {
+                "model": str(self.models[self._label(model)].resolve()),
+                "kind": "trellis",
+                "images": [p.name for p in paths],
+                "seed": seed,
+                **fields,
+                "notes": notes + fields["notes"],
+                "files": sorted(p.name for p in files.values()),
+            }
+            (folder / "generation.json").write_text(json.dumps(record, indent=1))
+            return Asset(folder, processed, files["glb"], files["ply"], files["mp4"], record)
         result = pipeline.generate(
             images,
             seed=seed,
@@ -167,13 +235,13 @@ class ImageTo3DService:
             mode=mode,
             progress=report,
         )
-        report("export: turntable, .ply, .glb", 0, 1)
+        report("export", 0, 1)
         export_start = time.perf_counter()
         config = ExportConfig(formats=FORMATS, frames=self.context.frames, size=self.context.size)
         files = export_asset(
             result.gaussians, folder, coords=result.coords, resolution=result.resolution, config=config
         )
-        report("export: turntable, .ply, .glb", 1, 1)
+        report("export", 1, 1)
         record = {
             "model": str(self.models[model or self.labels[0]].resolve()),
             "images": [p.name for p in paths],
@@ -211,8 +279,13 @@ def _display(pixels: np.ndarray, side: int = 256) -> list[np.ndarray]:
 
 def build(context: AppContext, models: list[Path]) -> None:
     """The tab's components and its endpoints `/preprocess` and `/image_to_3d`."""
+    import gradio as gr
+
+    from voxforge.app.ui import endpoint, slider
+
     service = ImageTo3DService(models, context)
     service.pipeline()  # load the first model now: a broken folder fails at start, not at first request
+    defaults = service.defaults()
     limits = context.limits
     with gr.Row():
         with gr.Column():
@@ -236,18 +309,14 @@ def build(context: AppContext, models: list[Path]) -> None:
                 seed_box = gr.Number(0, label="Seed", precision=0)
                 mode_box = gr.Radio(list(MODES), value="stochastic", label="Multi-image mode")
             with gr.Accordion("Stage 1: structure", open=False):
-                steps_box = slider(
-                    1, limits.max_steps, STRUCTURE_SAMPLER["steps"], step=1, label="structure steps"
-                )
-                cfg_box = slider(
-                    0, limits.max_cfg, STRUCTURE_SAMPLER["cfg_scale"], step=0.1, label="structure guidance"
-                )
+                steps_box = slider(1, limits.max_steps, defaults["steps"], step=1, label="structure steps")
+                cfg_box = slider(0, limits.max_cfg, defaults["cfg"], step=0.1, label="structure guidance")
             with gr.Accordion("Stage 2: structured latents", open=False):
                 slat_steps_box = slider(
-                    1, limits.max_steps, SLAT_SAMPLER["steps"], step=1, label="SLat steps"
+                    1, limits.max_steps, defaults["slat_steps"], step=1, label="SLat steps"
                 )
                 slat_cfg_box = slider(
-                    0, limits.max_cfg, SLAT_SAMPLER["cfg_scale"], step=0.1, label="SLat guidance"
+                    0, limits.max_cfg, defaults["slat_cfg"], step=0.1, label="SLat guidance"
                 )
             run_box = gr.Button("Generate", variant="primary", elem_id="generate")
         with gr.Column():
@@ -292,6 +361,18 @@ def build(context: AppContext, models: list[Path]) -> None:
         files_out = [str(asset.glb), str(asset.ply), str(asset.mp4)]
         return shown, str(asset.mp4), str(asset.glb), files_out, asset.record
 
+    @endpoint
+    def model_defaults(model: str | None) -> tuple[Any, ...]:
+        values = service.defaults(model)
+        return values["steps"], values["cfg"], values["slat_steps"], values["slat_cfg"]
+
+    model_box.change(
+        model_defaults,
+        model_box,
+        [steps_box, cfg_box, slat_steps_box, slat_cfg_box],
+        api_name="model_defaults",
+        concurrency_id="models",
+    )
     uploads_box.upload(
         preprocess, [uploads_box, model_box], processed_box, api_name="preprocess", concurrency_id="models"
     )

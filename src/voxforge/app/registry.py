@@ -31,6 +31,9 @@ class AppContext:
     runs_folders: list[Path] = field(default_factory=list)
     frames: int = 36  # turntable frames of the 3D tab
     size: int = 256  # turntable side in pixels
+    texture_size: int = 1024  # TRELLIS models' .glb: texture side,
+    bake_views: int = 24  # renders the texture is baked from,
+    simplify: float = 0.95  # fraction of faces removed first (pipelines.trellis_export.GlbOptions)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,9 @@ class AppConfig:
     limits: RequestLimits = field(default_factory=RequestLimits)
     frames: int = 36  # turntable frames
     size: int = 256  # turntable side in pixels
+    texture_size: int = 1024  # TRELLIS models' .glb (AppContext)
+    bake_views: int = 24
+    simplify: float = 0.95
 
 
 def assign_models(models: list[Path], runs: list[Path]) -> dict[str, list[Path]]:
@@ -93,6 +96,9 @@ def build_app(config: AppConfig) -> gr.Blocks:
         runs_folders=watched,
         frames=config.frames,
         size=config.size,
+        texture_size=config.texture_size,
+        bake_views=config.bake_views,
+        simplify=config.simplify,
     )
     with gr.Blocks(title="voxforge", analytics_enabled=False) as demo:
         gr.Markdown("# voxforge")

@@ -1,7 +1,8 @@
 """`voxforge app [--model M ...] [--runs FOLDER ...] [--host H] [--port P] [--out DIR]`: the browser app.
 
 A Gradio app (`voxforge.app`, the `app` extra) with a tab per model family that has a
-model — image → 3D for `voxforge generate --model` folders, text → image for image_flow runs
+model — image → 3D for `voxforge generate --model` folders (TRELLIS's released models
+included: a TRELLIS-image-large download or its `voxforge import trellis` folder), text → image for image_flow runs
 and diffusers Sana folders (LoRA runs under `--runs` are its LoRA choice) — and a runs tab
 for the training runs under `--runs`. Every action is a named HTTP endpoint (docs/app.md).
 It listens on 127.0.0.1 unless `--host` says otherwise and writes only into `--out`. Gradio
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="M",
-        help="a model folder (image -> 3D: the --model of `voxforge generate`; text -> image: an image_flow "
+        help="a model folder (image -> 3D: the --model of `voxforge generate`, TRELLIS's included; text -> image: an image_flow "
         "run or a diffusers Sana folder); repeat for more",
     )
     p.add_argument(
@@ -51,6 +52,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--frames", type=int, default=36, help="turntable frames of the 3D tab (default 36)")
     p.add_argument("--size", type=int, default=256, help="turntable side in pixels (default 256)")
+    p.add_argument(
+        "--texture-size",
+        type=int,
+        default=1024,
+        help="TRELLIS models: side of the .glb texture (default 1024)",
+    )
+    p.add_argument(
+        "--bake-views",
+        type=int,
+        default=24,
+        help="TRELLIS models: renders of the Gaussians the texture is baked from (default 24; 6-8 on a small CPU)",
+    )
+    p.add_argument(
+        "--simplify",
+        type=float,
+        default=0.95,
+        help="TRELLIS models: fraction of the mesh's faces removed before texturing (default 0.95, as TRELLIS)",
+    )
     p.set_defaults(func=run)
 
 
@@ -68,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
     if args.frames < 1 or args.size < 8:
         raise UserError("--frames must be >= 1 and --size >= 8")
+    if args.texture_size < 16 or not 0 <= args.simplify < 1 or args.bake_views < 1:
+        raise UserError("--texture-size must be >= 16, --simplify in [0, 1) and --bake-views >= 1")
     config = AppConfig(
         models=[Path(m) for m in args.model],
         runs=[Path(r) for r in args.runs],
@@ -77,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         frames=args.frames,
         size=args.size,
+        texture_size=args.texture_size,
+        bake_views=args.bake_views,
+        simplify=args.simplify,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(

@@ -8,7 +8,8 @@ or a folder written by `voxforge import trellis` (`model.json`). Writes into DIR
 - `asset.glb`: TRELLIS's kind of asset — the FlexiCubes mesh of the mesh decoder, simplified,
   UV-unwrapped and textured with colours baked from the Gaussians
   (`export.textured.textured_glb`); for a folder without a mesh decoder, the voxel mesh
-  coloured from the Gaussians that every voxforge model writes;
+  coloured from the Gaussians that every voxforge model writes
+  (`pipelines.trellis_export`, which the app's image → 3D tab shares);
 - `structure.npz` (the occupied voxels) and `generation.json` (inputs, sampler settings in
   TRELLIS's terms, seconds per stage).
 
@@ -29,59 +30,22 @@ from voxforge.errors import UserError
 
 
 def _overrides(steps: int | None, cfg: float | None) -> dict[str, Any]:
+    from voxforge.pipelines.trellis_export import sampler_overrides
+
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
     if cfg is not None and cfg < 1:
         raise UserError(f"--cfg must be >= 1 for TRELLIS models (w = cfg_strength + 1), got {cfg}")
-    return {"steps": steps, "cfg_strength": None if cfg is None else cfg - 1.0}
-
-
-def _write_glb(result: Any, path: Path, args: argparse.Namespace) -> tuple[str, Path]:
-    """The best `.glb` this model and install can make; returns (kind, path).
-
-    "flexicubes_textured": the mesh decoder's mesh, simplified, unwrapped, texture baked from
-    the Gaussians (needs the `mesh` extra); "flexicubes_vertex_colors": that mesh as it is,
-    coloured per vertex, when xatlas or fast-simplification is missing; "voxel_mesh": a
-    surface-nets mesh of the structure, for folders without a mesh decoder.
-    """
-    from voxforge.errors import MissingDependencyError
-    from voxforge.export.mesh import mesh_from_structure, write_glb
-    from voxforge.export.textured import textured_glb
-    from voxforge.representations.mesh import MeshPart, TexturedMesh
-
-    mesh = result.mesh
-    if mesh is None or not len(mesh.faces):
-        return "voxel_mesh", write_glb(
-            mesh_from_structure(result.coords, result.resolution, result.gaussians), path
-        )
-    try:
-        textured = textured_glb(
-            mesh.vertices,
-            mesh.faces,
-            mesh.colors,
-            up="y",
-            gaussians=result.gaussians,
-            texture_size=args.texture_size,
-            simplify_ratio=args.simplify,
-            views=args.bake_views,
-        )
-        return "flexicubes_textured", write_glb(textured, path)
-    except MissingDependencyError as err:
-        print(
-            f"voxforge generate: note: {err}; writing the mesh with vertex colours instead", file=sys.stderr
-        )
-        part = MeshPart(
-            vertices=mesh.vertices, faces=mesh.faces, vertex_colors=mesh.colors, normals=mesh.normals
-        )
-        return "flexicubes_vertex_colors", write_glb(TexturedMesh(parts=[part]), path)
+    return sampler_overrides(steps, cfg)
 
 
 def run_trellis(args: argparse.Namespace) -> int:
 
     from voxforge.commands.generate_asset import record_asset, record_empty_structure
-    from voxforge.export import ExportConfig, export_asset
+    from voxforge.export import ExportConfig
     from voxforge.pipelines.image_to_3d import EmptyStructureError
     from voxforge.pipelines.trellis import TrellisImageTo3D
+    from voxforge.pipelines.trellis_export import GlbOptions, export_trellis_asset, sampler_record
     from voxforge.train.distributed import resolve_device
     from voxforge.train.precision import DTYPES, resolve_precision
     from voxforge.trellis.dinov2 import load_image
@@ -100,6 +64,7 @@ def run_trellis(args: argparse.Namespace) -> int:
         raise UserError(f"--formats: {err}") from None
     if args.texture_size < 16 or not 0 <= args.simplify < 1 or args.bake_views < 1:
         raise UserError("--texture-size must be >= 16, --simplify in [0, 1) and --bake-views >= 1")
+    glb = GlbOptions(args.texture_size, args.simplify, args.bake_views) if "glb" in formats else None
     structure = _overrides(args.steps, args.cfg)
     slat = _overrides(args.slat_steps, args.slat_cfg)
     start = time.perf_counter()
@@ -119,14 +84,8 @@ def run_trellis(args: argparse.Namespace) -> int:
         "image": str(Path(args.image[0]).resolve()),
         "seed": args.seed,
         "precision": precision.describe().removeprefix("train.precision="),
-        "structure_sampler": {
-            **config.structure_sampler.as_params(),
-            **{k: v for k, v in structure.items() if v is not None},
-        },
-        "slat_sampler": {
-            **config.slat_sampler.as_params(),
-            **{k: v for k, v in slat.items() if v is not None},
-        },
+        "structure_sampler": sampler_record(config.structure_sampler, structure),
+        "slat_sampler": sampler_record(config.slat_sampler, slat),
     }
     try:
         result = pipeline.generate(
@@ -138,16 +97,11 @@ def run_trellis(args: argparse.Namespace) -> int:
         )
     except EmptyStructureError as err:
         return record_empty_structure(out, inputs, pipeline.resolution, args.image[0], err)
-    export_start = time.perf_counter()
-    paths = export_asset(
-        result.gaussians, out, coords=result.coords, resolution=result.resolution, config=export, name="asset"
-    )
-    timings = {"load_models": load_seconds, **result.timings, "export": time.perf_counter() - export_start}
-    glb_kind = None
-    if "glb" in formats:
-        glb_start = time.perf_counter()
-        glb_kind, paths["glb"] = _write_glb(result, out / "asset.glb", args)
-        timings["glb"] = time.perf_counter() - glb_start
+    asset = export_trellis_asset(result, out, export, glb)
+    for note in asset.notes:
+        print(f"voxforge generate: note: {note}", file=sys.stderr)
+    paths, glb_kind = asset.paths, asset.glb_kind
+    timings = {"load_models": load_seconds, **result.timings, **asset.timings}
     mesh = (
         None
         if result.mesh is None

@@ -158,11 +158,19 @@ class TrellisImageTo3D:
         structure_params: Mapping[str, Any] | None = None,
         slat_params: Mapping[str, Any] | None = None,
         formats: tuple[str, ...] = ("gaussian", "mesh"),
+        progress: Callable[[str, int, int], None] | None = None,  # (stage, step done, steps) per step
     ) -> TrellisResult:
+        """`progress` hears "structure" and "latents" after each sampler step, then ("decode", 0, 1)."""
         from voxforge.pipelines.image_to_3d import EmptyStructureError
 
         config, models = self.models.config, self.models
         timings: dict[str, float] = {}
+        structure_params = _params(config.structure_sampler, structure_params)
+        slat_params = _params(config.slat_sampler, slat_params)
+
+        def steps(stage: str, params: Mapping[str, Any]) -> Callable[[int, float, Tensor], None] | None:
+            total = int(params["steps"])
+            return None if progress is None else lambda i, t, x: progress(stage, i + 1, total)
 
         def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
             start = time.perf_counter()
@@ -185,8 +193,9 @@ class TrellisImageTo3D:
                 models.role("sparse_structure_decoder"),
                 noise.to(self.device),
                 cond,
-                _params(config.structure_sampler, structure_params),
+                structure_params,
                 config.structure_sampler.sigma_min,
+                steps("structure", structure_params),
             )
         grid = self.resolution
         if not len(coords):
@@ -203,12 +212,15 @@ class TrellisImageTo3D:
                 slat_flow,
                 noise_tensor,
                 cond,
-                _params(config.slat_sampler, slat_params),
+                slat_params,
                 config.slat_mean,
                 config.slat_std,
                 config.slat_sampler.sigma_min,
+                steps("latents", slat_params),
             )
         slat = slat.float()
+        if progress is not None:
+            progress("decode", 0, 1)
         gaussians = mesh = None
         if "gaussian" in formats:
             (decoded,) = timed("decode_gaussians", models.role("slat_decoder_gs"), slat)

@@ -19,7 +19,7 @@ voxforge's Y-up frame when it writes assets.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -49,12 +49,18 @@ def structure_coords(decoder: Any, latent: Tensor) -> Tensor:  # [B, C, r, r, r]
 
 
 def sample_structure(
-    flow: Any, decoder: Any, noise: Tensor, cond: Tensor, params: Mapping[str, Any], sigma_min: float = 1e-5
+    flow: Any,
+    decoder: Any,
+    noise: Tensor,
+    cond: Tensor,
+    params: Mapping[str, Any],
+    sigma_min: float = 1e-5,
+    callback: Callable[[int, float, Tensor], None] | None = None,  # after each sampler step
 ) -> tuple[Tensor, Tensor]:
     """noise [B, C, r, r, r] + tokens [B, T, C'] -> (latent [B, C, r, r, r], coords [N, 4])."""
     from voxforge.trellis.flows import sample
 
-    latent = sample(flow, noise, cond, torch.zeros_like(cond), params, sigma_min=sigma_min)
+    latent = sample(flow, noise, cond, torch.zeros_like(cond), params, sigma_min=sigma_min, callback=callback)
     return latent, structure_coords(decoder, latent)
 
 
@@ -72,11 +78,12 @@ def sample_slat(
     mean: Any,
     std: Any,
     sigma_min: float = 1e-5,
+    callback: Callable[[int, float, Tensor], None] | None = None,  # after each sampler step
 ) -> SparseTensor:
     """Noise on the structure's voxels -> the denormalised structured latent (same voxels)."""
     from voxforge.trellis.flows import sample
 
-    out = sample(flow, noise, cond, torch.zeros_like(cond), params, sigma_min=sigma_min)
+    out = sample(flow, noise, cond, torch.zeros_like(cond), params, sigma_min=sigma_min, callback=callback)
     feats = out.feats if isinstance(out, SparseTensor) else out
     return noise.replace(denormalize_slat(feats, mean, std))
 

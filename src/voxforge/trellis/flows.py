@@ -29,7 +29,7 @@ and coarse levels are cached on that duplicate and reused by every step).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -332,6 +332,7 @@ def sample(
     neg_cond: Tensor,  # [B, T, Cc] null condition (TRELLIS: zeros)
     params: Mapping[str, Any],  # pipeline.json's sampler params
     sigma_min: float = 1e-5,
+    callback: Callable[[int, float, Tensor], None] | None = None,  # after each step (i, t, x)
 ) -> Tensor | SparseTensor:  # the sample at t = 0, like noise (fp32)
     """TRELLIS's FlowEulerGuidanceIntervalSampler with a TRELLIS-loaded voxforge flow model.
 
@@ -354,7 +355,14 @@ def sample(
             return model(x, t, context)
 
         return sample_from_config(
-            dense_fn, noise, cond, neg_cond, config, sigma_min=sigma_min, batch_guidance=True
+            dense_fn,
+            noise,
+            cond,
+            neg_cond,
+            config,
+            sigma_min=sigma_min,
+            batch_guidance=True,
+            callback=callback,
         )
 
     single = noise.replace(noise.feats.float())
@@ -366,7 +374,14 @@ def sample(
         return model(template.replace(x), t_batch, context).feats
 
     feats = sample_from_config(
-        sparse_fn, single.feats, cond, neg_cond, config, sigma_min=sigma_min, batch_guidance=True
+        sparse_fn,
+        single.feats,
+        cond,
+        neg_cond,
+        config,
+        sigma_min=sigma_min,
+        batch_guidance=True,
+        callback=callback,
     )
     return noise.replace(feats)
 
