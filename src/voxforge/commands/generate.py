@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from voxforge.commands import generate_asset, generate_image, generate_video
+from voxforge.commands import generate_asset, generate_image, generate_mesh, generate_video
 from voxforge.commands.sampler_options import add_fallback_option, add_steps_and_guidance, fallback_message
 from voxforge.errors import UserError
 from voxforge.models.sampler_presets import STRUCTURE_SAMPLER
@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     generate_asset.register(targets)
     generate_image.register(targets)
     generate_video.register(targets)
+    generate_mesh.register(targets)
     generate_asset.add_default_target(p)  # `generate --model ...` = `generate asset ...`
 
 

@@ -87,6 +87,7 @@ from voxforge.stages import Recipe
 from voxforge.train.checkpoint import latest_checkpoint
 from voxforge.train.distributed import resolve_device
 from voxforge.train.engine import train
+from voxforge.workflows.get3d_pipeline import Get3DPipelineSpec, load_get3d_pipeline, run_get3d_pipeline
 from voxforge.workflows.image_pipeline import ImagePipelineSpec, load_image_pipeline, run_image_pipeline
 from voxforge.workflows.steps import PIPELINE_RECORD, StepRecord, deep_merge, write_pipeline_record
 
@@ -183,8 +184,12 @@ def load_pipeline(
     kind = data.pop("kind", "3d")
     if kind == "image":
         return load_image_pipeline(data, source), source
+    if kind == "get3d":
+        return load_get3d_pipeline(data, source), source
     if kind != "3d":
-        raise ConfigError(f"{source}: key 'kind': unknown pipeline kind {kind!r}; expected 3d or image")
+        raise ConfigError(
+            f"{source}: key 'kind': unknown pipeline kind {kind!r}; expected 3d, image or get3d"
+        )
     spec = from_dict(PipelineSpec, data, source=source)
     if spec.data.source and spec.data.synth is not None:
         raise ConfigError(f"{source}: key 'data': give either 'source' or 'synth', not both")
@@ -522,6 +527,8 @@ def run_pipeline(
     """Run every step not yet complete (module docstring); returns what each step did."""
     if isinstance(spec, ImagePipelineSpec):
         return run_image_pipeline(spec, out, source=source, log=log, progress=progress)
+    if isinstance(spec, Get3DPipelineSpec):
+        return run_get3d_pipeline(spec, out, source=source, log=log, progress=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(spec, out, source, log)
