@@ -1,8 +1,10 @@
 """`voxforge pipeline run` for `kind: image` files and `voxforge demo image` (micro plans here)."""
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from voxforge.cli import main
 from voxforge.commands.demo import families, seed_overrides
@@ -58,19 +60,24 @@ def test_micro_image_pipeline_runs_reports_and_resumes(tmp_path):
     assert spec.kind == "image" and spec.seed == 1 and spec.evaluate.lora == "lora"
     records = run_pipeline(spec, out, source=source, progress=False)
     steps = [r.step for r in records]
-    assert steps[:5] == [
+    assert steps[:6] == [
         "synth images",
         "synth held-back",
         "synth judge images",
         "prepare images",
         "prepare held-back",
+        "prepare all",
     ]
-    assert steps[5:] == ["image_ae", "flow_16", "flow_32", "lora", "evaluate", "report"]
+    assert steps[6:] == ["image_ae", "flow_16", "flow_32", "lora", "evaluate", "report"]
     assert {r.status for r in records} == {"done"}
     # the base data never shows the held-back colour; its own set always does; the judge's has all
     base = [json.loads(x) for x in (out / "synth" / "metadata.jsonl").read_text().splitlines()]
     held = [json.loads(x) for x in (out / "synth_held_back" / "metadata.jsonl").read_text().splitlines()]
     assert "purple" not in {row["colour"] for row in base} and {row["colour"] for row in held} == {"purple"}
+    # the autoencoder is a codec of every colour: it trains on both sets, the flows on the base only
+    ae_data = yaml.safe_load((out / "runs" / "image_ae" / "config.yaml").read_text())["data"]["path"]
+    flow_data = yaml.safe_load((out / "runs" / "flow_16" / "config.yaml").read_text())["data"]["path"]
+    assert Path(ae_data).name == "images_all" and Path(flow_data).name == "images"
     # each flow stage starts from the one it names, at its own resolution
     info = {
         s: json.loads((out / "runs" / s / "image.json").read_text()) for s in ("flow_16", "flow_32", "lora")

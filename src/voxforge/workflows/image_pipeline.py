@@ -11,7 +11,7 @@ data:
   images: {resolution: 64, buckets: square}      # voxforge.data.images.ImagePrepareConfig settings
   held_back: {colour: purple, num: 64}           # optional: the base data never shows this colour
 stages:                                   # trained in this order
-  image_ae: {recipe: image_ae_tiny}
+  image_ae: {recipe: image_ae_tiny, train_on: all}   # the codec sees every colour; the flows do not
   flow_32:  {recipe: image_flow_tiny, data: {resolution: 32}}
   flow_64:  {recipe: image_flow_tiny, init_from: flow_32, data: {resolution: 64}, flow: {time_shift: 2.0}}
   lora:     {recipe: image_lora_tiny, init_from: flow_64, train_on: held_back}
@@ -26,7 +26,9 @@ evaluate:                                 # optional; needs synth_images (the ju
 A stage entry is a recipe (`recipe`, whose `stage` must be `image_ae` or `image_flow`) with
 sections merged over it, plus two keys of the pipeline: `init_from: STAGE` (an earlier flow
 stage whose weights start this one: `model.init_from`, for progressive resolution and LoRA)
-and `train_on: base | held_back` (which prepared folder it trains on). The runner sets
+and `train_on: base | held_back | all` (which prepared folder it trains on: `all` is both, for
+an autoencoder — a general image codec, as Sana's DC-AE is, which must be able to represent the
+held-back colour before a LoRA can teach the flow to draw it). The runner sets
 `data.path`, `data.autoencoder` (the `image_ae` stage's run, for every flow stage),
 `model.init_from` and, with `holdout`, `data.eval_images`; `key=value` overrides reach any
 setting (`stages.flow_64.train.max_steps=50`).
@@ -34,7 +36,7 @@ setting (`stages.flow_64.train.max_steps=50`).
 Steps, in order, each skipped when its output is complete:
 
     synth images → synth held-back → synth judge images → prepare images → prepare held-back
-        → each stage → evaluate → report
+        → prepare all (only for a `train_on: all` stage) → each stage → evaluate → report
 
 - synth: skipped when the folder's `synth.json` records the same settings. The base set
   draws every colour but the held-back one (`exclude_colours`); the held-back set (seed + 1000)
@@ -47,7 +49,7 @@ Steps, in order, each skipped when its output is complete:
 - report: `report.md` + `report.json` rewritten from what the steps recorded.
 
 Layout: `OUT/synth`, `OUT/synth_held_back`, `OUT/synth_judge`, `OUT/images`,
-`OUT/images_held_back`, `OUT/runs/<stage>`, `OUT/eval/`, `OUT/report.{md,json}` and
+`OUT/images_held_back`, `OUT/images_all`, `OUT/runs/<stage>`, `OUT/eval/`, `OUT/report.{md,json}` and
 `OUT/pipeline.json` (each step, its wall and CPU seconds; `workflows.steps`). Each flow run
 is a model folder for `voxforge generate image --model OUT/runs/<stage>`.
 """
@@ -91,7 +93,7 @@ __all__ = [
 HELD_BACK_SEED_OFFSET = 1000
 JUDGE_SEED_OFFSET = 2000
 STAGE_KINDS = ("image_ae", "image_flow")
-TRAIN_ON = ("base", "held_back")
+TRAIN_ON = ("base", "held_back", "all")
 
 
 @dataclass
@@ -169,9 +171,9 @@ def load_image_pipeline(data: dict[str, Any], source: str) -> ImagePipelineSpec:
             raise ConfigError(f"{source}: key 'stages.{name}.init_from': both stages must train image_flow")
         train_on = entry.get("train_on", "base")
         if train_on not in TRAIN_ON:
-            raise ConfigError(f"{source}: key 'stages.{name}.train_on': expected base or held_back")
-        if train_on == "held_back" and spec.data.held_back is None:
-            raise ConfigError(f"{source}: key 'stages.{name}.train_on': held_back needs 'data.held_back'")
+            raise ConfigError(f"{source}: key 'stages.{name}.train_on': expected base, held_back or all")
+        if train_on in ("held_back", "all") and spec.data.held_back is None:
+            raise ConfigError(f"{source}: key 'stages.{name}.train_on': {train_on} needs 'data.held_back'")
     if list(kinds.values()).count("image_ae") > 1:
         raise ConfigError(f"{source}: key 'stages': at most one image_ae stage")
     if spec.evaluate is not None:
@@ -242,12 +244,13 @@ class _ImageRun:
 
         self.timed(step, work)
 
-    def prepare(self, step: str, source: Path, target: Path, progress: bool) -> None:
+    def prepare(self, step: str, sources: list[Path], target: Path, progress: bool) -> None:
         settings = {"progress": progress, **self.spec.data.images}
         config = from_dict(ImagePrepareConfig, settings, source=self.source, prefix="data.images")
+        source = " + ".join(map(str, sources))
 
         def work() -> tuple[str, str, dict[str, Any]]:
-            summary = prepare_images([source], target, config)
+            summary = prepare_images(sources, target, config)
             run = summary.get("this_run", {})
             status = "skipped" if not run.get("processed") else "done"
             detail = (
@@ -290,7 +293,7 @@ class _ImageRun:
 
 def _stage_paths(spec: ImagePipelineSpec, out: Path, name: str, kind: str, ae_stage: str | None) -> dict:
     entry = spec.stages[name]
-    images = out / ("images_held_back" if entry.get("train_on") == "held_back" else "images")
+    images = out / {"held_back": "images_held_back", "all": "images_all"}.get(entry.get("train_on"), "images")
     data: dict[str, Any] = {"path": str(images)}
     if spec.holdout is not None:
         data["eval_images"] = spec.holdout
@@ -346,9 +349,11 @@ def run_image_pipeline(
                     num=spec.evaluate.judge.images, size=synth.size, seed=synth.seed + JUDGE_SEED_OFFSET
                 ),
             )
-    run.prepare("prepare images", base_source, out / "images", progress)
+    run.prepare("prepare images", [base_source], out / "images", progress)
     if held_back is not None:
-        run.prepare("prepare held-back", out / "synth_held_back", out / "images_held_back", progress)
+        run.prepare("prepare held-back", [out / "synth_held_back"], out / "images_held_back", progress)
+    if any(entry.get("train_on") == "all" for entry in spec.stages.values()):
+        run.prepare("prepare all", [base_source, out / "synth_held_back"], out / "images_all", progress)
     kinds = {name: _entry_kind(name, entry, source) for name, entry in spec.stages.items()}
     ae_stage = next((name for name, kind in kinds.items() if kind == "image_ae"), None)
     for name, kind in kinds.items():
