@@ -381,7 +381,8 @@ def evaluate_get3d(
     camera_index = torch.from_numpy(rng.integers(0, len(cam_viewmats), count * per))
 
     results: dict[str, Any] = {}
-    grids: dict[str, np.ndarray] = {"real": real[: evaluation.grid * 2]}
+    spread = np.linspace(0, len(real) - 1, min(len(real), evaluation.grid * 2)).round().astype(int)
+    grids: dict[str, np.ndarray] = {"real": real[spread]}  # views of every held-out asset
     generators = {
         "trained": load_get3d(run_dir, device),
         "untrained": untrained_generator(recipe, device),
