@@ -73,3 +73,12 @@ def test_bad_frames_and_folders_are_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
     with pytest.raises(UserError, match="AutoencoderKL is not one of"):
         load_video_autoencoder(tmp_path)
+
+
+def test_hunyuan_levels_must_reach_the_compression():
+    from voxforge.config.core import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match="4x needs 2 downsampling levels; 2 widths give 1"):
+        VideoAEConfig(kind="hunyuan", block_out_channels=[8, 8], spatial_compression=2)
+    with pytest.raises(ConfigValueError, match="not one of"):
+        VideoAEConfig(kind="hunyuan", temporal_compression=2)

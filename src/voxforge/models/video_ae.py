@@ -73,6 +73,21 @@ class VideoAEConfig:
     def __post_init__(self):
         if len(self.block_out_channels) < 2:
             raise ConfigValueError("block_out_channels", "needs at least two levels")
+        if self.kind == "hunyuan" and not self.pretrained:
+            # HunyuanVideo downsamples in every level but the last, space first, then time
+            levels = len(self.block_out_channels) - 1
+            for key, ratio, allowed in (
+                ("spatial_compression", self.spatial_compression, (1, 2, 4, 8, 16, 32)),
+                ("temporal_compression", self.temporal_compression, (4, 8)),
+            ):
+                if ratio not in allowed:
+                    raise ConfigValueError(key, f"{ratio} is not one of {list(allowed)}")
+                if ratio.bit_length() - 1 > levels:
+                    raise ConfigValueError(
+                        key,
+                        f"{ratio}x needs {ratio.bit_length() - 1} downsampling levels; "
+                        f"{len(self.block_out_channels)} widths give {levels}",
+                    )
         if self.kind == "hunyuan" and any(w % self.norm_num_groups for w in self.block_out_channels):
             raise ConfigValueError(
                 "norm_num_groups",
