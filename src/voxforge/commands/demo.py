@@ -26,6 +26,7 @@ from voxforge.recipe import BUILTIN_RECIPES
 TITLES = {
     "3d": "voxforge demo — image → 3D",
     "image": "voxforge demo — text → image",
+    "video": "voxforge demo — text / image → video",
     "get3d": "voxforge demo — images → textured meshes (GET3D)",
 }
 
@@ -46,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "encode -> SS-flow -> SLat-VAE -> SLat-flow -> held-out evaluation and exports (15-21 minutes on 2 "
         "CPU cores; --quick 2-3). image: captioned shapes -> autoencoder -> flow at two resolutions -> a "
         "LoRA that learns a held-back colour -> prompt accuracy by an offline judge, FID/KID in its "
-        "features. get3d: meshes -> views -> a GET3D-style GAN -> COV / MMD and FID / KID against the untrained "
+        "features. video: captioned clips -> autoencoder A -> text -> video, then image -> video -> "
+        "autoencoder B and the denoiser continued on it (the swap) -> prompt accuracy by an offline clip "
+        "judge. get3d: meshes -> views -> a GET3D-style GAN -> COV / MMD and FID / KID against the untrained "
         "generator and the training set, textured .glb / .obj exports. "
         "Re-run the same command to resume after an interruption. "
         "Exit code 0: every check in the report passed; 1: a check failed; 2: the demo could not run.",
@@ -67,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 SEED_KEYS = {
     "3d": ("seed", "data.synth.seed", "data.prepare.seed", "stages.ss_flow.data.eval_seed"),
     "image": ("seed", "data.synth_images.seed"),
+    "video": ("seed", "data.synth_videos.seed"),
     "get3d": ("seed", "data.synth.seed", "data.prepare.seed"),
 }
 
@@ -88,10 +92,11 @@ def standard_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from voxforge.workflows.get3d_pipeline import write_get3d_report  # torch: lazily
-    from voxforge.workflows.image_report import write_image_report
+    from voxforge.workflows.get3d_pipeline import write_get3d_report
+    from voxforge.workflows.image_report import write_image_report  # torch: lazily
     from voxforge.workflows.pipeline import PIPELINE_RECORD, load_pipeline, run_pipeline
     from voxforge.workflows.report import write_report
+    from voxforge.workflows.video_report import write_video_report
 
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
@@ -113,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     run_pipeline(spec, out, source=source, log=log, progress=False)
     title = TITLES.get(args.family, f"voxforge demo — {args.family}")
-    writers = {"image": write_image_report, "get3d": write_get3d_report}
+    writers = {"image": write_image_report, "video": write_video_report, "get3d": write_get3d_report}
     report = writers.get(getattr(spec, "kind", "3d"), write_report)(out, title)
     for check in report.checks:
         value = "missing" if check.value is None else f"{check.value:.3f}"

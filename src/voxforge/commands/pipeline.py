@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     )
     done = sum(r.status == "done" for r in records)
     skipped = sum(r.status == "skipped" for r in records)
-    if getattr(spec, "kind", "3d") == "image":
+    if getattr(spec, "kind", "3d") in ("image", "video"):
         return _image_summary(spec, out, done, skipped)
     print(
         f"voxforge pipeline: {done} steps run, {skipped} skipped; model folder {out} "
@@ -75,16 +75,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _image_summary(spec, out: str, done: int, skipped: int) -> int:
-    """An image pipeline wrote its report as its last step: say where, and exit by its checks."""
+    """An image or video pipeline wrote its report as its last step: say where, and exit by its checks."""
     from voxforge.workflows.image_report import build_image_report
+    from voxforge.workflows.video_report import build_video_report
 
     last = list(spec.stages)[-1]
     print(
         f"voxforge pipeline: {done} steps run, {skipped} skipped; models in {out}/runs "
-        f"(voxforge generate image --model {out}/runs/{last} --prompt TEXT --out OUT)",
+        f"(voxforge generate {spec.kind} --model {out}/runs/{last} --prompt TEXT --out OUT)",
         file=sys.stderr,
     )
-    report = build_image_report(out)
+    report = build_video_report(out) if spec.kind == "video" else build_image_report(out)
     failed = [c.name for c in report.checks if not c.passed]
     if report.checks:
         print(

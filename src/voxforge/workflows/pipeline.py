@@ -90,6 +90,7 @@ from voxforge.train.engine import train
 from voxforge.workflows.get3d_pipeline import Get3DPipelineSpec, load_get3d_pipeline, run_get3d_pipeline
 from voxforge.workflows.image_pipeline import ImagePipelineSpec, load_image_pipeline, run_image_pipeline
 from voxforge.workflows.steps import PIPELINE_RECORD, StepRecord, deep_merge, write_pipeline_record
+from voxforge.workflows.video_pipeline import VideoPipelineSpec, load_video_pipeline, run_video_pipeline
 
 __all__ = [
     "PIPELINE_RECORD",
@@ -175,20 +176,23 @@ class PipelineSpec:
 
 def load_pipeline(
     path: str | Path, overrides: list[str] | tuple[str, ...] = ()
-) -> tuple[PipelineSpec | ImagePipelineSpec, str]:
+) -> tuple[PipelineSpec | ImagePipelineSpec | VideoPipelineSpec, str]:
     """The typed pipeline file with `overrides` applied; `kind: image` files are the image
-    family's (`workflows.image_pipeline`), any other kind is an error, none is 3D."""
+    family's (`workflows.image_pipeline`), `kind: video` the video family's
+    (`workflows.video_pipeline`), any other kind is an error, none is 3D."""
     resolved = resolve_recipe_path(path)
     data = apply_overrides(load_yaml(resolved), overrides)
     source = str(resolved) + (" (with command-line overrides)" if overrides else "")
     kind = data.pop("kind", "3d")
     if kind == "image":
         return load_image_pipeline(data, source), source
+    if kind == "video":
+        return load_video_pipeline(data, source), source
     if kind == "get3d":
         return load_get3d_pipeline(data, source), source
     if kind != "3d":
         raise ConfigError(
-            f"{source}: key 'kind': unknown pipeline kind {kind!r}; expected 3d, image or get3d"
+            f"{source}: key 'kind': unknown pipeline kind {kind!r}; expected 3d, image, video or get3d"
         )
     spec = from_dict(PipelineSpec, data, source=source)
     if spec.data.source and spec.data.synth is not None:
@@ -517,7 +521,7 @@ class _Run:
 
 
 def run_pipeline(
-    spec: PipelineSpec | ImagePipelineSpec,
+    spec: PipelineSpec | ImagePipelineSpec | VideoPipelineSpec,
     out: str | Path,
     *,
     source: str = "",
@@ -527,6 +531,8 @@ def run_pipeline(
     """Run every step not yet complete (module docstring); returns what each step did."""
     if isinstance(spec, ImagePipelineSpec):
         return run_image_pipeline(spec, out, source=source, log=log, progress=progress)
+    if isinstance(spec, VideoPipelineSpec):
+        return run_video_pipeline(spec, out, source=source, log=log, progress=progress)
     if isinstance(spec, Get3DPipelineSpec):
         return run_get3d_pipeline(spec, out, source=source, log=log, progress=progress)
     out = Path(out)

@@ -1,0 +1,430 @@
+"""`voxforge pipeline run FILE` for `kind: video` files: captioned clips → autoencoder A → flow
+stages (text → video at few frames, then image → video) → autoencoder B → the same denoiser
+continued on B (the autoencoder swap) → evaluation → report (Open-Sora's staged recipe).
+
+```yaml
+kind: video
+out: runs/pipeline_video_tiny
+seed: 0                                   # train.seed of every stage, data and sampling noise
+holdout: 8                                # data.eval_clips of every stage: one held-out set
+data:
+  synth_videos: {num: 256, frames: 9, size: 32, seed: 0}   # the built-in clips ... or:  source: path/to/videos
+  prepare:                                # name -> voxforge data videos settings (one folder each)
+    f5: {buckets: {32px: {5: [1.0, 8]}}}
+    f9: {buckets: {32px: {9: [1.0, 8]}}}
+stages:                                   # trained in this order
+  ae_a:  {recipe: video_ae_tiny, data_from: f9}
+  t2v:   {recipe: video_flow_tiny, data_from: f5, autoencoder: ae_a, flow: {p_image_cond: 0.0}}
+  i2v:   {recipe: video_flow_tiny, data_from: f9, init_from: t2v, flow: {p_image_cond: 0.5}}
+  ae_b:  {recipe: video_ae_dc_tiny, data_from: f9}
+  swap:  {recipe: video_flow_tiny, data_from: f9, init_from: i2v, autoencoder: ae_b, model: {reinit: changed}}
+evaluate:                                 # optional; needs synth_videos (the judge reads its labels)
+  judge: {clips: 192, classifier: {steps: 300}}
+  prompts: {num: 24}
+  sampling: {steps: 12, cfg: 5.0}
+  checks: {prompt_gain: 0.1}              # name -> threshold (workflows.video_report)
+```
+
+A stage entry is a recipe (`recipe`, whose `stage` must be `video_ae` or `video_flow`) with
+sections merged over it, plus keys of the pipeline:
+
+- `data_from: NAME`: the prepared folder it trains on (default: the first of `data.prepare`);
+- `autoencoder: STAGE` (flow stages): the `video_ae` stage whose run encodes its clips
+  (default: the one of `init_from`'s run, else the last `video_ae` stage before it). Naming
+  another autoencoder than the `init_from` stage's is the swap: the flow stage keeps every
+  denoiser tensor whose shape still fits and re-initialises the rest (`model.reinit:
+  changed | all | none`), writing `RUN/transfer.json` and `RUN/transfer.md`;
+- `init_from: STAGE` (flow stages): an earlier flow stage whose EMA weights start this one.
+
+The runner sets `data.path`, `data.autoencoder`, `model.init_from` and, with `holdout`,
+`data.eval_clips`; `key=value` overrides reach any setting (`stages.i2v.train.max_steps=50`).
+Every prepared folder comes from the same source files, so the held-out clips (the first
+sorted ids: a file's id is the hash of its bytes) are the same clips in every stage.
+
+Steps, in order, each skipped when its output is complete:
+
+    synth videos → synth judge clips → prepare <name> ... → prepare judge → each stage
+        → evaluate → report
+
+- synth: skipped when the folder's `labels.json` records the same settings; the judge's real
+  clips (seed + 2000, `evaluate.judge.clips`) never repeat a training clip;
+- prepare: `voxforge.data.videos.prepare_videos` skips clips already stored;
+- stages: the engine resumes from the newest checkpoint; a finished run is `skipped`. A flow
+  stage's record says what it changed against the stage it started from (resolution, frames,
+  autoencoder, conditioning) and, after a swap, how many tensors were kept and re-initialised;
+- evaluate (`workflows.video_report.evaluate_videos`): skipped when `OUT/eval/video_eval.json`
+  names the same checkpoints and settings;
+- report: `report.md` + `report.json` rewritten from what the steps recorded.
+
+Layout: `OUT/synth`, `OUT/synth_judge`, `OUT/videos/<name>`, `OUT/videos_judge`,
+`OUT/runs/<stage>`, `OUT/eval/`, `OUT/report.{md,json}` and `OUT/pipeline.json` (each step,
+its wall and CPU seconds, what it changed; `workflows.steps`). Each flow run is a model folder
+for `voxforge generate video --model OUT/runs/<stage>`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from voxforge.config.core import from_dict, load_yaml, option, to_dict
+from voxforge.data.synth_videos import SynthVideosConfig, write_synth_videos
+from voxforge.data.videos import VideoPrepareConfig, prepare_videos
+from voxforge.errors import ConfigError, UserError
+from voxforge.recipe import recipe_from_data, resolve_recipe_path
+from voxforge.stages import Recipe
+from voxforge.train.checkpoint import latest_checkpoint
+from voxforge.train.distributed import resolve_device
+from voxforge.train.engine import train
+from voxforge.workflows.steps import StepRecord, deep_merge, write_pipeline_record
+from voxforge.workflows.video_report import (
+    EVAL_RECORD,
+    VideoEvaluateSpec,
+    evaluate_videos,
+    stage_changes,
+    write_video_report,
+)
+
+__all__ = [
+    "JUDGE_SEED_OFFSET",
+    "VideoPipelineSpec",
+    "load_video_pipeline",
+    "run_video_pipeline",
+    "video_stage_recipe",
+]
+
+#: the judge's real clips draw from seed + this, so they never repeat a training clip
+JUDGE_SEED_OFFSET = 2000
+STAGE_KINDS = ("video_ae", "video_flow")
+PIPELINE_KEYS = ("recipe", "data_from", "autoencoder", "init_from")
+
+
+@dataclass
+class SynthVideosSpec:
+    num: int = option(256, ge=1, help="clips of the training data")
+    frames: int = option(9, ge=2, help="frames per clip")
+    size: int = option(32, ge=16, le=1024, help="frame side in pixels (even)")
+    fps: int = option(8, ge=1, le=120)
+    seed: int = option(0, ge=0)
+
+
+@dataclass
+class VideoDataSpec:
+    source: str = option("", help="a folder or archive of captioned videos (instead of synth_videos)")
+    synth_videos: SynthVideosSpec | None = option(None, help="the built-in captioned clips")
+    prepare: dict[str, dict[str, Any]] = option(
+        default_factory=dict,
+        help="name -> voxforge.data.videos.VideoPrepareConfig settings: one prepared folder each",
+    )
+
+
+@dataclass
+class VideoPipelineSpec:
+    kind: str = option("video", choices=("video",), help="the pipeline kind")
+    out: str = option("", help="output folder (the --out option overrides it)")
+    data: VideoDataSpec = option(default_factory=VideoDataSpec)
+    stages: dict[str, dict[str, Any]] = option(
+        default_factory=dict,
+        help="stage -> {recipe: NAME, data_from: PREPARED, autoencoder: STAGE, init_from: STAGE, ...}",
+    )
+    device: str = option("auto", help="device of every step (a stage's own train.device wins)")
+    seed: int = option(0, ge=0, help="train.seed of every stage; the sampling noise of the evaluation")
+    holdout: int | None = option(
+        None, ge=0, help="held-out clips of every stage (data.eval_clips); None: each recipe's own"
+    )
+    evaluate: VideoEvaluateSpec | None = option(None, help="judge, prompts, sampling, checks")
+
+
+def _entry_kind(name: str, entry: Any, source: str) -> str:
+    if not isinstance(entry, dict) or not isinstance(entry.get("recipe"), str):
+        raise ConfigError(f"{source}: key 'stages.{name}.recipe': required, the recipe to train")
+    stage = load_yaml(resolve_recipe_path(entry["recipe"])).get("stage")
+    if stage not in STAGE_KINDS:
+        raise ConfigError(
+            f"{source}: key 'stages.{name}.recipe': {entry['recipe']} trains '{stage}'; a video "
+            f"pipeline trains {' or '.join(STAGE_KINDS)}"
+        )
+    return str(stage)
+
+
+def _resolve_autoencoders(spec: VideoPipelineSpec, kinds: dict[str, str], source: str) -> dict[str, str]:
+    """flow stage -> the video_ae stage whose run encodes its clips (module docstring)."""
+    chosen: dict[str, str] = {}
+    before: list[str] = []
+    for name, kind in kinds.items():
+        entry = spec.stages[name]
+        if kind == "video_flow":
+            named = entry.get("autoencoder")
+            if named is not None:
+                if named not in before or kinds[named] != "video_ae":
+                    raise ConfigError(
+                        f"{source}: key 'stages.{name}.autoencoder': '{named}' is not a video_ae stage before "
+                        f"it ({', '.join(s for s in before if kinds[s] == 'video_ae') or 'none'})"
+                    )
+                chosen[name] = named
+            elif entry.get("init_from") in chosen:
+                chosen[name] = chosen[entry["init_from"]]
+            else:
+                ae_stages = [s for s in before if kinds[s] == "video_ae"]
+                if not ae_stages:
+                    raise ConfigError(
+                        f"{source}: key 'stages.{name}.autoencoder': no video_ae stage before it; a video "
+                        "pipeline trains its autoencoder first"
+                    )
+                chosen[name] = ae_stages[-1]
+        elif "autoencoder" in entry or "init_from" in entry:
+            raise ConfigError(f"{source}: key 'stages.{name}': autoencoder and init_from are flow stage keys")
+        before.append(name)
+    return chosen
+
+
+def load_video_pipeline(data: dict[str, Any], source: str) -> VideoPipelineSpec:
+    """The typed `kind: video` pipeline of `data` (the file with its overrides applied)."""
+    spec = from_dict(VideoPipelineSpec, {"kind": "video", **data}, source=source)
+    if bool(spec.data.source) == (spec.data.synth_videos is not None):
+        raise ConfigError(
+            f"{source}: key 'data': give 'synth_videos' (built-in clips) or 'source' (your videos), one of them"
+        )
+    if not spec.data.prepare:
+        raise ConfigError(f"{source}: key 'data.prepare': name at least one prepared folder (name: settings)")
+    for name, settings in spec.data.prepare.items():
+        from_dict(VideoPrepareConfig, dict(settings or {}), source=source, prefix=f"data.prepare.{name}")
+    if not spec.stages:
+        raise ConfigError(f"{source}: key 'stages': name at least one stage")
+    kinds: dict[str, str] = {}
+    for name, entry in spec.stages.items():
+        kinds[name] = _entry_kind(name, entry, source)
+        init_from = entry.get("init_from")
+        if init_from is not None and (init_from not in kinds or init_from == name):
+            raise ConfigError(
+                f"{source}: key 'stages.{name}.init_from': '{init_from}' is not a stage before it "
+                f"({', '.join(list(kinds)[:-1]) or 'none'})"
+            )
+        if init_from is not None and (kinds[name], kinds[init_from]) != ("video_flow", "video_flow"):
+            raise ConfigError(f"{source}: key 'stages.{name}.init_from': both stages must train video_flow")
+        data_from = entry.get("data_from", next(iter(spec.data.prepare)))
+        if data_from not in spec.data.prepare:
+            raise ConfigError(
+                f"{source}: key 'stages.{name}.data_from': '{data_from}' is not a prepared folder of "
+                f"data.prepare ({', '.join(spec.data.prepare)})"
+            )
+    _resolve_autoencoders(spec, kinds, source)
+    if spec.evaluate is not None:
+        if spec.data.synth_videos is None:
+            raise ConfigError(
+                f"{source}: key 'evaluate': the judge learns the attributes of the built-in clips; "
+                "it needs 'data.synth_videos'"
+            )
+        spec.evaluate.resolve_stages(spec.stages, kinds, source)
+    return spec
+
+
+def stage_kinds(spec: VideoPipelineSpec, source: str = "") -> dict[str, str]:
+    return {name: _entry_kind(name, entry, source) for name, entry in spec.stages.items()}
+
+
+def video_stage_recipe(spec: VideoPipelineSpec, name: str, paths: dict[str, Any], source: str = "") -> Recipe:
+    """The typed recipe of stage `name`: its recipe file, the entry's sections, the runner's paths."""
+    entry = {k: v for k, v in spec.stages[name].items() if k not in PIPELINE_KEYS}
+    recipe_path = resolve_recipe_path(spec.stages[name]["recipe"])
+    data = load_yaml(recipe_path)
+    data.setdefault("train", {}).setdefault("seed", spec.seed)
+    data = deep_merge(data, entry)
+    data["train"].setdefault("device", spec.device)
+    return recipe_from_data(
+        deep_merge(data, paths), source=f"{recipe_path} (stage {name} of {source or 'the pipeline'})"
+    )
+
+
+def stage_paths(spec: VideoPipelineSpec, out: Path, name: str, kinds: dict[str, str]) -> dict[str, Any]:
+    """The sections the runner sets for stage `name` (data.path, data.autoencoder, model.init_from)."""
+    entry = spec.stages[name]
+    data: dict[str, Any] = {
+        "path": str(out / "videos" / entry.get("data_from", next(iter(spec.data.prepare))))
+    }
+    if spec.holdout is not None:
+        data["eval_clips"] = spec.holdout
+    paths: dict[str, Any] = {"data": data}
+    if kinds[name] == "video_flow":
+        data["autoencoder"] = str(out / "runs" / _resolve_autoencoders(spec, kinds, "")[name])
+        if entry.get("init_from"):
+            paths["model"] = {"init_from": str(out / "runs" / entry["init_from"])}
+    return paths
+
+
+class _VideoRun:
+    """One `run_video_pipeline` call: the output layout and the step record."""
+
+    def __init__(self, spec: VideoPipelineSpec, out: Path, source: str, log: Callable[[str], None]):
+        self.spec, self.out, self.source, self.log = spec, out, source, log
+        self.records: list[StepRecord] = []
+        self.runs = out / "runs"
+        self.device = resolve_device(spec.device)
+
+    def record(self, rec: StepRecord) -> None:
+        self.records.append(rec)
+        self.log(f"{rec.step:<20} {rec.status:<8} {rec.seconds:7.1f} s  {rec.detail}")
+        write_pipeline_record(self.out, self.source, self.spec, self.records)
+
+    def timed(self, step: str, work: Callable[[], tuple[str, str, dict[str, Any]]]) -> None:
+        """Run `work` -> (status, detail, info) and record it with its wall and CPU seconds."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        status, detail, info = work()
+        seconds = time.perf_counter() - wall if status == "done" else 0.0
+        if status == "done":
+            info = {**info, "cpu_seconds": round(time.process_time() - cpu, 2)}
+        self.record(StepRecord(step, status, detail, seconds, info))
+
+    # --- data --------------------------------------------------------------------------
+    def synth(self, step: str, folder: Path, config: SynthVideosConfig) -> None:
+        wanted = {"num": config.num, "frames": config.frames, "size": config.size, "fps": config.fps}
+        wanted["seed"] = config.seed
+
+        def work() -> tuple[str, str, dict[str, Any]]:
+            info_path = folder / "labels.json"
+            if info_path.is_file():
+                have = json.loads(info_path.read_text())
+                if {k: have.get(k) for k in wanted} == wanted:
+                    return "skipped", f"{folder} already holds these {config.num} clips", {}
+            write_synth_videos(folder, config)
+            return "done", f"{config.num} clips of {config.frames} frames at {config.size} px -> {folder}", {}
+
+        self.timed(step, work)
+
+    def prepare(self, step: str, source: Path, target: Path, settings: dict[str, Any], prefix: str) -> None:
+        config = from_dict(
+            VideoPrepareConfig,
+            {"progress": False, "workers": 0, **settings},
+            source=self.source,
+            prefix=prefix,
+        )
+
+        def work() -> tuple[str, str, dict[str, Any]]:
+            summary = prepare_videos([source], target, config)
+            run = summary.get("this_run", {})
+            status = "skipped" if not run.get("processed") else "done"
+            buckets = ", ".join(f"{k}: {v}" for k, v in sorted(summary.get("bucket_counts", {}).items()))
+            detail = (
+                f"{source} -> {target}: {summary['count']} clips ready ({buckets}), {summary['failed']} failed "
+                f"({run.get('processed', 0)} processed now)"
+            )
+            if not summary["count"]:
+                raise UserError(f"{source}: no usable clip (see {target / 'manifest.jsonl'})")
+            info = {"count": summary["count"], "failed": summary["failed"]}
+            return status, detail, {**info, "buckets": summary.get("bucket_counts", {})}
+
+        self.timed(step, work)
+
+    # --- training ----------------------------------------------------------------------
+    def train_stage(self, name: str, recipe: Recipe) -> None:
+        run_dir = self.runs / name
+        entry = self.spec.stages[name]
+
+        def work() -> tuple[str, str, dict[str, Any]]:
+            result = train(recipe, run_dir, recipe_name=str(entry["recipe"]))
+            base = self.runs / entry["init_from"] if entry.get("init_from") else None
+            changes = stage_changes(run_dir, base) if recipe.stage == "video_flow" else {}
+            said = changes.get("summary", "")
+            if result.reason == "already_complete":
+                return (
+                    "skipped",
+                    f"{run_dir} already trained to step {result.step}; {said}".rstrip("; "),
+                    {"changes": changes},
+                )
+            if result.reason != "max_steps":
+                self.record(StepRecord(name, "failed", f"stopped at step {result.step} ({result.reason})"))
+                raise UserError(
+                    f"stage {name} stopped at step {result.step} ({result.reason}); re-run the same command "
+                    "to continue"
+                )
+            metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("eval_"))
+            detail = f"{result.step} steps -> {run_dir} {shown}".rstrip() + (f"; {said}" if said else "")
+            return "done", detail, {"metrics": metrics, "changes": changes}
+
+        self.timed(name, work)
+
+    def model_steps(self) -> dict[str, int | None]:
+        steps = {}
+        for name in self.spec.stages:
+            ckpt = latest_checkpoint(self.runs / name)
+            steps[name] = ckpt.step if ckpt else None
+        return steps
+
+
+def run_video_pipeline(
+    spec: VideoPipelineSpec,
+    out: str | Path,
+    *,
+    source: str = "",
+    log: Callable[[str], None] = lambda message: None,
+    progress: bool = True,
+    title: str = "voxforge video pipeline report",
+) -> list[StepRecord]:
+    """Run every step not yet complete (module docstring); returns what each step did."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = _VideoRun(spec, out, source, log)
+    data = spec.data
+    base_source = Path(data.source) if data.source else out / "synth"
+    synth = data.synth_videos
+    judge = spec.evaluate.judge if spec.evaluate is not None else None
+    if synth is not None:
+        settings = {"frames": synth.frames, "size": synth.size, "fps": synth.fps}
+        run.synth("synth videos", base_source, SynthVideosConfig(num=synth.num, seed=synth.seed, **settings))
+        if judge is not None:
+            run.synth(
+                "synth judge clips",
+                out / "synth_judge",
+                SynthVideosConfig(num=judge.clips, seed=synth.seed + JUDGE_SEED_OFFSET, **settings),
+            )
+    for name, settings in data.prepare.items():
+        run.prepare(
+            f"prepare {name}", base_source, out / "videos" / name, dict(settings), f"data.prepare.{name}"
+        )
+    if judge is not None:
+        judged = spec.stages[spec.evaluate.model]
+        judge_from = judge.prepared or judged.get("data_from", next(iter(data.prepare)))
+        run.prepare(
+            "prepare judge",
+            out / "synth_judge",
+            out / "videos_judge",
+            dict(data.prepare[judge_from]),
+            f"data.prepare.{judge_from}",
+        )
+    kinds = stage_kinds(spec, source)
+    for name in spec.stages:
+        recipe = video_stage_recipe(spec, name, stage_paths(spec, out, name, kinds), source)
+        run.train_stage(name, recipe)
+    if spec.evaluate is not None:
+        evaluation = spec.evaluate
+        steps = run.model_steps()
+
+        def work() -> tuple[str, str, dict[str, Any]]:
+            path = out / "eval" / EVAL_RECORD
+            settings = {"evaluate": to_dict(evaluation), "seed": spec.seed, "model_steps": steps}
+            if path.is_file():  # the checks' thresholds are the report's: changing them re-scores nothing
+                previous = json.loads(path.read_text())
+                wanted = json.loads(json.dumps(settings))
+                for record in (previous, wanted):
+                    (record.get("evaluate") or {}).pop("checks", None)
+                if {k: previous.get(k) for k in wanted} == wanted:
+                    return "skipped", f"{path} is up to date", {}
+            result = evaluate_videos(evaluation, out, kinds, seed=spec.seed, device=run.device, log=log)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({**settings, **result}, indent=1))
+            return "done", result["summary"], {}
+
+        run.timed("evaluate", work)
+
+    def report() -> tuple[str, str, dict[str, Any]]:
+        written = write_video_report(out, title)
+        verdict = "all checks passed" if written.passed else "a check FAILED"
+        return "done", f"{out / 'report.md'} ({verdict})", {}
+
+    run.timed("report", report)
+    return run.records
