@@ -76,6 +76,17 @@ def test_a_trellis_request_checks_its_guidance_before_loading(tmp_path):
     assert not service._pipelines  # nothing loaded for a bad request
 
 
+@pytest.mark.app
+def test_trellis_and_voxforge_models_share_the_image_to_3d_tab(tiny_model):
+    pytest.importorskip("gradio")
+    from voxforge.app.server import assign_models
+
+    trellis = _trellis_dir()
+    found = assign_models([trellis, tiny_model], [])
+    assert found["image_to_3d"] == [trellis, tiny_model]
+    assert not any(found[name] for name in found if name != "image_to_3d")
+
+
 # ------------------------------------------------------------------------------ the served app
 
 
@@ -155,12 +166,13 @@ def test_trellis_model_returns_a_textured_glb_with_progress(trellis_client, trel
     (mesh,) = scene.geometry.values()
     assert len(mesh.faces) > 0 and mesh.visual.kind == "texture"
     ply = next(Path(f) for f in files if f.endswith(".ply"))
-    assert len(load_ply(ply)) == record["gaussians"]
+    assert 0 < len(load_ply(ply)) <= record["gaussians"]  # the .ply leaves out non-finite splats
     assert np.asarray(Image.open(processed[0]["image"])).shape[:2] == (518, 518)
     slat = [s for s in seen if s[0].startswith("stage 2/2: SLat flow")]
     assert slat and all(length == 2 and desc.endswith(f"step {index}/2") for desc, index, length in slat)
     (folder,) = (trellis_server[1] / "image_to_3d").iterdir()
-    assert json.loads((folder / "generation.json").read_text())["voxels"] == record["voxels"]
+    assert json.loads((folder / "generation.json").read_text()) == record
+    print("trellis app request seconds:", record["seconds"])
 
 
 @pytest.mark.app
