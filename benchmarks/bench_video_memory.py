@@ -37,13 +37,12 @@ CONFIGS = {
             "32px/9 (b8)": [8, 3, 4, 4],
             "64px/17 (b8)": [8, 5, 8, 8],
             "128px/33 (b2)": [2, 9, 16, 16],
-            "256px/33 (b1)": [1, 9, 32, 32],
         },
     },
     "opensora": {
         "model": {"in_channels": 16, "patch_size": 2, "width": 3072, "depth": 1, "heads": 24},
         "context": [512, 4096],
-        "buckets": {"256px/1 (b1)": [1, 1, 32, 32], "256px/5 (b1)": [1, 2, 32, 32]},
+        "buckets": {"256px/1 (b1)": [1, 1, 32, 32]},
         "full_depth": 57,
         "predict": {  # the Open-Sora bucket table at 256 px (batch sizes of video_flow_opensora_256)
             "256px/1 (b48)": [48, 1, 32, 32],

@@ -74,6 +74,7 @@ from voxforge.flow.timesteps import sample_timesteps
 from voxforge.models.image import TextEncoder, TextEncoderConfig, build_text_encoder
 from voxforge.models.video_ae import VideoAutoencoder
 from voxforge.models.video_dit import VideoDiT, VideoDiTConfig
+from voxforge.models.video_memory import predict_step_memory
 from voxforge.nn.state import transfer_state, transfer_table
 from voxforge.pipelines.video import (
     DENOISER_FILE,
@@ -148,6 +149,11 @@ class VideoFlowDataConfig(VideoDataConfig):
     eval_clips: int = option(4, ge=0, help="held-out clips (first ids in sorted order)")
     eval_seed: int = option(0, ge=0, help="seed of the held-out loss's noise and of the previews")
     eval_samples: int = option(2, ge=0, help="held-out captions sampled into samples.gif (0: none)")
+    memory_limit_gb: float = option(
+        0.0,
+        ge=0.0,
+        help="refuse at start a bucket whose step is predicted (models.video_memory) above this (0: no check)",
+    )
 
 
 class VideoData:
@@ -379,9 +385,42 @@ class VideoFlowStage(Stage):
         )
         (self.run_dir / TRANSFER_MD).write_text(header + transfer_table(rows))
 
+    def check_memory(self, dataset: VideoClipDataset) -> None:
+        """`data.memory_limit_gb`: every bucket's step must be predicted to fit (models.video_memory)."""
+        limit = self.data_cfg.memory_limit_gb
+        if not limit:
+            return
+        info, ae = self.info(), self.autoencoder()
+        cfg = from_dict(VideoDiTConfig, info["denoiser"], source="model")
+        with torch.device("meta"):
+            params = sum(p.numel() for p in VideoDiT(cfg, context_dim=info["context_dim"]).parameters())
+
+        def predicted(bucket: Any, batch: int) -> float:
+            _, t, h, w = ae.latent_shape(bucket.frames, bucket.height, bucket.width)
+            return predict_step_memory(
+                params=params, width=cfg.width, depth=cfg.depth, heads=cfg.heads, batch=batch,
+                tokens=cfg.tokens(t, h, w), grad_checkpoint=cfg.grad_checkpoint,
+                ema_copies=len(self.recipe.train.ema_rates), fused_attention=True,
+            ).gib  # fmt: skip
+
+        for bucket, batch in sorted(dataset.batch_sizes().items(), key=lambda item: item[0].name):
+            need = predicted(bucket, batch)
+            if need > limit:
+                fits = max((b for b in range(1, batch) if predicted(bucket, b) <= limit), default=0)
+                hint = f"data.batch_sizes={{'{bucket.resolution}/{bucket.frames}': {fits}}}" if fits else (
+                    "model.grad_checkpoint=true or fewer frames / pixels in this bucket"
+                )  # fmt: skip
+                raise UserError(
+                    f"{self.data_cfg.path}: bucket {bucket.name} at batch {batch} is predicted to need "
+                    f"{need:.2f} GiB per step (models.video_memory), over data.memory_limit_gb={limit:g}; "
+                    f"set {hint}"
+                )
+
     def build_dataset(self) -> torch.utils.data.Dataset:
         self.info()  # checks the buckets against the autoencoder before anything trains
-        return self.data().train()
+        dataset = self.data().train()
+        self.check_memory(dataset)
+        return dataset
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_videos(items)
