@@ -20,8 +20,8 @@ from voxforge.train.checkpoint import latest_checkpoint
 from voxforge.train.engine import train
 
 #: held on all three seeds of the tiny recipe (docs/benchmarks.md, "SLat mesh decoder")
-CHAMFER_MARGIN = 0.0
-VOXEL_IOU_GAIN = 0.0
+CHAMFER_MARGIN = 0.03  # measured: 3.4 %, 35.4 %, 30.3 % (seeds 0, 1, 2)
+VOXEL_IOU_GAIN = 0.5  # measured: 0 -> 0.58, 0.70, 0.67
 
 TINY = [
     "model.resolution=8",
