@@ -17,9 +17,10 @@ def test_quick_video_demo_passes_its_checks(tmp_path, capsys):
     assert main(["demo", "video", "--quick", "--out", str(out), "--device", "cpu"]) == 0
     report = json.loads((out / "report.json").read_text())
     checks = {c["name"]: c for c in report["checks"]}
-    assert {"prompt_gain", "swap_reinitialised", "swap_kept", "swap_loss_drop"} <= set(checks)
+    assert {"swap_reinitialised", "swap_kept", "swap_loss_drop", "swap_vs_control"} <= set(checks)
     assert all(c["passed"] for c in checks.values()), checks
     evaluation = report["evaluation"]
+    assert set(evaluation["models"]["i2v"]["modes"]) == {"conditional", "unconditional"}  # reported
     assert evaluation["swap"]["counts"]["reinitialised"] >= 2
     assert {"x_embedder.weight", "out_layer.weight"} <= set(evaluation["swap"]["reinitialised"])
     assert report["changes"]["swap"]["changed"]["autoencoder"][1].startswith("ltx 8x32x32")

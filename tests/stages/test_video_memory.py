@@ -16,7 +16,7 @@ def test_prediction_terms():
     off = predict_step_memory(**kwargs, grad_checkpoint=False)
     on = predict_step_memory(**kwargs, grad_checkpoint=True)
     assert off.state == on.state == 10**6 * 4 * 5  # weights, gradients, two AdamW moments, one EMA
-    assert on.activations < off.activations / 3 and on.total < off.total
+    assert on.activations < off.activations / 2 and on.total < off.total
     double = predict_step_memory(**{**kwargs, "batch": 8}, grad_checkpoint=False)
     assert double.activations == pytest.approx(2 * off.activations)
     scores = predict_step_memory(**kwargs, grad_checkpoint=False, fused_attention=False)
