@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -146,3 +147,15 @@ def test_quick_image_demo_passes_its_checks(tmp_path):
     assert main(["demo", "image", "--quick", "--out", str(tmp_path / "demo")]) == 0
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["passed"] and (tmp_path / "demo" / "eval" / "grid.png").is_file()
+
+
+def test_colour_shown_counts_pixels_nearest_the_colour():
+    from voxforge.data.synth_images import COLOURS
+    from voxforge.workflows.image_report import colour_shown
+
+    images = np.zeros((3, 10, 10, 3), dtype=np.uint8)
+    images[:] = COLOURS["green"]
+    images[1, :2, :2] = (150, 110, 215)  # a lighter purple: still nearest to purple, 4 % of the pixels
+    images[2, 0, 0] = COLOURS["purple"]  # 1 % only
+    assert colour_shown(images, "purple", 0.02).tolist() == [False, True, False]
+    assert colour_shown(images.astype(np.float32) / 255, "purple", 0.01).tolist() == [False, True, True]

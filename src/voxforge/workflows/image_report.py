@@ -35,6 +35,15 @@ fails with the value null when its step did not run):
 | `prompt_colour` | final flow: conditional colour accuracy |
 | `lora_colour` | LoRA: held-back colour accuracy on the prompts naming it |
 | `lora_colour_gain` | LoRA minus its base on those prompts |
+| `lora_pixels` | LoRA: share of the held-back prompts' images that show the colour (below) |
+| `lora_pixels_gain` | LoRA minus its base on that share |
+
+"Shows the colour" is read off the pixels, not the judge: an image shows it when at least
+`evaluate.pixel_share` (2 %) of its pixels are nearer to that colour than to any other colour
+of the built-in palette (shapes and backgrounds). The small judge, trained on a hundred-odd
+real images, reads the LoRA's first, lighter attempts at a colour it never drew as blue;
+the pixel count says whether the colour is there at all, which is what a LoRA teaching a
+held-back attribute must first achieve.
 
 Loss curves are drawn with Pillow (a core dependency): a line plot is all a report needs, and
 matplotlib is only the optional `plot` extra, while every install must be able to run a demo.
@@ -54,7 +63,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from voxforge.config.core import from_dict, option
-from voxforge.data.synth_images import ATTRIBUTES, SynthImagesConfig, caption_of, draw_labels
+from voxforge.data.synth_images import ATTRIBUTES, BACKGROUND_RGB, SynthImagesConfig, caption_of, draw_labels
 from voxforge.errors import ConfigError, UserError
 from voxforge.eval.image_attributes import (
     AttributeClassifierConfig,
@@ -118,6 +127,9 @@ class ImageEvaluateSpec:
     model: str = option("", help="the stage judged (default: the last full image_flow stage)")
     lora: str = option("", help="the LoRA stage (default: the stage with train_on: held_back)")
     standard: StandardSpec | None = option(None, help="standard FID / CLIP score from local weights")
+    pixel_share: float = option(
+        0.02, gt=0.0, le=1.0, help="share of pixels nearest the held-back colour for an image to show it"
+    )
     checks: dict[str, float] = option(default_factory=dict, help="check name -> threshold (CHECKS)")
 
     def resolve_stages(self, stages: dict[str, dict[str, Any]], kinds: dict[str, str], source: str) -> None:
@@ -355,7 +367,14 @@ def evaluate_images(
             "colour": held_back,
             "prompts": len(colour_prompts),
             "base_stage": base_dir.name,
-            **{name: attribute_accuracy(judge, imgs, colour_labels) for name, imgs in images.items()},
+            "pixel_share": spec.pixel_share,
+            **{
+                name: {
+                    **attribute_accuracy(judge, imgs, colour_labels),
+                    "shown": float(colour_shown(imgs, held_back, spec.pixel_share).mean()),
+                }
+                for name, imgs in images.items()
+            },
         }
         prompt_grid(
             [(p, [images["base"][i], images["lora"][i]]) for i, p in enumerate(colour_prompts)],
@@ -406,8 +425,20 @@ def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else float(a) - float(b)
 
 
-def _held(evaluation: dict[str, Any], model: str) -> float | None:
-    return evaluation.get("held_back_eval", {}).get(model, {}).get("colour")
+def _held(evaluation: dict[str, Any], model: str, key: str = "colour") -> float | None:
+    return evaluation.get("held_back_eval", {}).get(model, {}).get(key)
+
+
+def colour_shown(images: np.ndarray, colour: str, share: float) -> np.ndarray:  # -> bool [N]
+    """Whether each image (uint8 or float [N, H, W, 3]) has at least `share` of its pixels
+    nearest to `colour` among the built-in palette."""
+    x = np.asarray(images, dtype=np.float32)
+    if x.max() <= 1.0:
+        x = x * 255.0
+    names = list(BACKGROUND_RGB)
+    palette = np.array([BACKGROUND_RGB[n] for n in names], dtype=np.float32)  # [K, 3]
+    nearest = ((x[..., None, :] - palette) ** 2).sum(-1).argmin(-1)  # [N, H, W]
+    return (nearest == names.index(colour)).mean(axis=(1, 2)) >= share
 
 
 CHECKS: dict[str, tuple[str, Callable[[dict[str, Any], dict[str, Any]], float | None]]] = {
@@ -437,6 +468,14 @@ CHECKS: dict[str, tuple[str, Callable[[dict[str, Any], dict[str, Any]], float | 
     "lora_colour_gain": (
         "held-back colour accuracy, LoRA minus its base",
         lambda e, ae: _difference(_held(e, "lora"), _held(e, "base")),
+    ),
+    "lora_pixels": (
+        "LoRA: share of held-back prompts showing the colour",
+        lambda e, ae: _held(e, "lora", "shown"),
+    ),
+    "lora_pixels_gain": (
+        "share showing the held-back colour, LoRA minus its base",
+        lambda e, ae: _difference(_held(e, "lora", "shown"), _held(e, "base", "shown")),
     ),
 }
 
@@ -604,12 +643,15 @@ def _markdown(report: ImageReport, title: str, out: Path) -> str:
             "",
             f"## The held-back colour: '{held_eval['colour']}' ({held_eval['prompts']} prompts naming it)",
             "",
-            "| model | colour accuracy | mean accuracy |",
-            "| --- | --- | --- |",
-            f"| base (`{held_eval['base_stage']}`) | {_num(held_eval['base'].get('colour'))} | "
-            f"{_num(held_eval['base'].get('mean'))} |",
-            f"| LoRA (`{spec.get('evaluate', {}).get('lora') or 'lora'}`) | {_num(held_eval['lora'].get('colour'))} | "
-            f"{_num(held_eval['lora'].get('mean'))} |",
+            "| model | shows the colour (pixels) | colour accuracy (judge) | mean accuracy (judge) |",
+            "| --- | --- | --- | --- |",
+            f"| base (`{held_eval['base_stage']}`) | {_num(held_eval['base'].get('shown'))} | "
+            f"{_num(held_eval['base'].get('colour'))} | {_num(held_eval['base'].get('mean'))} |",
+            f"| LoRA (`{spec.get('evaluate', {}).get('lora') or 'lora'}`) | {_num(held_eval['lora'].get('shown'))} | "
+            f"{_num(held_eval['lora'].get('colour'))} | {_num(held_eval['lora'].get('mean'))} |",
+            "",
+            f"Shows the colour: at least {_num(held_eval.get('pixel_share', 0.02), 2)} of the image's pixels "
+            "nearest to it in the built-in palette.",
             "",
             "![base vs LoRA](eval/held_back.png)",
         ]
