@@ -61,6 +61,7 @@ def test_video_demo_is_offered():
     assert seed_overrides(3, "video") == ["seed=3", "data.synth_videos.seed=3"]
 
 
+@pytest.mark.slow
 def test_micro_video_pipeline_stages_swap_report_and_resume(tmp_path):
     """Two steps per model: every stage runs, each says what it changed, the swap keeps the blocks
     and re-initialises the latent in/out projections, the report passes its checks, and a re-run
