@@ -62,6 +62,7 @@ def test_download_and_import_give_the_same_asset(trellis_dir, image, tmp_path):
     assert (tmp_path / "a" / "asset.ply").read_bytes() == (tmp_path / "b" / "asset.ply").read_bytes()
 
 
+@pytest.mark.slow
 def test_verify_command_reports_and_exits_by_result(trellis_dir, tmp_path, capsys):
     golden = tmp_path / "golden"
     golden.mkdir()

@@ -108,6 +108,7 @@ def test_training_changes_g_and_d_with_lazy_r1(prepared, tmp_path):
     assert len(faces) > 0 and texture(vertices).shape == vertices.shape
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(prepared, tmp_path):
     extra = ["train.max_steps=3", "train.checkpoint_every=1", "gan.r1_interval=2", "gan.augment_p=0.3"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

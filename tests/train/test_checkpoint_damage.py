@@ -179,6 +179,7 @@ def test_checkpoints_of_earlier_versions_still_resume(runs, tmp_path):
     assert not (run / "checkpoints" / "damaged").exists()
 
 
+@pytest.mark.slow
 def test_every_checkpoint_damaged_is_one_line_error(runs, tmp_path):
     run = _copy_split(runs, tmp_path)
     for step in (5, 10):

@@ -133,6 +133,7 @@ def test_time_limit_stops_with_a_checkpoint(tmp_path):
     assert list_checkpoints(run) and _events(run, "time_limit")
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_process_gloo_ddp_matches_one_process(tmp_path):
     common = [
