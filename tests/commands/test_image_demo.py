@@ -53,6 +53,7 @@ def test_image_demo_is_offered():
     assert "data.prepare.seed=4" in seed_overrides(4)
 
 
+@pytest.mark.slow
 def test_micro_image_pipeline_runs_reports_and_resumes(tmp_path):
     """Two steps per model: nothing is learned, yet every step, file and check runs, and a
     re-run skips every step but the report."""

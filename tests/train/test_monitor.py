@@ -198,6 +198,7 @@ def test_metric_series_keep_the_later_values_after_a_resume(tmp_path):
     assert status.steps_per_s == 12.5 and status.step == 20
 
 
+@pytest.mark.slow
 def test_plot_is_a_png_with_curves(done_run, tmp_path):
     pytest.importorskip("matplotlib")
     out = plot_run(done_run, tmp_path / "plots" / "curves.png")
