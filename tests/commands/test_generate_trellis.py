@@ -40,6 +40,7 @@ def _generate(model, image, out, *extra):
     return main(argv + ["--steps", "1", "--slat-steps", "1", "--seed", "5", *extra])
 
 
+@pytest.mark.slow
 def test_import_then_generate_with_the_folder_defaults(trellis_dir, image, tmp_path):
     model = tmp_path / "imported"
     assert main(["import", "trellis", str(trellis_dir), "--out", str(model)]) == 0

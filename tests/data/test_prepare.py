@@ -172,6 +172,7 @@ def test_bad_folders(tmp_path):
         prepare(tmp_path / "src", tmp_path, config())
 
 
+@pytest.mark.slow
 def test_worker_processes_and_time_limit_end_to_end(tmp_path, src):
     """Real worker processes produce the same records as the in-process mode."""
     in_process = prepare(src, tmp_path / "a", config())
