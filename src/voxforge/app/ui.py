@@ -49,7 +49,7 @@ def endpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
 def slider(minimum: float, maximum: float, value: float, *, step: float, label: str) -> gr.Slider:
     """A gr.Slider whose out-of-range message names the parameter (an HTTP client can send any
     value; gradio's own message does not say which). The check wraps the instance's
-    `preprocess`: subclassing a gradio component makes gradio write a .pyi stub beside this file."""
+    `preprocess`: subclassing a gradio component makes gradio write a .pyi type file beside this one."""
     component = gr.Slider(minimum, maximum, value, step=step, label=label)
     preprocess = component.preprocess
 

@@ -56,7 +56,7 @@ Design:
    duplicated at UV seams, which otherwise count as silhouettes (as in nvdiffrast).
 
 All operations run with autocast off, in float32 (float64 inputs stay float64, for gradient
-checks); nothing calls `.cuda()`: outputs live on the inputs' device.
+checks); nothing moves tensors to another device: outputs live on the inputs' device.
 """
 
 from __future__ import annotations

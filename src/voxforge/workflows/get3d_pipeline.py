@@ -86,7 +86,7 @@ from voxforge.train.checkpoint import latest_checkpoint
 from voxforge.train.distributed import resolve_device
 from voxforge.train.engine import train
 from voxforge.workflows.image_report import loss_curve
-from voxforge.workflows.steps import StepRecord, deep_merge, write_pipeline_record
+from voxforge.workflows.steps import StepRecord, StepRunner, deep_merge
 
 __all__ = [
     "EVAL_RECORD",
@@ -643,24 +643,12 @@ def write_get3d_report(out: str | Path, title: str = "voxforge GET3D pipeline re
 # -- runner -----------------------------------------------------------------------------------
 
 
-class _Get3DRun:
+class _Get3DRun(StepRunner):
+    step_width = 10
+
     def __init__(self, spec: Get3DPipelineSpec, out: Path, source: str, log: Callable[[str], None]):
-        self.spec, self.out, self.source, self.log = spec, out, source, log
-        self.records: list[StepRecord] = []
+        super().__init__(spec, out, source, log)
         self.device = resolve_device(spec.device)
-
-    def record(self, rec: StepRecord) -> None:
-        self.records.append(rec)
-        self.log(f"{rec.step:<10} {rec.status:<8} {rec.seconds:7.1f} s  {rec.detail}")
-        write_pipeline_record(self.out, self.source, self.spec, self.records)
-
-    def timed(self, step: str, work: Callable[[], tuple[str, str, dict[str, Any]]]) -> None:
-        wall, cpu = time.perf_counter(), time.process_time()
-        status, detail, info = work()
-        seconds = time.perf_counter() - wall if status == "done" else 0.0
-        if status == "done":
-            info = {**info, "cpu_seconds": round(time.process_time() - cpu, 2)}
-        self.record(StepRecord(step, status, detail, seconds, info))
 
 
 def run_get3d_pipeline(

@@ -57,7 +57,6 @@ is a model folder for `voxforge generate image --model OUT/runs/<stage>`.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +77,7 @@ from voxforge.workflows.image_report import (
     evaluate_images,
     write_image_report,
 )
-from voxforge.workflows.steps import StepRecord, deep_merge, write_pipeline_record
+from voxforge.workflows.steps import StepRecord, StepRunner, deep_merge
 
 __all__ = [
     "HELD_BACK_SEED_OFFSET",
@@ -199,28 +198,13 @@ def image_stage_recipe(spec: ImagePipelineSpec, name: str, paths: dict[str, Any]
     )
 
 
-class _ImageRun:
+class _ImageRun(StepRunner):
     """One `run_image_pipeline` call: the output layout and the step record."""
 
     def __init__(self, spec: ImagePipelineSpec, out: Path, source: str, log: Callable[[str], None]):
-        self.spec, self.out, self.source, self.log = spec, out, source, log
-        self.records: list[StepRecord] = []
+        super().__init__(spec, out, source, log)
         self.runs = out / "runs"
         self.device = resolve_device(spec.device)
-
-    def record(self, rec: StepRecord) -> None:
-        self.records.append(rec)
-        self.log(f"{rec.step:<20} {rec.status:<8} {rec.seconds:7.1f} s  {rec.detail}")
-        write_pipeline_record(self.out, self.source, self.spec, self.records)
-
-    def timed(self, step: str, work: Callable[[], tuple[str, str, dict[str, Any]]]) -> None:
-        """Run `work` -> (status, detail, info) and record it with its wall and CPU seconds."""
-        wall, cpu = time.perf_counter(), time.process_time()
-        status, detail, info = work()
-        seconds = time.perf_counter() - wall if status == "done" else 0.0
-        if status == "done":
-            info = {**info, "cpu_seconds": round(time.process_time() - cpu, 2)}
-        self.record(StepRecord(step, status, detail, seconds, info))
 
     # --- data --------------------------------------------------------------------------
     def synth(self, step: str, folder: Path, config: SynthImagesConfig) -> None:

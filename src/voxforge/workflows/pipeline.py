@@ -89,7 +89,12 @@ from voxforge.train.distributed import resolve_device
 from voxforge.train.engine import train
 from voxforge.workflows.get3d_pipeline import Get3DPipelineSpec, load_get3d_pipeline, run_get3d_pipeline
 from voxforge.workflows.image_pipeline import ImagePipelineSpec, load_image_pipeline, run_image_pipeline
-from voxforge.workflows.steps import PIPELINE_RECORD, StepRecord, deep_merge, write_pipeline_record
+from voxforge.workflows.steps import (
+    PIPELINE_RECORD,
+    StepRecord,
+    StepRunner,
+    deep_merge,
+)
 from voxforge.workflows.video_pipeline import VideoPipelineSpec, load_video_pipeline, run_video_pipeline
 
 __all__ = [
@@ -236,21 +241,17 @@ def stage_recipe(spec: PipelineSpec, stage: str, paths: dict[str, Any], source: 
     return recipe_from_data(data, source=f"{recipe_path} (stage {stage} of {source or 'the pipeline'})")
 
 
-class _Run:
+class _Run(StepRunner):
     """One `run_pipeline` call: the output layout and the step record."""
 
+    step_width = 18
+
     def __init__(self, spec: PipelineSpec, out: Path, source: str, log: Callable[[str], None]):
-        self.spec, self.out, self.source, self.log = spec, out, source, log
-        self.records: list[StepRecord] = []
+        super().__init__(spec, out, source, log)
         self.prepared = out / "prepared"
         self.runs = out / "runs"
         self.latents = {"ss": out / "latents" / "ss", "slat": out / "latents" / "slat"}
         self.device = resolve_device(spec.device)
-
-    def record(self, rec: StepRecord) -> None:
-        self.records.append(rec)
-        self.log(f"{rec.step:<18} {rec.status:<8} {rec.seconds:7.1f} s  {rec.detail}")
-        write_pipeline_record(self.out, self.source, self.spec, self.records)
 
     # --- data --------------------------------------------------------------------------
     def synth(self) -> Path:

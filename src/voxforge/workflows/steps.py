@@ -2,7 +2,7 @@
 stage entry's sections over its recipe.
 
 `voxforge pipeline run` has one runner per kind (`workflows.pipeline` for 3D,
-`workflows.image_pipeline` for images); both write `OUT/pipeline.json` in this one shape —
+`workflows.image_pipeline`, `video_pipeline`, `get3d_pipeline`); all write `OUT/pipeline.json` in this one shape —
 `{"source", "spec", "steps": [StepRecord, ...]}`, rewritten atomically after every step — so the
 demo command, the reports and `voxforge runs` read any kind's folder the same way.
 """
@@ -10,13 +10,15 @@ demo command, the reports and `voxforge runs` read any kind's folder the same wa
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from voxforge.config.core import to_dict
 
-__all__ = ["PIPELINE_RECORD", "StepRecord", "deep_merge", "write_pipeline_record"]
+__all__ = ["PIPELINE_RECORD", "StepRecord", "StepRunner", "deep_merge", "write_pipeline_record"]
 
 PIPELINE_RECORD = "pipeline.json"
 
@@ -47,3 +49,32 @@ def write_pipeline_record(out: Path, source: str, spec: Any, records: list[StepR
     tmp = out / f".{PIPELINE_RECORD}.tmp"
     tmp.write_text(json.dumps(payload, indent=1, default=str))
     tmp.replace(out / PIPELINE_RECORD)
+
+
+#: work() -> (status, detail, info)
+StepWork = Callable[[], tuple[str, str, dict[str, Any]]]
+
+
+class StepRunner:
+    """The step bookkeeping of one pipeline call: log each step, keep its record, rewrite
+    `OUT/pipeline.json` after it; `timed` adds the wall and CPU seconds of work that ran."""
+
+    step_width = 20
+
+    def __init__(self, spec: Any, out: Path, source: str, log: Callable[[str], None]):
+        self.spec, self.out, self.source, self.log = spec, out, source, log
+        self.records: list[StepRecord] = []
+
+    def record(self, rec: StepRecord) -> None:
+        self.records.append(rec)
+        self.log(f"{rec.step:<{self.step_width}} {rec.status:<8} {rec.seconds:7.1f} s  {rec.detail}")
+        write_pipeline_record(self.out, self.source, self.spec, self.records)
+
+    def timed(self, step: str, work: StepWork) -> None:
+        """Run `work` and record it, with its wall and CPU seconds when it did something."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        status, detail, info = work()
+        seconds = time.perf_counter() - wall if status == "done" else 0.0
+        if status == "done":
+            info = {**info, "cpu_seconds": round(time.process_time() - cpu, 2)}
+        self.record(StepRecord(step, status, detail, seconds, info))

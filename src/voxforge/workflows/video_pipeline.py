@@ -65,7 +65,6 @@ for `voxforge generate video --model OUT/runs/<stage>`.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +79,7 @@ from voxforge.stages import Recipe
 from voxforge.train.checkpoint import latest_checkpoint
 from voxforge.train.distributed import resolve_device
 from voxforge.train.engine import train
-from voxforge.workflows.steps import StepRecord, deep_merge, write_pipeline_record
+from voxforge.workflows.steps import StepRecord, StepRunner, deep_merge
 from voxforge.workflows.video_report import (
     EVAL_RECORD,
     VideoEvaluateSpec,
@@ -256,28 +255,13 @@ def stage_paths(spec: VideoPipelineSpec, out: Path, name: str, kinds: dict[str, 
     return paths
 
 
-class _VideoRun:
+class _VideoRun(StepRunner):
     """One `run_video_pipeline` call: the output layout and the step record."""
 
     def __init__(self, spec: VideoPipelineSpec, out: Path, source: str, log: Callable[[str], None]):
-        self.spec, self.out, self.source, self.log = spec, out, source, log
-        self.records: list[StepRecord] = []
+        super().__init__(spec, out, source, log)
         self.runs = out / "runs"
         self.device = resolve_device(spec.device)
-
-    def record(self, rec: StepRecord) -> None:
-        self.records.append(rec)
-        self.log(f"{rec.step:<20} {rec.status:<8} {rec.seconds:7.1f} s  {rec.detail}")
-        write_pipeline_record(self.out, self.source, self.spec, self.records)
-
-    def timed(self, step: str, work: Callable[[], tuple[str, str, dict[str, Any]]]) -> None:
-        """Run `work` -> (status, detail, info) and record it with its wall and CPU seconds."""
-        wall, cpu = time.perf_counter(), time.process_time()
-        status, detail, info = work()
-        seconds = time.perf_counter() - wall if status == "done" else 0.0
-        if status == "done":
-            info = {**info, "cpu_seconds": round(time.process_time() - cpu, 2)}
-        self.record(StepRecord(step, status, detail, seconds, info))
 
     # --- data --------------------------------------------------------------------------
     def synth(self, step: str, folder: Path, config: SynthVideosConfig) -> None:
