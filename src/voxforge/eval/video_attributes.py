@@ -27,7 +27,13 @@ what a decoder writes) or float [N, 3, T, H, W] in [0, 1]. The classifier resize
 `size` × `size` and resamples time to `frames` frames (evenly spaced, first and last kept), so
 one judge takes clips of any length.
 
-The classifier is written here (a few 3-D convolutions): a judge for these synthetic
+The video judge's own parts live here: the 3-D network's input (`as_clip_tensor`, the
+resampling in space and time), the guided / unguided prompt modes, first-frame fidelity and
+reconstruction; the network's shared structure, its training, prompt accuracy (`clip_accuracy`),
+chance levels and the Fréchet distance are `voxforge.eval.attribute_judge`'s, shared with the
+image judge.
+
+The classifier is voxforge's own (a few 3-D convolutions): a judge for these synthetic
 attributes must be trained on them, and no maintained library ships one.
 """
 
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -43,7 +50,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voxforge.config.core import option
-from voxforge.eval.image_attributes import chance_accuracy, encode_labels, frechet_distance
+from voxforge.eval.attribute_judge import (
+    AttributeJudge,
+    attribute_accuracy,
+    chance_accuracy,
+    check_prompt_labels,
+    frechet_distance,
+    train_judge,
+)
 from voxforge.eval.image_metrics import psnr, ssim
 
 __all__ = [
@@ -87,33 +101,18 @@ def as_clip_tensor(clips: Any) -> Tensor:  # -> float [N, 3, T, H, W] in [0, 1]
     return tensor.permute(0, 4, 1, 2, 3) if channels_last else tensor
 
 
-class VideoAttributeClassifier(nn.Module):
-    """A small 3-D CNN with one softmax head per attribute over shared penultimate features."""
+class VideoAttributeClassifier(AttributeJudge):
+    """The video judge: 3-D convolutions (halving the frame side per level, never time) over clips
+    resampled to `cfg.frames` frames of `cfg.size` × `cfg.size`."""
+
+    cfg: VideoClassifierConfig
+    eval_batch_size = 64
+    as_tensor = staticmethod(as_clip_tensor)
 
     def __init__(self, attributes: Mapping[str, Sequence[Any]], cfg: VideoClassifierConfig | None = None):
-        super().__init__()
-        self.cfg = cfg = cfg or VideoClassifierConfig()
-        self.attributes = {name: list(values) for name, values in attributes.items()}
-        if not self.attributes or any(len(v) < 2 for v in self.attributes.values()):
-            raise ValueError("every attribute needs at least two values")
-        layers: list[nn.Module] = [nn.Conv3d(3, cfg.width, 3, padding=1), nn.SiLU()]
-        channels = cfg.width
-        for level in range(cfg.levels):
-            out = cfg.width * 2 ** (level + 1)
-            layers += [
-                nn.Conv3d(channels, out, 3, stride=(1, 2, 2), padding=1),
-                nn.GroupNorm(min(8, out), out),
-                nn.SiLU(),
-                nn.Conv3d(out, out, 3, padding=1),
-                nn.SiLU(),
-            ]
-            channels = out
-        self.body = nn.Sequential(*layers)
+        cfg = cfg or VideoClassifierConfig()
         # pooled over space per frame, kept in time order: where a shape went is a motion
-        self.to_features = nn.Linear(2 * channels * cfg.frames, cfg.feature_dim)
-        self.heads = nn.ModuleDict(
-            {name: nn.Linear(cfg.feature_dim, len(v)) for name, v in self.attributes.items()}
-        )
+        super().__init__(attributes, cfg, conv=nn.Conv3d, stride=(1, 2, 2), pooled_positions=cfg.frames)
 
     def _prepare(self, clips: Tensor) -> Tensor:  # [N, 3, T, H, W] in [0, 1] -> [N, 3, F, s, s] in [-1, 1]
         n, c, t, h, w = clips.shape
@@ -128,38 +127,6 @@ class VideoAttributeClassifier(nn.Module):
             clips = frames.view(n, self.cfg.frames, c, size, size).permute(0, 2, 1, 3, 4)
         return clips * 2.0 - 1.0
 
-    def features(self, clips: Tensor) -> Tensor:  # [N, 3, T, H, W] in [0, 1] -> [N, feature_dim]
-        x = self.body(self._prepare(clips))  # [N, C, F, h, w]
-        pooled = torch.cat([x.mean(dim=(3, 4)), x.amax(dim=(3, 4))], dim=1)  # max: a small shape's colour
-        return F.silu(self.to_features(pooled.flatten(1)))
-
-    def forward(self, clips: Tensor) -> dict[str, Tensor]:  # {name: logits [N, K]}
-        feats = self.features(clips)
-        return {name: head(feats) for name, head in self.heads.items()}
-
-    @torch.no_grad()
-    def embed(self, clips: Any, batch_size: int = 64) -> Tensor:  # -> [N, feature_dim] float64
-        clips = as_clip_tensor(clips)
-        device = next(self.parameters()).device
-        was_training = self.training
-        self.eval()
-        out = [
-            self.features(clips[i : i + batch_size].to(device)).double().cpu()
-            for i in range(0, len(clips), batch_size)
-        ]
-        self.train(was_training)
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def predict(self, clips: Any, batch_size: int = 64) -> dict[str, Tensor]:  # {name: [N] long}
-        clips = as_clip_tensor(clips)
-        device = next(self.parameters()).device
-        was_training = self.training
-        self.eval()
-        chunks = [self(clips[i : i + batch_size].to(device)) for i in range(0, len(clips), batch_size)]
-        self.train(was_training)
-        return {name: torch.cat([c[name].argmax(dim=1).cpu() for c in chunks]) for name in self.attributes}
-
 
 def train_video_classifier(
     clips: Any,  # uint8 [N, T, H, W, 3] or float [N, 3, T, H, W] in [0, 1]
@@ -171,41 +138,12 @@ def train_video_classifier(
 ) -> VideoAttributeClassifier:
     """Train the judge on real clips; deterministic given `cfg.seed` (own generator and init)."""
     cfg = cfg or VideoClassifierConfig()
-    clips = as_clip_tensor(clips)
-    if len(clips) != len(labels):
-        raise ValueError(f"{len(clips)} clips but {len(labels)} label rows")
-    targets = encode_labels(labels, attributes)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = VideoAttributeClassifier(attributes, cfg).to(device)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1
-    )
-    model.train()
-    for _ in range(cfg.steps):
-        index = torch.randint(len(clips), (min(cfg.batch_size, len(clips)),), generator=generator)
-        logits = model(clips[index].to(device))
-        loss = sum(F.cross_entropy(logits[name], targets[name][index].to(device)) for name in attributes)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    return model.eval()
+    build = partial(VideoAttributeClassifier, attributes, cfg)
+    return train_judge(build, cfg, as_clip_tensor(clips), labels, attributes, device=device, noun="clips")
 
 
-def clip_accuracy(
-    classifier: VideoAttributeClassifier, clips: Any, labels: Sequence[Mapping[str, Any]]
-) -> dict[str, float]:
-    """{attribute: accuracy, "all": every attribute right, "mean": mean over attributes}."""
-    predicted = classifier.predict(clips)
-    targets = encode_labels(labels, classifier.attributes)
-    correct = {name: predicted[name] == targets[name] for name in classifier.attributes}
-    result = {name: float(hit.float().mean()) for name, hit in correct.items()}
-    result["all"] = float(torch.stack(list(correct.values())).all(dim=0).float().mean())
-    result["mean"] = float(np.mean([result[name] for name in classifier.attributes]))
-    return result
+#: the judges' shared prompt accuracy, under the name the video family has always used
+clip_accuracy = attribute_accuracy
 
 
 #: generate(prompts, cfg) -> clips (uint8 [N, T, H, W, 3] or float [N, 3, T, H, W] in [0, 1])
@@ -224,10 +162,7 @@ def evaluate_prompt_modes(
     """Prompt accuracy and Fréchet distance of the prompts generated with guidance `cfg`
     ("conditional") and with guidance 0 ("unconditional", the same noise); returns
     ({mode: {attribute accuracies, "all", "mean", "fvd"}}, {mode: the generated clips})."""
-    if len(prompts) != len(labels):
-        raise ValueError(f"{len(prompts)} prompts but {len(labels)} label rows")
-    if len(prompts) < 2:
-        raise ValueError("the evaluation needs at least two prompts")
+    check_prompt_labels(prompts, labels)
     real = classifier.embed(real_clips)
     generated = {"conditional": generate(list(prompts), cfg), "unconditional": generate(list(prompts), 0.0)}
     scores = {}
