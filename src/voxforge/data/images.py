@@ -10,7 +10,9 @@ in their own modules, by responsibility:
 - `image_buckets`: the bucket table, `fit_to_bucket`, `BucketBatchSampler`;
 - `image_manifest`: OUT/manifest.jsonl and OUT/dataset.json, `read_manifest`;
 - `image_dataset`: `ImageCaptionDataset`, `ImageDataConfig`, augmentations, `collate_images`;
-- this module: the prepare job (`prepare_images`, `ImagePrepareConfig`) and its summary.
+- this module: the image family's part of the prepare job (`prepare_images`,
+  `ImagePrepareConfig`: what is kept on a re-run, the worker task, the mixing weights) and
+  its summary; the job itself (`captioned_prepare`) is shared with the video family.
 
 Every image file is validated on its own, and a file that fails is recorded in
 OUT/manifest.jsonl with a reason while the job goes on (see docs/image.md, "Data").
@@ -29,15 +31,13 @@ to the source's weight whatever its size. `bucket_batch_sampler` draws by these 
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from voxforge.config.core import ConfigValueError, option
+from voxforge.data.captioned_prepare import prepare_captioned
 from voxforge.data.image_buckets import (
     BucketBatchSampler,
     bucket_batch_sampler,
@@ -52,14 +52,12 @@ from voxforge.data.image_dataset import (
     collate_images,
     swap_left_right,
 )
-from voxforge.data.image_manifest import DATASET_INFO, FORMAT_VERSION, MANIFEST, read_manifest, write_atomic
+from voxforge.data.image_manifest import DATASET_INFO, FORMAT_VERSION, MANIFEST, read_manifest
 from voxforge.data.image_sources import (
     IMAGE_EXTENSIONS,
     METADATA_FILES,
-    _archive_kind,
     _failed,
     _Item,
-    _sha256,
     discover,
     expand_image_archive,
 )
@@ -71,9 +69,9 @@ from voxforge.data.image_validate import (
     image_task,
     process_image,
 )
-from voxforge.data.safety import Limits, is_within
+from voxforge.data.ingest import sha256_file
+from voxforge.data.safety import Limits
 from voxforge.errors import UserError
-from voxforge.representations.mesh import AssetError
 
 __all__ = [
     "DATASET_INFO",
@@ -157,170 +155,83 @@ def prepare_images(
     sources: Sequence[str | Path], out: str | Path, config: ImagePrepareConfig | None = None
 ) -> dict[str, Any]:
     """Prepare (or finish preparing) the sources into OUT; returns the summary (dataset.json + counts)."""
-    from voxforge.data.workers import default_workers, run_tasks
-
     config = config or ImagePrepareConfig()
-    out = Path(out)
-    if not sources:
-        raise UserError("give at least one source folder or archive")
-    weights = list(config.weights) or [1.0] * len(sources)
-    if len(weights) != len(sources):
-        raise UserError(
-            f"--weights has {len(weights)} values for {len(sources)} sources; give one per source"
-        )
-    for src in map(Path, sources):
-        if not src.exists():
-            raise UserError(f"source {src} does not exist")
-        if not src.is_dir() and _archive_kind(src) is None:
-            raise UserError(f"source {src} is neither a folder nor a .zip / .tar / .tar.gz archive")
-        if src.is_dir() and (src.resolve() == out.resolve() or is_within(src, out)):
-            raise UserError(f"the source folder {src} must not be (or lie inside) the output folder {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    params = config.params()
-    table = config.table()
-    settings = {**params, "table": [list(b) for b in table], "limits": asdict(config.limits)}
-    previous = {(r.get("source"), r.get("file_name")): r for r in read_manifest(out)}
-    records: list[dict[str, Any]] = []
-    notes: list[str] = []
-    items: list[_Item] = []
-    for index, src in enumerate(map(Path, sources)):
-        display = str(src)
-        root = src
-        if not src.is_dir():
-            sha = _sha256(src)
-            root = out / "archives" / sha[:16]
-            try:
-                expand_image_archive(src, root, config.limits)
-            except AssetError as err:
-                records.append(_failed(index, display, src.name, err.reason, str(err), sha))
-                continue
-        found, failures, source_notes = discover(index, src, display, root, out)
-        items += found
-        records += failures
-        notes += [f"{display}: {n}" for n in source_notes]
+    return prepare_captioned(sources, Path(out), _ImageFamily(config, len(sources)), config)
 
-    # hash (cached by size and mtime), dedupe, plan
-    owners: dict[str, _Item] = {}
-    tasks: list[dict[str, Any]] = []
-    planned: dict[str, _Item] = {}
-    kept: dict[str, dict[str, Any]] = {}  # key -> previous record reused as it is
-    for item in items:
-        key = f"{item.source_index}:{item.file_name}"
-        before = previous.get((item.source, item.file_name))
-        try:
-            info = item.path.stat()
-            item.mask_sha = _sha256(item.mask) if item.mask is not None else None
-            if before and before.get("bytes") == info.st_size and before.get("mtime") == info.st_mtime:
-                item.sha = before.get("sha")
-            item.sha = item.sha or _sha256(item.path)
-        except OSError as err:
-            records.append(_failed(item.source_index, item.source, item.file_name, "unreadable", str(err)))
-            continue
-        item.id = item.sha[:16]
-        item.stat = (info.st_size, info.st_mtime)
-        if item.id in owners:
-            first = owners[item.id]
-            records.append(
-                _failed(item.source_index, item.source, item.file_name, "duplicate",
-                        f"{item.file_name} has the same content as {first.source}/{first.file_name}", item.sha)
-            )  # fmt: skip
-            continue
-        owners[item.id] = item
-        item_params = {**params, "mask": item.mask_sha}
-        item.params = item_params
-        if before and before.get("sha") == item.sha and before.get("params") == item_params:
-            done = before.get("status") == "done" and (out / "images" / f"{item.id}.png").is_file()
-            if done or (before.get("status") == "failed" and not config.retry_failed):
-                kept[key] = before
-                planned[key] = item
-                continue
-        planned[key] = item
-        tasks.append(
-            {
-                "key": key, "id": item.id, "name": f"{item.source}/{item.file_name}", "path": str(item.path),
-                "mask": str(item.mask) if item.mask else None, "mask_name": item.mask_name,
-                "out": str(out), "settings": settings,
-            }
-        )  # fmt: skip
 
-    results: dict[str, dict[str, Any]] = {}
-    log_file = open(out / MANIFEST, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+class _ImageFamily:
+    """The image family's part of the shared prepare job (`captioned_prepare.CaptionedFamily`)."""
 
-    def record_of(key: str, fields: dict[str, Any]) -> dict[str, Any]:
-        item = planned[key]
-        record = {
+    desc, unit, parallel_from = "images", "image", 64
+    discovery_reasons = DISCOVERY_WARNINGS
+
+    def __init__(self, config: ImagePrepareConfig, count: int):
+        self.config = config
+        self.worker = image_task
+        self.weights = list(config.weights) or [1.0] * count
+        self.params = config.params()
+        table = config.table()
+        self.settings = {**self.params, "table": [list(b) for b in table], "limits": asdict(config.limits)}
+
+    def check(self, sources: Sequence[str | Path]) -> None:
+        if len(self.weights) != len(sources):
+            raise UserError(
+                f"--weights has {len(self.weights)} values for {len(sources)} sources; give one per source"
+            )
+
+    def expand(self, archive: Path, root: Path) -> None:
+        expand_image_archive(archive, root, self.config.limits)
+
+    def discover(
+        self, index: int, src: Path, root: Path, out: Path
+    ) -> tuple[list[_Item], list[dict], list[str]]:
+        return discover(index, src, str(src), root, out)
+
+    failed = staticmethod(_failed)
+
+    def identify(self, item: _Item) -> None:
+        item.mask_sha = sha256_file(item.mask) if item.mask is not None else None
+        item.params = {**self.params, "mask": item.mask_sha}
+
+    def stands(self, item: _Item, before: dict[str, Any], out: Path) -> bool:
+        if before.get("params") != item.params:
+            return False
+        done = before.get("status") == "done" and (out / "images" / f"{item.id}.png").is_file()
+        return done or (before.get("status") == "failed" and not self.config.retry_failed)
+
+    def task(self, key: str, item: _Item, out: Path) -> dict[str, Any]:
+        return {
+            "key": key, "id": item.id, "name": f"{item.source}/{item.file_name}", "path": str(item.path),
+            "mask": str(item.mask) if item.mask else None, "mask_name": item.mask_name,
+            "out": str(out), "settings": self.settings,
+        }  # fmt: skip
+
+    def record(self, item: _Item, fields: dict[str, Any]) -> dict[str, Any]:
+        return {
             "id": item.id, "source": item.source, "source_index": item.source_index,
             "file_name": item.file_name, "status": fields["status"], "reason": fields.get("reason"),
             "error": fields.get("error"),
-            "warnings": item.log.messages + fields.get("warnings", []),
-            "warning_reasons": item.log.reasons + fields.get("warning_reasons", []),
+            "warnings": item.warnings + fields.get("warnings", []),
+            "warning_reasons": item.warning_reasons + fields.get("warning_reasons", []),
             "width": fields.get("width"), "height": fields.get("height"), "bucket": fields.get("bucket"),
             "mask": fields.get("mask", False), "caption": item.caption, "weight": 0.0, "extra": item.extra,
             "sha": item.sha, "bytes": item.stat[0], "mtime": item.stat[1], "params": item.params,
         }  # fmt: skip
-        return record
 
-    progress = None
-    if config.progress and tasks:
-        from tqdm import tqdm
+    def finish(self, records: list[dict[str, Any]]) -> None:
+        """Each done record's mixing weight: its source's weight over the source's done count."""
+        counts = [0] * len(self.weights)
+        for record in records:
+            if record["status"] == "done":
+                counts[record["source_index"]] += 1
+        for record in records:
+            index = record["source_index"]
+            record["weight"] = self.weights[index] / counts[index] if record["status"] == "done" else 0.0
 
-        progress = tqdm(total=len(tasks), desc="images", unit="image", file=sys.stderr, dynamic_ncols=True)
-
-    def on_message(key: str, message: Any) -> None:
-        results[key] = record_of(key, message[1])
-        log_file.write(json.dumps(results[key]) + "\n")
-        log_file.flush()
-
-    def on_failure(key: str, reason: str, detail: str) -> None:
-        on_message(key, ("result", {"status": "failed", "reason": reason, "error": detail}))
-
-    def on_finished(key: str) -> None:
-        if progress is not None:
-            progress.update(1)
-
-    workers = config.workers
-    if workers < 0:
-        workers = 0 if len(tasks) < 64 else default_workers()
-    began = time.perf_counter()
-    try:
-        run_tasks(
-            tasks, image_task, workers=workers, time_limit=config.time_limit if workers else None,
-            on_message=on_message, on_failure=on_failure, on_finished=on_finished, threads=1 if workers else None,
-        )  # fmt: skip
-    finally:
-        log_file.close()
-        if progress is not None:
-            progress.close()
-    for key, item in planned.items():
-        if key in results:
-            records.append(results[key])
-        else:  # unchanged: the previous record with today's caption, labels and source name
-            before = dict(kept[key])
-            pairs = zip(before.get("warnings", []), before.get("warning_reasons", []))
-            found = [(m, c) for m, c in pairs if c not in DISCOVERY_WARNINGS]  # made by processing
-            before["warnings"] = item.log.messages + [m for m, _ in found]
-            before["warning_reasons"] = item.log.reasons + [c for _, c in found]
-            before.update(
-                caption=item.caption, extra=item.extra, source=item.source, source_index=item.source_index
-            )
-            records.append(before)
-    counts = [0] * len(sources)
-    for record in records:
-        if record["status"] == "done":
-            counts[record["source_index"]] += 1
-    for record in records:
-        index = record["source_index"]
-        record["weight"] = weights[index] / counts[index] if record["status"] == "done" else 0.0
-    records.sort(key=lambda r: (r["source_index"], r["file_name"]))
-    write_atomic(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in records))
-    info = summarize(records, config, sources, weights, notes)
-    write_atomic(out / DATASET_INFO, json.dumps(info, indent=1) + "\n")
-    info["this_run"] = {
-        "processed": len(results),
-        "skipped": len(kept),
-        "seconds": time.perf_counter() - began,
-    }
-    return info
+    def summarize(
+        self, records: list[dict[str, Any]], sources: Sequence[Any], notes: list[str]
+    ) -> dict[str, Any]:
+        return summarize(records, self.config, sources, self.weights, notes)
 
 
 def summarize(

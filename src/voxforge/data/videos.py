@@ -1,8 +1,9 @@
 """Captioned video datasets: `voxforge data videos SRC [SRC2 ...] OUT` and the dataset that reads it.
 
 Ingest (docs/video.md, "Data"). Each SRC is a folder, a `.zip` or a `.tar`/`.tar.gz`
-(checked before anything is extracted, into OUT/archives/<sha>/: `video_archive`). Videos
-(mp4, mov, m4v, webm, mkv, gif) are probed and decoded with PyAV (`video_io`: sizes and
+(checked before anything is extracted, into OUT/archives/<sha>/: `voxforge.data.archive`,
+shared with the image family, as is the reading of sources and captions: `captioned_sources`).
+Videos (mp4, mov, m4v, webm, mkv, gif) are probed and decoded with PyAV (`video_io`: sizes and
 frame counts checked before decoding); images in the same sources are one-frame videos.
 Captions follow the image family: a `.txt` beside the file, or `metadata.jsonl` /
 `metadata.csv` with `file_name` and `text` (the metadata wins, with `caption_conflict`; none
@@ -24,7 +25,8 @@ are seeded by the clip's id), and skips a clip whose stored file exists and whos
 settings (`params`) are unchanged: editing batch sizes or captions reprocesses nothing, a
 probability that moves a clip to another bucket reprocesses that clip only. Records are
 appended as they finish; at the end the manifest (one line per source file) and dataset.json
-are rewritten atomically.
+are rewritten atomically. That job is the image family's too (`captioned_prepare`); this
+module says what differs: which previous records stand, the clip task and its record.
 
 Dataset. `VideoClipDataset` returns {"video": [3, T, H, W] in [-1, 1], "caption", "id",
 "fps", "bucket"}; `video_batch_sampler` batches it one bucket at a time at each bucket's batch
@@ -34,14 +36,9 @@ size (`VideoBucketSampler`: seeded, resumable, split by rank).
 from __future__ import annotations
 
 import copy
-import csv
-import hashlib
-import io
 import json
 import os
-import sys
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -49,9 +46,10 @@ from typing import Any
 import numpy as np
 
 from voxforge.config.core import ConfigValueError, option
+from voxforge.data.archive import expand_media_archive
+from voxforge.data.captioned_prepare import prepare_captioned
+from voxforge.data.captioned_sources import SourceItem, read_source
 from voxforge.data.image_manifest import read_manifest
-from voxforge.data.safety import is_within
-from voxforge.data.video_archive import archive_kind, expand_media_archive
 from voxforge.data.video_buckets import (
     DEFAULT_BUCKETS,
     VideoBucket,
@@ -88,7 +86,7 @@ __all__ = [
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif"}
 STILL_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | STILL_EXTENSIONS
-METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+ARCHIVE_MEMBERS = MEDIA_EXTENSIONS | {".txt", ".jsonl", ".csv"}
 MANIFEST = "manifest.jsonl"  # the name `image_manifest.read_manifest` reads
 DATASET_INFO = "dataset.json"
 CLIPS = "clips"
@@ -229,131 +227,27 @@ def clip_task(task: dict[str, Any], send: Any) -> None:
 
 
 @dataclass
-class _Item:
-    source_index: int
-    source: str
-    file_name: str  # posix path inside the source
-    path: Path
-    caption: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    warning_reasons: list[str] = field(default_factory=list)
-    id: str | None = None
-    sha: str | None = None
-    stat: tuple[int, float] = (0, 0.0)
-
+class _Item(SourceItem):
     @property
     def kind(self) -> str:
         return "image" if PurePosixPath(self.file_name).suffix.lower() in STILL_EXTENSIONS else "video"
 
-    def warn(self, reason: str, message: str) -> None:
-        self.warnings.append(message)
-        self.warning_reasons.append(reason)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _metadata_rows(root: Path, file: Path, notes: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(posix path from root, row) per usable row of a metadata.jsonl / metadata.csv."""
-    relative = file.relative_to(root).as_posix()
-    try:
-        text = file.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        notes.append(f"{relative}: cannot be read ({err}); ignored")
-        return
-    rows: list[tuple[int, Any]] = []
-    if file.suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((number, json.loads(line)))
-                except json.JSONDecodeError as err:
-                    notes.append(f"{relative}:{number}: not JSON ({err.msg}); line ignored")
-    else:
-        rows = list(enumerate(csv.DictReader(io.StringIO(text)), 2))
-    root_real = root.resolve()
-    for number, row in rows:
-        name = row.get("file_name") if isinstance(row, dict) else None
-        if not isinstance(name, str) or not name.strip():
-            notes.append(f"{relative}:{number}: no file_name; line ignored")
-            continue
-        target = (file.parent / name.replace("\\", "/")).resolve()
-        if not target.is_relative_to(root_real):
-            notes.append(f"{relative}:{number}: file_name {name!r} points outside the source; line ignored")
-            continue
-        yield target.relative_to(root_real).as_posix(), row
-
 
 def discover(index: int, display: str, root: Path, out: Path) -> tuple[list[_Item], list[dict], list[str]]:
     """Media files of one source (a folder, or an expanded archive at `root`): items, failures, notes."""
-    failures: list[dict[str, Any]] = []
-    notes: list[str] = []
-    root_real, out_real = root.resolve(), out.resolve()
-    files: dict[str, Path] = {}
-    metadata: list[Path] = []
-    for directory, dirnames, filenames in os.walk(root, followlinks=False):
-        here = Path(directory)
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith((".", "__MACOSX")) and (here / d).resolve() != out_real
-        )
-        for filename in sorted(filenames):
-            path = here / filename
-            relative = path.relative_to(root).as_posix()
-            if filename in METADATA_FILES:
-                metadata.append(path)
-            suffix = path.suffix.lower()
-            if suffix not in MEDIA_EXTENSIONS | {".txt"} or filename.startswith("."):
-                continue
-            if not is_within(path, root_real):  # a link out of the source: a caption is not read
-                if suffix != ".txt":
-                    failures.append(
-                        _failed(index, display, relative, "path_outside_source",
-                                f"{relative} is a symbolic link to {os.path.realpath(path)}, outside the source")
-                    )  # fmt: skip
-                continue
-            if path.is_file():
-                files[relative] = path
-    rows: dict[str, dict[str, Any]] = {}
-    for file in sorted(metadata, key=lambda p: (len(p.parts), p.name)):  # deeper files win
-        for relative, row in _metadata_rows(root, file, notes):
-            rows[relative] = row
+    source = read_source(index, display, root, out, MEDIA_EXTENSIONS, _failed, outside="the source")
     items = []
-    for relative in sorted(files):
+    for relative in sorted(source.files):
         if PurePosixPath(relative).suffix.lower() not in MEDIA_EXTENSIONS:
             continue
-        item = _Item(index, display, relative, files[relative])
-        text = None
-        caption_file = files.get(str(PurePosixPath(relative).with_suffix(".txt")))
-        if caption_file is not None:
-            try:
-                text = caption_file.read_text(encoding="utf-8-sig", errors="replace").strip()
-            except OSError as err:
-                item.warn("missing_caption", f"{relative}: caption file unreadable ({err})")
-        row = rows.get(relative)
+        item = _Item(index, display, relative, source.files[relative])
+        row = source.rows.get(relative)
+        text = item.read_caption(source.files, row)
         if row is not None:
-            meta = row.get("text", row.get("caption"))
-            if isinstance(meta, str):
-                if text is not None and text != meta.strip():
-                    item.warn(
-                        "caption_conflict", f"{relative}: the .txt and the metadata differ; metadata used"
-                    )
-                text = meta.strip()
-            item.extra = {
-                k: v for k, v in row.items()
-                if k not in ("file_name", "text", "caption") and isinstance(v, str | int | float | bool)
-            }  # fmt: skip
-        if text is None:
-            item.warn("missing_caption", f"{relative} has no caption (.txt or metadata): empty caption")
-            text = ""
-        item.caption = text
+            item.keep_labels(row, ("file_name", "text", "caption"))
+        item.set_caption(text)
         items.append(item)
-    return items, failures, notes
+    return items, source.failures, source.notes
 
 
 def _failed(index: int, source: str, file_name: str, reason: str, error: str, sha: str | None = None) -> dict:
@@ -366,15 +260,6 @@ def _failed(index: int, source: str, file_name: str, reason: str, error: str, sh
 
 # ----------------------------------------------------------------------------------------------
 # the prepare job
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
 
 
 def _still_valid(before: dict[str, Any], item: _Item, config: VideoPrepareConfig, out: Path) -> bool:
@@ -394,85 +279,52 @@ def prepare_videos(
     sources: Sequence[str | Path], out: str | Path, config: VideoPrepareConfig | None = None
 ) -> dict[str, Any]:
     """Prepare (or finish preparing) the sources into OUT; returns the summary (dataset.json + counts)."""
-    from voxforge.data.workers import default_workers, run_tasks
-
     config = config or VideoPrepareConfig()
-    out = Path(out)
-    if not sources:
-        raise UserError("give at least one source folder or archive")
-    for src in map(Path, sources):
-        if not src.exists():
-            raise UserError(f"source {src} does not exist")
-        if not src.is_dir() and archive_kind(src) is None:
-            raise UserError(f"source {src} is neither a folder nor a .zip / .tar / .tar.gz archive")
-        if src.is_dir() and (src.resolve() == out.resolve() or is_within(src, out)):
-            raise UserError(f"the source folder {src} must not be (or lie inside) the output folder {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    params = config.params()
-    settings = {
-        "buckets": bucket_config_json(config.table), "multiple": config.multiple, "max_aspect": config.max_aspect,
-        "approx": config.approx, "frame_sampling": config.frame_sampling, "seed": config.seed,
-        "background": list(config.background), "limits": asdict(config.limits),
-    }  # fmt: skip
-    previous = {(r.get("source"), r.get("file_name")): r for r in read_manifest(out)}
-    records: list[dict[str, Any]] = []
-    notes: list[str] = []
-    items: list[_Item] = []
-    for index, src in enumerate(map(Path, sources)):
-        root = src
-        if not src.is_dir():
-            sha = _sha256(src)
-            root = out / "archives" / sha[:16]
-            try:
-                expand_media_archive(
-                    src, root, config.limits.archive(), MEDIA_EXTENSIONS | {".txt", ".jsonl", ".csv"}
-                )
-            except AssetError as err:
-                records.append(_failed(index, str(src), src.name, err.reason, str(err), sha))
-                continue
-        found, failures, source_notes = discover(index, str(src), root, out)
-        items += found
-        records += failures
-        notes += [f"{src}: {n}" for n in source_notes]
+    return prepare_captioned(sources, Path(out), _VideoFamily(config), config)
 
-    owners: dict[str, _Item] = {}
-    planned: dict[str, _Item] = {}
-    kept: dict[str, dict[str, Any]] = {}
-    tasks: list[dict[str, Any]] = []
-    for item in items:
-        key = f"{item.source_index}:{item.file_name}"
-        before = previous.get((item.source, item.file_name))
-        try:
-            info = item.path.stat()
-            if before and before.get("bytes") == info.st_size and before.get("mtime") == info.st_mtime:
-                item.sha = before.get("sha")
-            item.sha = item.sha or _sha256(item.path)
-        except OSError as err:
-            records.append(_failed(item.source_index, item.source, item.file_name, "unreadable", str(err)))
-            continue
-        item.id, item.stat = item.sha[:16], (info.st_size, info.st_mtime)
-        if item.id in owners:
-            first = owners[item.id]
-            records.append(
-                _failed(item.source_index, item.source, item.file_name, "duplicate",
-                        f"{item.file_name} has the same content as {first.source}/{first.file_name}", item.sha)
-            )  # fmt: skip
-            continue
-        owners[item.id] = item
-        planned[key] = item
-        if before and before.get("sha") == item.sha and before.get("params") == params:
-            if _still_valid(before, item, config, out):
-                kept[key] = before
-                continue
-        tasks.append(
-            {"key": key, "id": item.id, "kind": item.kind, "name": f"{item.source}/{item.file_name}",
-             "path": str(item.path), "out": str(out), "settings": settings}
-        )  # fmt: skip
 
-    results: dict[str, dict[str, Any]] = {}
+class _VideoFamily:
+    """The video family's part of the shared prepare job (`captioned_prepare.CaptionedFamily`)."""
 
-    def record_of(key: str, fields: dict[str, Any]) -> dict[str, Any]:
-        item = planned[key]
+    desc, unit, parallel_from = "videos", "file", 32
+    discovery_reasons = DISCOVERY_WARNINGS
+
+    def __init__(self, config: VideoPrepareConfig):
+        self.config = config
+        self.worker = clip_task
+        self.params = config.params()
+        self.settings = {
+            "buckets": bucket_config_json(config.table), "multiple": config.multiple,
+            "max_aspect": config.max_aspect, "approx": config.approx, "frame_sampling": config.frame_sampling,
+            "seed": config.seed, "background": list(config.background), "limits": asdict(config.limits),
+        }  # fmt: skip
+
+    def check(self, sources: Sequence[str | Path]) -> None:
+        """Every source will do: the video family has no per-source settings."""
+
+    def expand(self, archive: Path, root: Path) -> None:
+        expand_media_archive(archive, root, self.config.limits.archive(), ARCHIVE_MEMBERS)
+
+    def discover(
+        self, index: int, src: Path, root: Path, out: Path
+    ) -> tuple[list[_Item], list[dict], list[str]]:
+        return discover(index, str(src), root, out)
+
+    failed = staticmethod(_failed)
+
+    def identify(self, item: _Item) -> None:
+        """A clip depends on its bytes alone."""
+
+    def stands(self, item: _Item, before: dict[str, Any], out: Path) -> bool:
+        return before.get("params") == self.params and _still_valid(before, item, self.config, out)
+
+    def task(self, key: str, item: _Item, out: Path) -> dict[str, Any]:
+        return {
+            "key": key, "id": item.id, "kind": item.kind, "name": f"{item.source}/{item.file_name}",
+            "path": str(item.path), "out": str(out), "settings": self.settings,
+        }  # fmt: skip
+
+    def record(self, item: _Item, fields: dict[str, Any]) -> dict[str, Any]:
         return {
             "id": item.id, "source": item.source, "source_index": item.source_index, "file_name": item.file_name,
             "kind": item.kind, "status": fields["status"], "reason": fields.get("reason"), "error": fields.get("error"),
@@ -480,67 +332,16 @@ def prepare_videos(
             "warning_reasons": item.warning_reasons + fields.get("warning_reasons", []),
             "probe": fields.get("probe"), "bucket": fields.get("bucket"), "frame_indices": fields.get("frame_indices"),
             "fps": fields.get("fps"), "caption": item.caption, "extra": item.extra,
-            "sha": item.sha, "bytes": item.stat[0], "mtime": item.stat[1], "params": params,
+            "sha": item.sha, "bytes": item.stat[0], "mtime": item.stat[1], "params": self.params,
         }  # fmt: skip
 
-    progress = None
-    if config.progress and tasks:
-        from tqdm import tqdm
+    def finish(self, records: list[dict[str, Any]]) -> None:
+        """Nothing to add: a clip's record is complete when its task reports."""
 
-        progress = tqdm(total=len(tasks), desc="videos", unit="file", file=sys.stderr, dynamic_ncols=True)
-    log_file = open(out / MANIFEST, "a", encoding="utf-8")  # noqa: SIM115 - closed below
-
-    def on_message(key: str, message: Any) -> None:
-        results[key] = record_of(key, message[1])
-        log_file.write(json.dumps(results[key]) + "\n")
-        log_file.flush()
-
-    def on_failure(key: str, reason: str, detail: str) -> None:
-        on_message(key, ("result", {"status": "failed", "reason": reason, "error": detail}))
-
-    def on_finished(key: str) -> None:
-        if progress is not None:
-            progress.update(1)
-
-    workers = config.workers
-    if workers < 0:
-        workers = 0 if len(tasks) < 32 else default_workers()
-    began = time.perf_counter()
-    try:
-        run_tasks(
-            tasks, clip_task, workers=workers, time_limit=config.time_limit if workers else None,
-            on_message=on_message, on_failure=on_failure, on_finished=on_finished, threads=1 if workers else None,
-        )  # fmt: skip
-    finally:
-        log_file.close()
-        if progress is not None:
-            progress.close()
-    for key, item in planned.items():
-        if key in results:
-            records.append(results[key])
-            continue
-        before = dict(kept[key])  # unchanged: today's caption, labels and source name
-        found = [
-            (m, c)
-            for m, c in zip(before.get("warnings", []), before.get("warning_reasons", []))
-            if c not in DISCOVERY_WARNINGS
-        ]
-        before["warnings"] = item.warnings + [m for m, _ in found]
-        before["warning_reasons"] = item.warning_reasons + [c for _, c in found]
-        before.update(
-            caption=item.caption, extra=item.extra, source=item.source, source_index=item.source_index
-        )
-        records.append(before)
-    records.sort(key=lambda r: (r["source_index"], r["file_name"]))
-    _write_atomic(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in records))
-    info = summarize(records, config, sources, notes)
-    _write_atomic(out / DATASET_INFO, json.dumps(info, indent=1) + "\n")
-    info["this_run"] = {
-        "processed": len(results),
-        "skipped": len(kept),
-        "seconds": time.perf_counter() - began,
-    }
-    return info
+    def summarize(
+        self, records: list[dict[str, Any]], sources: Sequence[Any], notes: list[str]
+    ) -> dict[str, Any]:
+        return summarize(records, self.config, sources, notes)
 
 
 def summarize(
