@@ -12,12 +12,12 @@ Endpoint `/text_to_image` (prompt, negative prompt, width, height, steps, guidan
 sampler, model, LoRA → the image, its .png download, the record). Each request is checked
 (prompt length, size a multiple of the model's factor and at most `max_side`, steps, guidance,
 seed) before sampling, and writes `image.png` and `generation.json` into its job folder.
+The checks, controls, pipeline cache and record it has in common with the video tab come from
+`app.prompt_tabs`; the LoRA choice is its own.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,13 +27,12 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from voxforge.app import prompt_tabs
 from voxforge.app.registry import AppContext, Family, model_labels
-from voxforge.app.requests import RequestError, check_choice, check_float, check_int
-from voxforge.app.ui import endpoint, slider
-from voxforge.config.core import load_yaml
+from voxforge.app.requests import RequestError, check_choice
+from voxforge.app.ui import endpoint
 from voxforge.errors import UserError
 from voxforge.pipelines.image import SAMPLERS, ImagePipeline
-from voxforge.train.monitor import find_runs
 
 __all__ = ["FAMILY", "NO_LORA", "TextToImageService", "is_image_model", "is_lora_run"]
 
@@ -41,10 +40,7 @@ NO_LORA = "none"
 
 
 def _run_config(path: Path) -> dict[str, Any]:
-    try:
-        return load_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else {}
-    except (UserError, OSError, ValueError):
-        return {}
+    return prompt_tabs.read_run_config(path) or {}
 
 
 def is_lora_run(path: Path) -> bool:
@@ -63,9 +59,7 @@ def is_image_model(path: Path) -> bool:
 
 def discover(folder: Path) -> list[Path]:
     """The image_flow runs under `folder` (`train.monitor.find_runs`: a pipeline folder's runs/)."""
-    if is_image_model(folder):
-        return [folder]
-    return [run for run in find_runs(folder) if is_image_model(run)]
+    return prompt_tabs.discover_models(folder, is_image_model)
 
 
 @dataclass
@@ -81,8 +75,7 @@ class TextToImageService:
         if not self.models and not self.loras:
             raise UserError("the text → image tab needs at least one image model")
         self.context = context
-        self._pipelines: dict[Path, ImagePipeline] = {}
-        self._lock = threading.Lock()
+        self._pipelines: prompt_tabs.PipelineCache[ImagePipeline] = prompt_tabs.PipelineCache()
 
     def choose(self, model: str | None, lora: str | None) -> Path:
         """The folder a request runs: the LoRA run when one is chosen, else the model."""
@@ -95,10 +88,9 @@ class TextToImageService:
         return self.models[check_choice("model", model, list(self.models))]
 
     def pipeline(self, folder: Path) -> ImagePipeline:
-        with self._lock:
-            if folder not in self._pipelines:
-                self._pipelines[folder] = ImagePipeline.from_model(folder, device=self.context.device)
-            return self._pipelines[folder]
+        return self._pipelines.get(
+            folder, lambda: ImagePipeline.from_model(folder, device=self.context.device)
+        )
 
     def generate(
         self,
@@ -116,30 +108,25 @@ class TextToImageService:
         progress: Callable[[int, int], None] | None = None,  # (step, steps)
     ) -> Picture:
         limits = self.context.limits
-        if not isinstance(prompt, str) or not isinstance(negative, str | None):
-            raise RequestError("prompt and negative prompt must be text")
-        if len(prompt) > limits.max_prompt_chars or len(negative or "") > limits.max_prompt_chars:
-            raise RequestError(f"prompts are limited to {limits.max_prompt_chars} characters")
-        steps = check_int("steps", steps, 1, limits.max_steps)
-        cfg = check_float("guidance", cfg, 0.0, limits.max_cfg)
-        seed = check_int("seed", seed, 0, limits.max_seed)
-        sampler = check_choice("sampler", sampler, SAMPLERS)
+        request = prompt_tabs.check_prompt_request(
+            limits, prompt, negative, steps=steps, cfg=cfg, seed=seed, sampler=sampler, samplers=SAMPLERS
+        )
         folder = self.choose(model, lora)
         pipeline = self.pipeline(folder)
         default_w, default_h = pipeline.resolution
-        width = default_w if width in (None, 0) else check_int("width", width, 1, limits.max_side)
-        height = default_h if height in (None, 0) else check_int("height", height, 1, limits.max_side)
+        width = prompt_tabs.check_side("width", width, default_w, limits)
+        height = prompt_tabs.check_side("height", height, default_h, limits)
         size = pipeline.check_size((width, height))
         start = time.perf_counter()
         image = pipeline.generate(
-            [prompt],
-            negative=negative or "",
-            steps=steps,
-            cfg=cfg,
-            seed=seed,
+            [request.prompt],
+            negative=request.negative,
+            steps=request.steps,
+            cfg=request.cfg,
+            seed=request.seed,
             size=size,
-            sampler=sampler,
-            callback=None if progress is None else lambda i, t, x: progress(i + 1, steps),
+            sampler=request.sampler,
+            callback=prompt_tabs.step_progress(progress, request.steps),
         )[0]
         job = self.context.jobs.new("text_to_image")
         path = job / "image.png"
@@ -147,20 +134,14 @@ class TextToImageService:
         record = {
             "model": str(folder.resolve()),
             "lora": lora not in (None, "", NO_LORA),
-            "prompt": prompt,
-            "negative": negative or "",
+            "prompt": request.prompt,
+            "negative": request.negative,
             "size": list(size),
-            "sampler": {
-                "method": sampler,
-                "steps": steps,
-                "cfg_scale": cfg,
-                "flow_shift": pipeline.flow_shift,
-            },
-            "seed": seed,
-            "seconds": round(time.perf_counter() - start, 3),
-            "files": ["image.png"],
+            "sampler": request.sampler_record(flow_shift=pipeline.flow_shift),
         }
-        (job / "generation.json").write_text(json.dumps(record, indent=1))
+        record = prompt_tabs.write_generation(
+            job, record, seed=request.seed, start=start, files=["image.png"]
+        )
         return Picture(path, record)
 
 
@@ -173,8 +154,7 @@ def build(context: AppContext, models: list[Path]) -> None:
     width0, height0 = first.resolution
     with gr.Row():
         with gr.Column():
-            prompt_box = gr.Textbox(label="Prompt", lines=2, max_length=limits.max_prompt_chars)
-            negative_box = gr.Textbox(label="Negative prompt", max_length=limits.max_prompt_chars)
+            prompt_box, negative_box = prompt_tabs.prompt_boxes(limits)
             with gr.Row():
                 model_box = gr.Dropdown(
                     list(service.models),
@@ -187,15 +167,10 @@ def build(context: AppContext, models: list[Path]) -> None:
                     value=NO_LORA if service.models else next(iter(service.loras)),
                     label="LoRA (runs found under --runs)",
                 )
-            with gr.Row():
-                width_box = slider(factor, limits.max_side, width0, step=factor, label="width")
-                height_box = slider(factor, limits.max_side, height0, step=factor, label="height")
-            with gr.Row():
-                steps_box = slider(1, limits.max_steps, 20, step=1, label="steps")
-                cfg_box = slider(0, limits.max_cfg, 4.5, step=0.1, label="guidance")
-            with gr.Row():
-                seed_box = gr.Number(0, label="Seed", precision=0)
-                sampler_box = gr.Radio(list(SAMPLERS), value="dpm", label="Sampler")
+            width_box, height_box = prompt_tabs.size_sliders(factor, limits, width0, height0)
+            steps_box, cfg_box, seed_box, sampler_box = prompt_tabs.sampling_controls(
+                limits, steps=20, cfg=4.5, samplers=SAMPLERS, sampler="dpm"
+            )
             run_box = gr.Button("Generate", variant="primary", elem_id="generate-image")
         with gr.Column():
             result_box = gr.Image(label="Image", type="filepath", elem_id="image-result")
@@ -227,7 +202,7 @@ def build(context: AppContext, models: list[Path]) -> None:
             sampler=sampler,
             model=model,
             lora=lora,
-            progress=lambda step, total: progress((step, total), desc=f"sampling: step {step}/{total}"),
+            progress=prompt_tabs.progress_reporter(progress),
         )
         return str(picture.path), str(picture.path), picture.record
 

@@ -11,13 +11,13 @@ by `data.video_io.read_image_frame`, resized to cover the clip and centre-croppe
 
 Endpoint `/text_to_video` (prompt, negative, first frame or None, width, height, frames,
 steps, guidance, seed, sampler, model → the .mp4, the .gif, [.mp4, .gif], the record). Each
-request writes `video.mp4`, `video.gif` and `generation.json` into its job folder.
+request writes `video.mp4`, `video.gif` and `generation.json` into its job folder. The
+first frame and the frame count are this tab's; the rest of a request goes through
+`app.prompt_tabs`, as the image tab's does.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,16 +28,15 @@ import gradio as gr
 import torch
 from torch import Tensor
 
+from voxforge.app import prompt_tabs
 from voxforge.app.registry import AppContext, Family, model_labels
-from voxforge.app.requests import RequestError, check_choice, check_float, check_image_upload, check_int
-from voxforge.app.ui import endpoint, slider
-from voxforge.config.core import load_yaml
+from voxforge.app.requests import RequestError, check_choice, check_image_upload, check_int
+from voxforge.app.ui import endpoint
 from voxforge.data.video_io import VideoLimits, cover_crop, read_image_frame
 from voxforge.errors import UserError
 from voxforge.export.video import write_gif, write_mp4
 from voxforge.pipelines.video import DENOISER_INFO, VideoPipeline
 from voxforge.representations.mesh import AssetError
-from voxforge.train.monitor import find_runs
 
 __all__ = ["FAMILY", "Clip", "TextToVideoService", "is_video_model"]
 
@@ -48,20 +47,14 @@ MAX_FRAMES = 257
 def is_video_model(path: Path) -> bool:
     """A video_flow run (with a checkpoint) or the export/ folder of one."""
     path = Path(path)
-    config = path / "config.yaml"
-    if config.is_file():
-        try:
-            stage = load_yaml(config).get("stage")
-        except (UserError, OSError, ValueError):
-            return False
-        return stage == "video_flow" and (path / "checkpoints").is_dir()
+    config = prompt_tabs.read_run_config(path)
+    if config is not None:
+        return config.get("stage") == "video_flow" and (path / "checkpoints").is_dir()
     return (path / DENOISER_INFO).is_file()
 
 
 def discover(folder: Path) -> list[Path]:
-    if is_video_model(folder):
-        return [folder]
-    return [run for run in find_runs(folder) if is_video_model(run)]
+    return prompt_tabs.discover_models(folder, is_video_model)
 
 
 @dataclass
@@ -77,8 +70,7 @@ class TextToVideoService:
             raise UserError("the video tab needs at least one video model")
         self.models = model_labels(models)
         self.context = context
-        self._pipelines: dict[str, VideoPipeline] = {}
-        self._lock = threading.Lock()
+        self._pipelines: prompt_tabs.PipelineCache[VideoPipeline] = prompt_tabs.PipelineCache()
 
     @property
     def labels(self) -> list[str]:
@@ -86,12 +78,9 @@ class TextToVideoService:
 
     def pipeline(self, label: str | None = None) -> VideoPipeline:
         label = self.labels[0] if label in (None, "") else check_choice("model", label, self.labels)
-        with self._lock:
-            if label not in self._pipelines:
-                self._pipelines[label] = VideoPipeline.from_model(
-                    self.models[label], device=self.context.device
-                )
-            return self._pipelines[label]
+        return self._pipelines.get(
+            label, lambda: VideoPipeline.from_model(self.models[label], device=self.context.device)
+        )
 
     def first_frame(self, upload: Any, size: tuple[int, int]) -> tuple[str, Tensor]:
         """(the upload's name, the frame [1, 3, H, W] in [-1, 1] covering `size` (W, H))."""
@@ -121,18 +110,13 @@ class TextToVideoService:
         progress: Callable[[int, int], None] | None = None,  # (step, steps)
     ) -> Clip:
         limits = self.context.limits
-        if not isinstance(prompt, str) or not isinstance(negative, str | None):
-            raise RequestError("prompt and negative prompt must be text")
-        if len(prompt) > limits.max_prompt_chars or len(negative or "") > limits.max_prompt_chars:
-            raise RequestError(f"prompts are limited to {limits.max_prompt_chars} characters")
-        steps = check_int("steps", steps, 1, limits.max_steps)
-        cfg = check_float("guidance", cfg, 0.0, limits.max_cfg)
-        seed = check_int("seed", seed, 0, limits.max_seed)
-        sampler = check_choice("sampler", sampler, SAMPLERS)
+        request = prompt_tabs.check_prompt_request(
+            limits, prompt, negative, steps=steps, cfg=cfg, seed=seed, sampler=sampler, samplers=SAMPLERS
+        )
         pipeline = self.pipeline(model)
         default_w, default_h = pipeline.size
-        width = default_w if width in (None, 0) else check_int("width", width, 1, limits.max_side)
-        height = default_h if height in (None, 0) else check_int("height", height, 1, limits.max_side)
+        width = prompt_tabs.check_side("width", width, default_w, limits)
+        height = prompt_tabs.check_side("height", height, default_h, limits)
         frames = pipeline.frames if frames in (None, 0) else check_int("frames", frames, 1, MAX_FRAMES)
         frames = pipeline.check_frames(frames)
         size = pipeline.check_size((width, height))
@@ -140,17 +124,17 @@ class TextToVideoService:
         start = time.perf_counter()
         shift = pipeline.shift_for(frames, size)
         clip = pipeline.generate(
-            prompt,
-            negative or "",
-            steps=steps,
-            cfg=cfg,
-            seed=seed,
+            request.prompt,
+            request.negative,
+            steps=request.steps,
+            cfg=request.cfg,
+            seed=request.seed,
             size=size,
             frames=frames,
-            sampler=sampler,
+            sampler=request.sampler,
             image=first,
             time_shift=shift,
-            callback=None if progress is None else lambda i, t, x: progress(i + 1, steps),
+            callback=prompt_tabs.step_progress(progress, request.steps),
         )[0]
         job = self.context.jobs.new("text_to_video")
         fps = max(1, round(pipeline.fps))
@@ -158,18 +142,17 @@ class TextToVideoService:
         gif = write_gif(clip, job / "video.gif", fps=fps)
         record = {
             "model": str(self.models[model or self.labels[0]].resolve()),
-            "prompt": prompt,
-            "negative": negative or "",
+            "prompt": request.prompt,
+            "negative": request.negative,
             "first_frame": first_name,
             "frames": frames,
             "size": list(size),
             "fps": fps,
-            "sampler": {"method": sampler, "steps": steps, "cfg_scale": cfg, "time_shift": shift},
-            "seed": seed,
-            "seconds": round(time.perf_counter() - start, 3),
-            "files": ["video.mp4", "video.gif"],
+            "sampler": request.sampler_record(time_shift=shift),
         }
-        (job / "generation.json").write_text(json.dumps(record, indent=1))
+        record = prompt_tabs.write_generation(
+            job, record, seed=request.seed, start=start, files=["video.mp4", "video.gif"]
+        )
         return Clip(Path(mp4), Path(gif), record)
 
 
@@ -182,24 +165,18 @@ def build(context: AppContext, models: list[Path]) -> None:
     width0, height0 = first.size
     with gr.Row():
         with gr.Column():
-            prompt_box = gr.Textbox(label="Prompt", lines=2, max_length=limits.max_prompt_chars)
-            negative_box = gr.Textbox(label="Negative prompt", max_length=limits.max_prompt_chars)
+            prompt_box, negative_box = prompt_tabs.prompt_boxes(limits)
             image_box = gr.File(label="First frame (optional: image → video)", file_types=["image"])
             model_box = gr.Dropdown(
                 service.labels, value=service.labels[0], label="Model", visible=len(service.labels) > 1
             )
-            with gr.Row():
-                width_box = slider(factor, limits.max_side, width0, step=factor, label="width")
-                height_box = slider(factor, limits.max_side, height0, step=factor, label="height")
+            width_box, height_box = prompt_tabs.size_sliders(factor, limits, width0, height0)
             frames_box = gr.Number(
                 first.frames, label="Frames (1 + k × the autoencoder's time compression)", precision=0
             )
-            with gr.Row():
-                steps_box = slider(1, limits.max_steps, 30, step=1, label="steps")
-                cfg_box = slider(0, limits.max_cfg, 5.0, step=0.1, label="guidance")
-            with gr.Row():
-                seed_box = gr.Number(0, label="Seed", precision=0)
-                sampler_box = gr.Radio(list(SAMPLERS), value="euler", label="Sampler")
+            steps_box, cfg_box, seed_box, sampler_box = prompt_tabs.sampling_controls(
+                limits, steps=30, cfg=5.0, samplers=SAMPLERS, sampler="euler"
+            )
             run_box = gr.Button("Generate", variant="primary", elem_id="generate-video")
         with gr.Column():
             video_box = gr.Video(label="Video", autoplay=True, loop=True)
@@ -234,7 +211,7 @@ def build(context: AppContext, models: list[Path]) -> None:
             seed=seed,
             sampler=sampler,
             model=model,
-            progress=lambda step, total: progress((step, total), desc=f"sampling: step {step}/{total}"),
+            progress=prompt_tabs.progress_reporter(progress),
         )
         return str(clip.mp4), str(clip.gif), [str(clip.mp4), str(clip.gif)], clip.record
 

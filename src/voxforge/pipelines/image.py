@@ -32,6 +32,10 @@ tests/pipelines/test_image_pipeline.py checks it):
 - pixels: the decoder's [-1, 1] → clamp((x + 1) / 2, 0, 1) → round(255 x), as diffusers'
   image processor does.
 
+What it shares with the video family (device placement, prompt encoding and the guidance
+conditions, seeded noise, the sampler dispatch, pixels, the run-or-other-folder choice) lives
+in `pipelines.text_flow`; what is Sana's (timestep units, the "sana" grid) stays here.
+
 Loading: `from_run(run_dir)` rebuilds the three models of an image_flow run through
 `voxforge.runs.load_image_models`; `from_diffusers(folder)` reads a local diffusers Sana
 folder (`SanaPipeline.save_pretrained` layout) without the network; `from_model(path)`
@@ -44,10 +48,9 @@ sequence length.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import torch
@@ -55,14 +58,15 @@ from torch import Tensor, nn
 
 from voxforge import runs
 from voxforge.errors import MissingDependencyError, UserError
-from voxforge.flow import make_noise, sample
-from voxforge.flow.dpm import diffusers_flow_times, diffusers_flow_timesteps, sample_dpm
+from voxforge.flow.dpm import diffusers_flow_times, diffusers_flow_timesteps
 from voxforge.flow.samplers import StepCallback
 from voxforge.models.image import PretrainedTextEncoder
+from voxforge.pipelines import text_flow
 
 __all__ = ["SAMPLERS", "SCHEDULES", "ImagePipeline", "TextEncoderLike"]
 
-SAMPLERS = ("euler", "heun", "dpm")
+SAMPLERS = text_flow.SAMPLERS
+TextEncoderLike = text_flow.TextEncoderLike  # its home is text_flow; importers of this module keep it
 #: flow: voxforge's grid from t = 1 (float timesteps); sana: SanaPipeline's default DPM grid
 #: (from shift(0.999), integer network timesteps), for image-for-image comparisons with it
 SCHEDULES = ("flow", "sana")
@@ -70,31 +74,22 @@ SCHEDULES = ("flow", "sana")
 TIMESTEP_RANGE = 1000.0
 
 
-class TextEncoderLike(Protocol):
-    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:  # (embeds [B, L, C], mask [B, L])
-        ...
-
-
 def _dtype(module: nn.Module) -> torch.dtype:
     dtype = getattr(module, "dtype", None)  # diffusers models; a LoRA wrapper has none
     return dtype if isinstance(dtype, torch.dtype) else next(module.parameters()).dtype
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: cannot read ({err})") from None
-
-
-class ImagePipeline:
+class ImagePipeline(text_flow.TextFlowPipeline):
     """Denoiser + autoencoder + text encoder: prompts → images (see the module docstring)."""
+
+    MODEL_FOLDERS = "an image_flow run or a diffusers Sana folder"
+    NEITHER_FOLDER = f"an image_flow run ({runs.CONFIG_FILE}) nor a diffusers Sana folder (model_index.json)"
 
     def __init__(
         self,
         transformer: nn.Module,  # diffusers SanaTransformer2DModel
         autoencoder: nn.Module,  # diffusers AutoencoderDC
-        text_encoder: TextEncoderLike,
+        text_encoder: text_flow.TextEncoderLike,
         *,
         latent_scale: float,
         flow_shift: float,
@@ -113,12 +108,7 @@ class ImagePipeline:
                 "this denoiser embeds the guidance scale (a distilled Sana-Sprint model); voxforge samples "
                 "with classifier-free guidance and does not support it"
             )
-        self.device = torch.device(device) if device is not None else next(transformer.parameters()).device
-        self.transformer = transformer.eval().to(self.device)
-        self.autoencoder = autoencoder.eval().to(self.device)
-        self.text_encoder = text_encoder
-        if isinstance(text_encoder, nn.Module):
-            text_encoder.eval().to(self.device)
+        self.transformer = self._place(transformer, autoencoder, text_encoder, device)
         self.latent_scale, self.latent_shift = float(latent_scale), float(latent_shift)
         self.flow_shift, self.sigma_min = float(flow_shift), float(sigma_min)
         if timestep_scale is None:
@@ -202,7 +192,7 @@ class ImagePipeline:
             ) from None
         if flow_shift is None:
             scheduler = folder / "scheduler" / "scheduler_config.json"
-            config = _read_json(scheduler) if scheduler.is_file() else {}
+            config = text_flow.read_json(scheduler) if scheduler.is_file() else {}
             flow_shift = float(config.get("flow_shift", config.get("shift", 1.0)))
         local = dict(local_files_only=True)
         try:
@@ -224,42 +214,24 @@ class ImagePipeline:
         )
 
     @classmethod
-    def from_model(
-        cls, path: str | Path, *, device: torch.device | str = "cpu", ema: bool = True
-    ) -> ImagePipeline:
-        """An image_flow run folder (config.yaml) or a diffusers Sana folder (model_index.json)."""
-        path = Path(path)
-        if not path.is_dir():
-            raise UserError(f"{path}: model folder not found (an image_flow run or a diffusers Sana folder)")
-        if (path / runs.CONFIG_FILE).is_file():
-            return cls.from_run(path, device=device, ema=ema)
+    def _load_other(cls, path: Path, *, device: torch.device | str) -> ImagePipeline | None:
+        """`from_model`'s other layout: a diffusers Sana folder (model_index.json or transformer/)."""
         if (path / "model_index.json").is_file() or (path / "transformer").is_dir():
             return cls.from_diffusers(path, device=device)
-        raise UserError(
-            f"{path}: neither an image_flow run ({runs.CONFIG_FILE}) nor a diffusers Sana folder (model_index.json)"
-        )
+        return None
 
     # ---------------------------------------------------------------- sampling
 
     def check_size(self, size: Sequence[int] | None) -> tuple[int, int]:
         """(W, H), checked against the model's factor."""
-        width, height = self.resolution if size is None else (int(size[0]), int(size[1]))
-        if width <= 0 or height <= 0 or width % self.factor or height % self.factor:
-            raise UserError(
-                f"image size {width}x{height}: width and height must be positive multiples of {self.factor} "
-                f"(the autoencoder's {self.autoencoder_factor}x downsampling times the denoiser's patch size)"
-            )
-        return width, height
-
-    def encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:  # ([B, L, C], [B, L] bool)
-        embeds, mask = self.text_encoder.encode(list(prompts))
-        return embeds.to(self.device), mask.to(self.device).bool()
+        reason = f"the autoencoder's {self.autoencoder_factor}x downsampling times the denoiser's patch size"
+        return self._check_size(size, self.resolution, what="image size", reason=reason)
 
     def make_latent_noise(self, batch: int, size: tuple[int, int], seed: int) -> Tensor:  # [B, C, h, w]
         """Image i's noise from seed + i, drawn on the CPU (the same on every device)."""
         width, height = size
-        shape = (1, self.latent_channels, height // self.autoencoder_factor, width // self.autoencoder_factor)
-        return torch.cat([make_noise(shape, seed=seed + i) for i in range(batch)]).to(self.device)
+        shape = (self.latent_channels, height // self.autoencoder_factor, width // self.autoencoder_factor)
+        return self.seeded_noise(shape, batch, seed)
 
     def velocity(
         self, x: Tensor, t: Tensor, cond: dict[str, Tensor], *, timestep: Tensor | None = None
@@ -297,30 +269,14 @@ class ImagePipeline:
         schedule: str = "flow",
         callback: StepCallback | None = None,  # after each sampler step (the app's progress bar)
     ) -> Tensor:  # [B, C, h, w] fp32 scaled latents at t = 0
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise UserError("no prompt given")
-        if sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler '{sampler}' ({', '.join(SAMPLERS)})")
-        if steps < 1:
-            raise UserError(f"steps must be >= 1, got {steps}")
+        prompts = text_flow.check_sampling(prompts, sampler=sampler, steps=steps, cfg=cfg)
         if schedule not in SCHEDULES:
             raise UserError(f"unknown schedule '{schedule}' ({', '.join(SCHEDULES)})")
         if schedule == "sana" and sampler != "dpm":
             raise UserError("schedule 'sana' is SanaPipeline's DPM-Solver grid: use it with sampler 'dpm'")
-        if cfg < 0:
-            raise UserError(f"cfg must be >= 0, got {cfg}")
         size = self.check_size(size)
         batch = len(prompts)
-        if negative is None:
-            negative = ""
-        negatives = [negative] * batch if isinstance(negative, str) else list(negative)
-        if len(negatives) != batch:
-            raise UserError(f"{len(negatives)} negative prompts for {batch} prompts")
-        guided = cfg != 1.0
-        embeds, mask = self.encode_prompts(prompts + negatives if guided else prompts)
-        cond = {"embeds": embeds[:batch], "mask": mask[:batch]}
-        uncond = {"embeds": embeds[batch:], "mask": mask[batch:]} if guided else None
+        cond, uncond = self.text_conditions(prompts, negative, cfg)
         if latents is None:
             noise = self.make_latent_noise(batch, size, seed)
         else:
@@ -334,22 +290,9 @@ class ImagePipeline:
             if tuple(latents.shape) != expected:
                 raise UserError(f"latents of shape {tuple(latents.shape)}, expected {expected}")
             noise = latents.to(self.device, torch.float32)
-        common = dict(cfg_scale=cfg, sigma_min=self.sigma_min, batch_guidance=True, callback=callback)
-        if sampler != "dpm":
-            return sample(
-                self.velocity,
-                noise,
-                cond,
-                uncond,
-                steps=steps,
-                method=sampler,
-                time_shift=self.flow_shift,
-                **common,
-            )
+        common = dict(sampler=sampler, steps=steps, cfg=cfg, time_shift=self.flow_shift, callback=callback)
         if schedule == "flow":
-            return sample_dpm(
-                self.velocity, noise, cond, uncond, steps=steps, time_shift=self.flow_shift, **common
-            )
+            return self.run_sampler(self.velocity, noise, cond, uncond, **common)
         times = diffusers_flow_times(steps, self.flow_shift)
         starts = torch.tensor(times[:-1], dtype=torch.float64)
         timesteps = diffusers_flow_timesteps(steps, self.flow_shift)
@@ -358,7 +301,7 @@ class ImagePipeline:
             step = int(torch.argmin((starts - float(t[0])).abs()))
             return self.velocity(x, t, cond, timestep=torch.full_like(t, float(timesteps[step])))
 
-        return sample_dpm(integer_timesteps, noise, cond, uncond, times=times, **common)
+        return self.run_sampler(integer_timesteps, noise, cond, uncond, times=times, **common)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:  # [B, C, h, w] scaled -> [B, 3, H, W] float in [0, 1]
@@ -385,8 +328,7 @@ class ImagePipeline:
         np.ndarray | Tensor
     ):  # uint8 [B, H, W, 3]; "float": float32 [B, H, W, 3] in [0, 1]; "latent": [B, C, h, w]
         """Images for `prompts`; `negative` is the unconditional text (default empty)."""
-        if output not in ("uint8", "float", "latent"):
-            raise ValueError(f"unknown output '{output}' (uint8, float, latent)")
+        self.check_output(output)
         x = self.sample_latents(
             [prompts] if isinstance(prompts, str) else list(prompts),
             negative,
@@ -399,9 +341,4 @@ class ImagePipeline:
             schedule=schedule,
             callback=callback,
         )
-        if output == "latent":
-            return x
-        images = self.decode(x).permute(0, 2, 3, 1).cpu().numpy()
-        if output == "float":
-            return images
-        return (images * 255.0).round().astype(np.uint8)
+        return self.output(x, output)

@@ -27,6 +27,10 @@ Conventions, the ones the `video_flow` stage trains with:
   for Euler, Heun and DPM-Solver alike); at t = 0 that frame is the given latent.
 - pixels: the decoder's [-1, 1] → clamp((x + 1) / 2, 0, 1) → round(255 x).
 
+What it shares with the image family (device placement, prompt encoding and the guidance
+conditions, seeded noise, the sampler dispatch, pixels, the run-or-export choice) lives in
+`pipelines.text_flow`; frames, time shifts and the first-frame condition stay here.
+
 Loading: `from_run(run_dir)` reads a video_flow run (its newest checkpoint, EMA weights by
 default, and `RUN/video.json`); `from_export(folder)` reads what the run exported
 (`RUN/export/`: denoiser.safetensors, video_dit.json, video.json, text_encoder/);
@@ -36,7 +40,6 @@ video_ae run or a diffusers folder), read by `voxforge.runs.load_video_autoencod
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import fields
@@ -51,14 +54,12 @@ from torch import Tensor, nn
 from voxforge import runs
 from voxforge.config.core import from_dict
 from voxforge.errors import UserError
-from voxforge.flow import make_noise, sample
-from voxforge.flow.dpm import sample_dpm
 from voxforge.flow.path import velocity_target
 from voxforge.flow.samplers import StepCallback
 from voxforge.models import video_ae
 from voxforge.models.image import TextEncoderConfig, build_text_encoder
 from voxforge.models.video_dit import VideoDiT, VideoDiTConfig
-from voxforge.pipelines.image import TextEncoderLike
+from voxforge.pipelines import text_flow
 
 __all__ = [
     "DENOISER_FILE",
@@ -72,7 +73,7 @@ __all__ = [
     "resolution_shift",
 ]
 
-SAMPLERS = ("euler", "heun", "dpm")
+SAMPLERS = text_flow.SAMPLERS
 #: written by the video_flow stage: autoencoder, flow settings, text encoder, denoiser, defaults
 VIDEO_INFO = "video.json"
 #: in RUN/export/: the denoiser's weights and its config (+ the text encoder's width)
@@ -101,13 +102,6 @@ def load_autoencoder(path: str | Path) -> video_ae.VideoAutoencoder:
     return runs.load_video_autoencoder(path).requires_grad_(False).eval()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: cannot read ({err})") from None
-
-
 def _text_encoder(info: dict[str, Any], where: Path, folder: Path | None) -> nn.Module:
     cfg = from_dict(TextEncoderConfig, info["text_encoder"], source=str(where), prefix="text_encoder")
     if cfg.kind == "builtin" and folder is None:
@@ -132,14 +126,17 @@ def load_video_models(
     return denoiser.to(device).eval(), autoencoder.to(device), text.to(device), info
 
 
-class VideoPipeline:
+class VideoPipeline(text_flow.TextFlowPipeline):
     """Denoiser + autoencoder + text encoder: prompts (and a first frame) → clips."""
+
+    MODEL_FOLDERS = "a video_flow run or its export/ folder"
+    NEITHER_FOLDER = f"a video_flow run ({runs.CONFIG_FILE}) nor its export folder ({DENOISER_INFO})"
 
     def __init__(
         self,
         denoiser: VideoDiT,
         autoencoder: video_ae.VideoAutoencoder,
-        text_encoder: TextEncoderLike,
+        text_encoder: text_flow.TextEncoderLike,
         *,
         time_shift: float = 1.0,
         shift_reference: int = 0,
@@ -151,12 +148,7 @@ class VideoPipeline:
     ):
         if time_shift <= 0:
             raise UserError(f"time_shift must be > 0, got {time_shift}")
-        self.device = torch.device(device) if device is not None else next(denoiser.parameters()).device
-        self.denoiser = denoiser.eval().to(self.device)
-        self.autoencoder = autoencoder.eval().to(self.device)
-        self.text_encoder = text_encoder
-        if isinstance(text_encoder, nn.Module):
-            text_encoder.eval().to(self.device)
+        self.denoiser = self._place(denoiser, autoencoder, text_encoder, device)
         if self.denoiser.cfg.in_channels != autoencoder.latent_channels:
             raise UserError(
                 f"the denoiser takes {self.denoiser.cfg.in_channels} latent channels, the autoencoder gives "
@@ -203,31 +195,20 @@ class VideoPipeline:
         missing = [n for n in (DENOISER_FILE, DENOISER_INFO, VIDEO_INFO) if not (folder / n).is_file()]
         if missing:
             raise UserError(f"{folder}: not a video_flow export (missing {', '.join(missing)})")
-        meta = _read_json(folder / DENOISER_INFO)
+        meta = text_flow.read_json(folder / DENOISER_INFO)
         cfg = from_dict(VideoDiTConfig, meta["config"], source=str(folder / DENOISER_INFO), prefix="config")
         denoiser = VideoDiT(cfg, context_dim=int(meta["context_dim"]))
         denoiser.load_state_dict(load_file(str(folder / DENOISER_FILE)))
-        info = _read_json(folder / VIDEO_INFO)
+        info = text_flow.read_json(folder / VIDEO_INFO)
         text_folder = folder / "text_encoder"
         text = _text_encoder(info, folder / VIDEO_INFO, text_folder if text_folder.is_dir() else None)
         autoencoder = load_autoencoder(info["autoencoder"])
         return cls._from_info(denoiser, autoencoder, text, info, device)
 
     @classmethod
-    def from_model(
-        cls, path: str | Path, *, device: torch.device | str = "cpu", ema: bool = True
-    ) -> VideoPipeline:
-        """A video_flow run folder (config.yaml) or its export folder (video_dit.json)."""
-        path = Path(path)
-        if not path.is_dir():
-            raise UserError(f"{path}: model folder not found (a video_flow run or its export/ folder)")
-        if (path / runs.CONFIG_FILE).is_file():
-            return cls.from_run(path, device=device, ema=ema)
-        if (path / DENOISER_INFO).is_file():
-            return cls.from_export(path, device=device)
-        raise UserError(
-            f"{path}: neither a video_flow run ({runs.CONFIG_FILE}) nor its export folder ({DENOISER_INFO})"
-        )
+    def _load_other(cls, path: Path, *, device: torch.device | str) -> VideoPipeline | None:
+        """`from_model`'s other layout: a run's export folder (video_dit.json)."""
+        return cls.from_export(path, device=device) if (path / DENOISER_INFO).is_file() else None
 
     # ---------------------------------------------------------------- shapes
 
@@ -249,14 +230,11 @@ class VideoPipeline:
 
     def check_size(self, size: Sequence[int] | None) -> tuple[int, int]:
         """(W, H), checked against the autoencoder's downsampling times the patch size."""
-        width, height = self.size if size is None else (int(size[0]), int(size[1]))
-        if width <= 0 or height <= 0 or width % self.factor or height % self.factor:
-            raise UserError(
-                f"size {width}x{height}: width and height must be positive multiples of {self.factor} "
-                f"(the autoencoder's {self.autoencoder.spatial_compression}x downsampling times the "
-                f"denoiser's patch size {self.denoiser.cfg.patch_size})"
-            )
-        return width, height
+        reason = (
+            f"the autoencoder's {self.autoencoder.spatial_compression}x downsampling times the "
+            f"denoiser's patch size {self.denoiser.cfg.patch_size}"
+        )
+        return self._check_size(size, self.size, what="size", reason=reason)
 
     def latent_shape(self, frames: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
         width, height = size
@@ -268,10 +246,6 @@ class VideoPipeline:
         return resolution_shift(self.time_shift, self.shift_reference, self.denoiser.cfg.tokens(t, h, w))
 
     # ---------------------------------------------------------------- conditions
-
-    def encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:  # ([B, L, C], [B, L] bool)
-        embeds, mask = self.text_encoder.encode(list(prompts))
-        return embeds.to(self.device), mask.to(self.device).bool()
 
     @torch.no_grad()
     def encode_image(self, image: Tensor) -> Tensor:
@@ -311,26 +285,12 @@ class VideoPipeline:
         time_shift: float | None = None,  # None: the clip size's (`shift_for`)
         callback: StepCallback | None = None,
     ) -> Tensor:  # [B, C, t, h, w] normalised latents at t = 0
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise UserError("no prompt given")
-        if sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler '{sampler}' ({', '.join(SAMPLERS)})")
-        if steps < 1:
-            raise UserError(f"steps must be >= 1, got {steps}")
-        if cfg < 0:
-            raise UserError(f"cfg must be >= 0, got {cfg}")
+        prompts = text_flow.check_sampling(prompts, sampler=sampler, steps=steps, cfg=cfg)
         frames, size = self.check_frames(frames), self.check_size(size)
         batch = len(prompts)
-        negatives = [negative or ""] * batch if not isinstance(negative, list) else list(negative)
-        if len(negatives) != batch:
-            raise UserError(f"{len(negatives)} negative prompts for {batch} prompts")
+        cond, uncond = self.text_conditions(prompts, negative, cfg)
         shape = self.latent_shape(frames, size)
-        noise = torch.cat([make_noise((1, *shape), seed=seed + i) for i in range(batch)]).to(self.device)
-        guided = cfg != 1.0
-        embeds, mask = self.encode_prompts(prompts + negatives if guided else prompts)
-        cond = {"embeds": embeds[:batch], "mask": mask[:batch]}
-        uncond = {"embeds": embeds[batch:], "mask": mask[batch:]} if guided else None
+        noise = self.seeded_noise(shape, batch, seed)
         if image is not None:
             if not self.denoiser.cfg.image_condition:
                 raise UserError(
@@ -352,13 +312,17 @@ class VideoPipeline:
             if uncond is not None:
                 uncond.update(extra)
         shift = self.shift_for(frames, size) if time_shift is None else float(time_shift)
-        common = dict(
-            cfg_scale=cfg, sigma_min=self.sigma_min, batch_guidance=True, time_shift=shift, callback=callback
+        x = self.run_sampler(
+            self.velocity,
+            noise,
+            cond,
+            uncond,
+            sampler=sampler,
+            steps=steps,
+            cfg=cfg,
+            time_shift=shift,
+            callback=callback,
         )
-        if sampler == "dpm":
-            x = sample_dpm(self.velocity, noise, cond, uncond, steps=steps, **common)
-        else:
-            x = sample(self.velocity, noise, cond, uncond, steps=steps, method=sampler, **common)
         if image is not None:
             x = torch.where(cond["latent_mask"].bool(), cond["latent"], x)
         return x
@@ -386,8 +350,7 @@ class VideoPipeline:
         callback: StepCallback | None = None,
     ) -> np.ndarray | Tensor:  # uint8 [B, T, H, W, 3]; "float": [B, T, H, W, 3] in [0, 1]; "latent"
         """Clips for `prompts` (`negative`: the unconditional text, default empty)."""
-        if output not in ("uint8", "float", "latent"):
-            raise ValueError(f"unknown output '{output}' (uint8, float, latent)")
+        self.check_output(output)
         x = self.sample_latents(
             prompts,
             negative,
@@ -401,9 +364,4 @@ class VideoPipeline:
             time_shift=time_shift,
             callback=callback,
         )
-        if output == "latent":
-            return x
-        clips = self.decode(x).permute(0, 2, 3, 4, 1).cpu().numpy()  # [B, T, H, W, 3]
-        if output == "float":
-            return clips
-        return (clips * 255.0).round().astype(np.uint8)
+        return self.output(x, output)  # uint8 / float: [B, T, H, W, 3]
