@@ -10,7 +10,7 @@ import pytest
 av = pytest.importorskip("av")
 
 from voxforge.config.core import from_dict  # noqa: E402
-from voxforge.data.synth_images import BACKGROUND_RGB, COLOURS  # noqa: E402
+from voxforge.data.synth_images import BACKGROUND_RGB, COLOURS, SHAPES  # noqa: E402
 from voxforge.data.synth_videos import (  # noqa: E402
     ATTRIBUTES,
     MOTIONS,
@@ -102,6 +102,33 @@ def test_captions_and_config_checks():
         from_dict(SynthVideosConfig, {"size": 33}, source="test")
     with pytest.raises(ConfigError, match="motions"):
         from_dict(SynthVideosConfig, {"motions": ["spin"]}, source="test")
+
+
+def test_vocabulary_subsets(tmp_path):
+    """shapes / colours / backgrounds / motions restrict the draws, labels.json and the checks."""
+    default = [draw_labels(SynthVideosConfig(), i) for i in range(40)]
+    same = [draw_labels(SynthVideosConfig(shapes=SHAPES), i) for i in range(40)]
+    assert same == default  # naming the full set changes no clip
+    config = SynthVideosConfig(
+        num=3,
+        frames=2,
+        size=16,
+        shapes=("circle", "square"),
+        colours=("red", "white"),
+        backgrounds=("black",),
+        motions=("left", "colour"),
+    )
+    drawn = [draw_labels(config, i) for i in range(60)]
+    assert {r["shape"] for r in drawn} == {"circle", "square"}
+    assert {r["colour"] for r in drawn} == {"red", "white"} and {r["background"] for r in drawn} == {"black"}
+    assert {r["end_colour"] for r in drawn if r["motion"] == "colour"} <= {"red", "white"}
+    write_synth_videos(tmp_path, config)
+    known = json.loads((tmp_path / "labels.json").read_text())["attributes"]
+    assert known["shape"] == ["circle", "square"] and known["background"] == ["black"]
+    with pytest.raises(ConfigError, match="'colours'.*pink"):
+        from_dict(SynthVideosConfig, {"colours": ["red", "pink"]}, source="test")
+    with pytest.raises(ConfigError, match="stands out from the colour 'black'"):
+        from_dict(SynthVideosConfig, {"colours": ["black"], "backgrounds": ["black"]}, source="test")
 
 
 def test_data_videos_ingests_the_synthetic_set(tmp_path):

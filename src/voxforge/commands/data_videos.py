@@ -83,6 +83,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     synth.add_argument(
         "--motions", default="", help="comma-separated subset of left,right,up,down,grow,shrink,colour"
     )
+    synth.add_argument(
+        "--shapes", default="", help="comma-separated subset of circle,square,triangle,star,cross"
+    )
+    synth.add_argument(
+        "--colours",
+        default="",
+        help="comma-separated subset of red,green,blue,yellow,purple,orange,white,black",
+    )
+    synth.add_argument(
+        "--backgrounds", default="", help="comma-separated subset of white,black,grey,blue,green,yellow"
+    )
     synth.add_argument("--codec", default="auto", choices=("auto", "h264", "mpeg4"), help="video codec")
     synth.set_defaults(func=run_synth_videos)
 
@@ -176,9 +187,10 @@ def run_synth_videos(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "codec": args.codec,
     }
-    motions = [v.strip() for v in args.motions.split(",") if v.strip()]
-    if motions:
-        values["motions"] = motions
+    for key in ("motions", "shapes", "colours", "backgrounds"):
+        subset = [v.strip() for v in getattr(args, key).split(",") if v.strip()]
+        if subset:
+            values[key] = subset
     config = from_dict(SynthVideosConfig, values, source="command line")
     rows = write_synth_videos(args.out, config)
     counts: dict[str, int] = {}

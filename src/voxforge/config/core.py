@@ -114,9 +114,10 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
             if type(None) in args:
                 return None
             raise _err(source, key, f"expected {_type_name(tp)}, got null")
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # X | None: X's own error names the key and what is wrong
+            return _convert(options[0], value, key, source)
+        for arg in options:
             try:
                 return _convert(arg, value, key, source)
             except ConfigError:

@@ -77,6 +77,9 @@ class SynthVideosConfig:
         0.45, gt=0.0, le=0.7, help="how far a moving shape travels, a fraction of the side"
     )
     motions: tuple[str, ...] = option(MOTIONS, help="the motions drawn from")
+    shapes: tuple[str, ...] = option(SHAPES, help="the shapes drawn from")
+    colours: tuple[str, ...] = option(tuple(COLOURS), help="the shape colours drawn from (and turned to)")
+    backgrounds: tuple[str, ...] = option(BACKGROUNDS, help="the background colours drawn from")
     codec: str = option(
         "auto", choices=CODECS, help="auto: H.264 when this FFmpeg can encode it, else MPEG-4"
     )
@@ -84,9 +87,30 @@ class SynthVideosConfig:
     def __post_init__(self) -> None:
         if self.size % 2:
             raise ConfigValueError("size", f"{self.size} is odd; yuv420p video needs an even side")
-        unknown = sorted(set(self.motions) - set(MOTIONS))
-        if unknown or not self.motions:
-            raise ConfigValueError("motions", f"unknown or no motions {unknown}; choose from {list(MOTIONS)}")
+        for key, values, known in (
+            ("motions", self.motions, MOTIONS),
+            ("shapes", self.shapes, SHAPES),
+            ("colours", self.colours, tuple(COLOURS)),
+            ("backgrounds", self.backgrounds, BACKGROUNDS),
+        ):
+            unknown = sorted(set(values) - set(known))
+            if unknown or not values:
+                raise ConfigValueError(key, f"unknown or no {key} {unknown}; choose from {list(known)}")
+            if len(set(values)) != len(values):
+                raise ConfigValueError(key, f"{list(values)} names a value twice")
+        for colour in self.colours:
+            if not _backgrounds_for(colour, self.backgrounds):
+                raise ConfigValueError(
+                    "backgrounds",
+                    f"no background of {list(self.backgrounds)} stands out from the colour {colour!r}; "
+                    "add one or drop that colour",
+                )
+            if self.motions == ("colour",) and not _end_colours(colour, self.colours, self.backgrounds):
+                raise ConfigValueError(
+                    "colours",
+                    f"the motion 'colour' needs a second colour that {colour!r} can turn to on one of "
+                    f"{list(self.backgrounds)}; add colours or drop the motion",
+                )
 
 
 def caption_of(labels: dict[str, Any]) -> str:
@@ -137,23 +161,22 @@ def parse_caption(caption: str) -> dict[str, Any] | None:
 def draw_labels(config: SynthVideosConfig, index: int) -> dict[str, Any]:
     """The attributes and trajectory of clip `index` (its own random stream)."""
     rng = np.random.default_rng([config.seed, index])
-    colours = list(COLOURS)
+    colours = list(config.colours)
     colour = colours[int(rng.integers(len(colours)))]
-    backgrounds = [b for b in BACKGROUNDS if _contrast(COLOURS[colour], BACKGROUND_RGB[b]) >= MIN_CONTRAST]
+    backgrounds = _backgrounds_for(colour, config.backgrounds)
+    if tuple(config.motions) == ("colour",):  # a colour change is the only motion: it needs a second colour
+        backgrounds = [b for b in backgrounds if _ends(colour, colours, b)]
     background = backgrounds[int(rng.integers(len(backgrounds)))]
     motion = config.motions[int(rng.integers(len(config.motions)))]
-    # the change is linear in RGB: every colour on the way must stand out from the background
-    ends = [
-        c
-        for c in colours
-        if c != colour
-        and _path_contrast(COLOURS[colour], COLOURS[c], BACKGROUND_RGB[background]) >= MIN_CONTRAST
-    ]
+    ends = _ends(colour, colours, background)
+    if motion == "colour" and not ends and len(config.motions) > 1:
+        # this background leaves the colour nothing to turn to (a reduced palette): another motion
+        motion = next(m for m in config.motions if m != "colour")
     end_colour = ends[int(rng.integers(len(ends)))] if motion == "colour" else colour
     cross = float(rng.uniform(0.3, 0.7))  # the coordinate across the motion
     along = float(rng.uniform(-0.05, 0.05))  # where along it the path is centred
     return {
-        "shape": SHAPES[int(rng.integers(len(SHAPES)))],
+        "shape": config.shapes[int(rng.integers(len(config.shapes)))],
         "colour": colour,
         "end_colour": end_colour,
         "motion": motion,
@@ -161,6 +184,26 @@ def draw_labels(config: SynthVideosConfig, index: int) -> dict[str, Any]:
         "cross": cross,
         "along": along,
     }
+
+
+def _backgrounds_for(colour: str, backgrounds: tuple[str, ...]) -> list[str]:
+    """The backgrounds that stand out from `colour`."""
+    return [b for b in backgrounds if _contrast(COLOURS[colour], BACKGROUND_RGB[b]) >= MIN_CONTRAST]
+
+
+def _ends(colour: str, colours: list[str], background: str) -> list[str]:
+    """The colours `colour` can turn to on `background`: the change is linear in RGB, and every
+    colour on the way must stand out from the background."""
+    return [
+        c
+        for c in colours
+        if c != colour
+        and _path_contrast(COLOURS[colour], COLOURS[c], BACKGROUND_RGB[background]) >= MIN_CONTRAST
+    ]
+
+
+def _end_colours(colour: str, colours: tuple[str, ...], backgrounds: tuple[str, ...]) -> list[str]:
+    return [c for b in _backgrounds_for(colour, backgrounds) for c in _ends(colour, list(colours), b)]
 
 
 def _contrast(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -297,11 +340,11 @@ def write_synth_videos(out: str | Path, config: SynthVideosConfig | None = None)
         "travel": config.travel,
         "codec": encoder,
         "attributes": {
-            "shape": list(SHAPES),
-            "colour": list(COLOURS),
-            "end_colour": list(COLOURS),
+            "shape": list(config.shapes),
+            "colour": list(config.colours),
+            "end_colour": list(config.colours),
             "motion": list(config.motions),
-            "background": list(BACKGROUNDS),
+            "background": list(config.backgrounds),
         },
         "items": items,
     }

@@ -109,6 +109,18 @@ class SynthVideosSpec:
     size: int = option(32, ge=16, le=1024, help="frame side in pixels (even)")
     fps: int = option(8, ge=1, le=120)
     seed: int = option(0, ge=0)
+    shapes: list[str] = option(default_factory=list, help="a subset of the shapes (empty: all)")
+    colours: list[str] = option(default_factory=list, help="a subset of the shape colours (empty: all)")
+    backgrounds: list[str] = option(default_factory=list, help="a subset of the backgrounds (empty: all)")
+    motions: list[str] = option(default_factory=list, help="a subset of the motions (empty: all)")
+
+    def __post_init__(self) -> None:
+        SynthVideosConfig(num=self.num, frames=self.frames, size=self.size, fps=self.fps, **self.vocabulary())
+
+    def vocabulary(self) -> dict[str, tuple[str, ...]]:
+        """The SynthVideosConfig keys of the subsets given."""
+        keys = ("shapes", "colours", "backgrounds", "motions")
+        return {key: tuple(getattr(self, key)) for key in keys if getattr(self, key)}
 
 
 @dataclass
@@ -267,12 +279,16 @@ class _VideoRun(StepRunner):
     def synth(self, step: str, folder: Path, config: SynthVideosConfig) -> None:
         wanted = {"num": config.num, "frames": config.frames, "size": config.size, "fps": config.fps}
         wanted["seed"] = config.seed
+        vocabulary = {"shape": config.shapes, "colour": config.colours, "motion": config.motions}
+        vocabulary["background"] = config.backgrounds
 
         def work() -> tuple[str, str, dict[str, Any]]:
             info_path = folder / "labels.json"
             if info_path.is_file():
                 have = json.loads(info_path.read_text())
-                if {k: have.get(k) for k in wanted} == wanted:
+                known = have.get("attributes", {})
+                same_vocabulary = all(known.get(k) == list(v) for k, v in vocabulary.items())
+                if {k: have.get(k) for k in wanted} == wanted and same_vocabulary:
                     return "skipped", f"{folder} already holds these {config.num} clips", {}
             write_synth_videos(folder, config)
             return "done", f"{config.num} clips of {config.frames} frames at {config.size} px -> {folder}", {}
@@ -358,7 +374,7 @@ def run_video_pipeline(
     synth = data.synth_videos
     judge = spec.evaluate.judge if spec.evaluate is not None else None
     if synth is not None:
-        settings = {"frames": synth.frames, "size": synth.size, "fps": synth.fps}
+        settings = {"frames": synth.frames, "size": synth.size, "fps": synth.fps, **synth.vocabulary()}
         run.synth("synth videos", base_source, SynthVideosConfig(num=synth.num, seed=synth.seed, **settings))
         if judge is not None:
             run.synth(

@@ -224,9 +224,12 @@ def stage_changes(run_dir: Path, base_dir: Path | None) -> dict[str, Any]:
 
 
 # --- evaluation ------------------------------------------------------------------------------
-def prompt_set(num: int, seed: int) -> tuple[list[str], list[dict[str, Any]]]:
-    """`num` captions of the built-in grammar and their labels."""
-    config = SynthVideosConfig(num=num, seed=seed)
+def prompt_set(
+    num: int, seed: int, vocabulary: dict[str, tuple[str, ...]] | None = None
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """`num` captions of the built-in grammar and their labels (`vocabulary`: SynthVideosConfig's
+    `shapes`, `colours`, `backgrounds`, `motions` subsets; default all)."""
+    config = SynthVideosConfig(num=num, seed=seed, **(vocabulary or {}))
     labels = [draw_labels(config, i) for i in range(num)]
     return [caption_of(row) for row in labels], labels
 
@@ -344,7 +347,10 @@ def evaluate_videos(
     }
     log(f"judge: mean accuracy {result['judge']['accuracy']['mean']:.3f} on {len(real)} real clips")
     # 2. prompts, conditional and unconditional; 3. image -> video
-    prompts, prompt_labels = prompt_set(spec.prompts.num, spec.prompts.seed)
+    # the prompts name what the clips show: the judge clips' vocabulary (that of the training clips)
+    keys = {"shape": "shapes", "colour": "colours", "background": "backgrounds", "motion": "motions"}
+    vocabulary = {key: tuple(known[name]) for name, key in keys.items() if known.get(name)}
+    prompts, prompt_labels = prompt_set(spec.prompts.num, spec.prompts.seed, vocabulary)
     prompt_labels = [{name: str(row[name]) for name in attributes} for row in prompt_labels]
     sampling = spec.sampling
     result["prompts"] = prompts
