@@ -58,7 +58,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from voxforge.config.core import from_dict, load_yaml, option, to_dict
+from voxforge.config.core import from_dict, option, to_dict
 from voxforge.data import PreparedDataset
 from voxforge.data.prepare import PrepareConfig, prepare
 from voxforge.data.synth import SynthConfig, write_dataset
@@ -79,14 +79,19 @@ from voxforge.eval.standard_image import standard_fid
 from voxforge.export.generated_mesh import bake_texture_field, write_textured
 from voxforge.export.video import orbit_cameras, write_gif, write_mp4
 from voxforge.models.get3d import Get3DGAN, Get3DGenerator, render_views
-from voxforge.recipe import recipe_from_data, resolve_recipe_path
 from voxforge.runs import load_get3d
 from voxforge.stages import Recipe
-from voxforge.train.checkpoint import latest_checkpoint
-from voxforge.train.distributed import resolve_device
-from voxforge.train.engine import train
-from voxforge.workflows.image_report import loss_curve
-from voxforge.workflows.steps import StepRecord, StepRunner, deep_merge
+from voxforge.workflows import family
+from voxforge.workflows.report_parts import (
+    CheckResult,
+    Report,
+    check_result,
+    checks_table,
+    loss_curve,
+    read_json,
+    steps_table,
+)
+from voxforge.workflows.steps import StepRecord
 
 __all__ = [
     "EVAL_RECORD",
@@ -256,14 +261,12 @@ class Get3DPipelineSpec:
 def load_get3d_pipeline(data: dict[str, Any], source: str) -> Get3DPipelineSpec:
     """The typed `kind: get3d` pipeline of `data` (the file with its overrides applied)."""
     spec = from_dict(Get3DPipelineSpec, {"kind": "get3d", **data}, source=source)
-    if bool(spec.data.source) == (spec.data.synth is not None):
-        raise ConfigError(f"{source}: key 'data': give 'synth' (built-in dataset) or 'source' (meshes), one")
+    family.check_source(spec.data, "synth", "built-in dataset", "meshes", source, one="one")
     if set(spec.stages) != {"get3d"}:
         raise ConfigError(f"{source}: key 'stages': a get3d pipeline trains one stage, 'get3d'")
     entry = spec.stages["get3d"]
-    if not isinstance(entry, dict) or not isinstance(entry.get("recipe"), str):
-        raise ConfigError(f"{source}: key 'stages.get3d.recipe': required, the recipe to train (get3d_tiny)")
-    stage = load_yaml(resolve_recipe_path(entry["recipe"])).get("stage")
+    family.require_recipe("get3d", entry, source, " (get3d_tiny)")
+    stage = family.recipe_stage(entry)
     if stage != "get3d":
         raise ConfigError(
             f"{source}: key 'stages.get3d.recipe': {entry['recipe']} trains '{stage}', not get3d"
@@ -283,18 +286,11 @@ def load_get3d_pipeline(data: dict[str, Any], source: str) -> Get3DPipelineSpec:
 
 
 def get3d_stage_recipe(spec: Get3DPipelineSpec, prepared: Path, source: str = "") -> Recipe:
-    entry = dict(spec.stages["get3d"])
-    recipe_path = resolve_recipe_path(entry.pop("recipe"))
-    data = load_yaml(recipe_path)
-    data.setdefault("train", {}).setdefault("seed", spec.seed)
-    data = deep_merge(data, entry)
-    data["train"].setdefault("device", spec.device)
+    """The typed recipe of the get3d stage, trained on `prepared`."""
     paths: dict[str, Any] = {"path": str(prepared)}
     if spec.holdout is not None:
         paths["eval_assets"] = spec.holdout
-    return recipe_from_data(
-        deep_merge(data, {"data": paths}), source=f"{recipe_path} (stage get3d of {source or 'the pipeline'})"
-    )
+    return family.stage_recipe(spec, "get3d", {"data": paths}, source)
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -499,42 +495,20 @@ CHECKS: dict[str, tuple[str, Callable[[dict[str, Any]], float | None]]] = {
 }
 
 
-@dataclass
-class CheckResult:
-    name: str
-    what: str
-    value: float | None
-    threshold: float
-    passed: bool
-
-
-@dataclass
-class Get3DReport:
-    data: dict[str, Any]
-    checks: list[CheckResult] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+class Get3DReport(Report):
+    """The report of a GET3D pipeline run (`build_get3d_report`)."""
 
 
 def build_get3d_report(out: str | Path) -> Get3DReport:
     """The report's content from `OUT/pipeline.json` and `OUT/eval/get3d_eval.json`."""
     out = Path(out)
-    pipeline = _read(out / "pipeline.json")
-    evaluation = _read(out / "eval" / EVAL_RECORD)
+    pipeline = read_json(out / "pipeline.json")
+    evaluation = read_json(out / "eval" / EVAL_RECORD)
     thresholds = (pipeline.get("spec", {}).get("evaluate") or {}).get("checks", {})
-    checks = []
+    checks: list[CheckResult] = []
     for name, threshold in thresholds.items():
         what, value_of = CHECKS[name]
-        value = value_of(evaluation)
-        checks.append(
-            CheckResult(name, what, value, float(threshold), value is not None and value >= threshold)
-        )
+        checks.append(check_result(name, what, value_of(evaluation), threshold))
     steps = pipeline.get("steps", [])
     data = {
         "steps": steps,
@@ -553,15 +527,11 @@ def _num(value: Any, digits: int = 3) -> str:
 def _markdown(report: Get3DReport, title: str) -> str:
     data, evaluation = report.data, report.data["evaluation"]
     lines = [f"# {title}", ""]
-    verdict = "all checks passed" if report.passed else "a check FAILED"
     lines += [
-        f"**{verdict}** — {data['seconds']:.0f} s wall, {data['cpu_seconds']:.0f} s CPU over the steps.",
+        f"**{report.verdict}** — {data['seconds']:.0f} s wall, {data['cpu_seconds']:.0f} s CPU over the steps.",
         "",
     ]
-    lines += ["## Steps", "", "| step | status | seconds | detail |", "| --- | --- | --- | --- |"]
-    for s in data["steps"]:
-        lines.append(f"| {s['step']} | {s['status']} | {s['seconds']:.1f} | {s.get('detail', '')} |")
-    lines.append("")
+    lines += [*steps_table(data["steps"]), ""]
     models = evaluation.get("models", {})
     if models:
         ref = evaluation.get("reference", {})
@@ -616,18 +586,8 @@ def _markdown(report: Get3DReport, title: str) -> str:
                 + ", ".join(f"`examples/{f}`" for f in evaluation["interpolation"])
             )
         lines.append("")
-    if report.checks:
-        lines += [
-            "## Checks",
-            "",
-            "| check | what | value | threshold | result |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for c in report.checks:
-            lines.append(
-                f"| {c.name} | {c.what} | {_num(c.value, 4)} | {c.threshold:g} | {'pass' if c.passed else 'FAIL'} |"
-            )
-        lines.append("")
+    if report.checks:  # NaN reads "nan" here (`_num`)
+        lines += ["## Checks", "", *checks_table(report.checks, code=False, value=lambda v: _num(v, 4)), ""]
     return "\n".join(lines)
 
 
@@ -643,12 +603,10 @@ def write_get3d_report(out: str | Path, title: str = "voxforge GET3D pipeline re
 # -- runner -----------------------------------------------------------------------------------
 
 
-class _Get3DRun(StepRunner):
-    step_width = 10
+class _Get3DRun(family.FamilyRun):
+    """One `run_get3d_pipeline` call (its step names are short)."""
 
-    def __init__(self, spec: Get3DPipelineSpec, out: Path, source: str, log: Callable[[str], None]):
-        super().__init__(spec, out, source, log)
-        self.device = resolve_device(spec.device)
+    step_width = 10
 
 
 def run_get3d_pipeline(
@@ -668,73 +626,38 @@ def run_get3d_pipeline(
     synth = spec.data.synth
     if synth is not None:
 
-        def synth_work() -> tuple[str, str, dict[str, Any]]:
-            labels = meshes / "labels.json"
-            wanted = {"seed": synth.seed, "num": synth.num}
-            if labels.is_file() and {k: json.loads(labels.read_text()).get(k) for k in wanted} == wanted:
-                return "skipped", f"{meshes} already holds {synth.num} objects", {}
+        def write_synth() -> str:
             write_dataset(meshes, SynthConfig(num=synth.num, seed=synth.seed))
-            return "done", f"{synth.num} objects -> {meshes}", {}
+            return f"{synth.num} objects -> {meshes}"
 
-        run.timed("synth", synth_work)
+        wanted = {"seed": synth.seed, "num": synth.num}
+        kept = f"{meshes} already holds {synth.num} objects"
+        run.synth("synth", meshes / "labels.json", wanted, write_synth, kept)
     prepared = out / "prepared"
     settings = {"cond_views": 0, "progress": progress, **spec.data.prepare, "steps": ["ingest", "views"]}
     config = from_dict(PrepareConfig, settings, source=source, prefix="data.prepare")
 
     def prepare_work() -> tuple[str, str, dict[str, Any]]:
-        summary = prepare(meshes, prepared, config)
-        tasks = int(summary.get("this_run", {}).get("tasks", 1))
-        counts = ", ".join(f"{k} {v.get('done', 0)}" for k, v in summary.get("steps", {}).items())
-        return ("skipped" if tasks == 0 else "done"), f"{meshes} -> {prepared} ({counts})", {}
+        status, detail = family.mesh_outcome(prepare(meshes, prepared, config), meshes, prepared)
+        return status, detail, {}
 
     run.timed("prepare", prepare_work)
     recipe = get3d_stage_recipe(spec, prepared, source)
-    run_dir = out / "runs" / "get3d"
-
-    def train_work() -> tuple[str, str, dict[str, Any]]:
-        result = train(recipe, run_dir, recipe_name=str(spec.stages["get3d"]["recipe"]))
-        if result.reason == "already_complete":
-            return "skipped", f"{run_dir} already trained to step {result.step}", {}
-        if result.reason != "max_steps":
-            run.record(StepRecord("get3d", "failed", f"stopped at step {result.step} ({result.reason})"))
-            raise UserError(f"get3d stopped at step {result.step} ({result.reason}); re-run to continue")
-        metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-        return "done", f"{result.step} steps -> {run_dir}", {"metrics": metrics}
-
-    run.timed("get3d", train_work)
+    run.train_stage(
+        "get3d",
+        recipe,
+        stopped="{name} stopped at step {step} ({reason}); re-run to continue",
+        show_eval=False,
+    )
     if spec.evaluate is not None:
         evaluation = spec.evaluate
-
-        def eval_work() -> tuple[str, str, dict[str, Any]]:
-            path = out / "eval" / EVAL_RECORD
-            ckpt = latest_checkpoint(run_dir)
-            # the thresholds only change the report
-            scored = {k: v for k, v in to_dict(evaluation).items() if k != "checks"}
-            settings = {
-                "evaluate": scored,
-                "seed": spec.seed,
-                "step": ckpt.step if ckpt else None,
-            }
-            if path.is_file():
-                previous = json.loads(path.read_text())
-                if {k: previous.get(k) for k in settings} == json.loads(json.dumps(settings)):
-                    return "skipped", f"{path} is up to date", {}
-            result = evaluate_get3d(
-                evaluation, recipe, run_dir, out, seed=spec.seed, device=run.device, log=log
-            )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({**settings, **result}, indent=1))
-            return "done", result["summary"], {}
-
-        run.timed("evaluate", eval_work)
-
-    def report_work() -> tuple[str, str, dict[str, Any]]:
-        written = write_get3d_report(out, title)
-        return (
-            "done",
-            f"{out / 'report.md'} ({'all checks passed' if written.passed else 'a check FAILED'})",
-            {},
+        scored = {k: v for k, v in to_dict(evaluation).items() if k != "checks"}  # thresholds: the report's
+        run.evaluate(
+            out / "eval" / EVAL_RECORD,
+            lambda: evaluate_get3d(
+                evaluation, recipe, run.runs / "get3d", out, seed=spec.seed, device=run.device, log=log
+            ),
+            settings={"evaluate": scored, "seed": spec.seed, "step": run.model_steps()["get3d"]},
         )
-
-    run.timed("report", report_work)
+    run.report(lambda: write_get3d_report(out, title))
     return run.records

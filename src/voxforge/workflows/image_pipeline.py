@@ -52,32 +52,32 @@ Layout: `OUT/synth`, `OUT/synth_held_back`, `OUT/synth_judge`, `OUT/images`,
 `OUT/images_held_back`, `OUT/images_all`, `OUT/runs/<stage>`, `OUT/eval/`, `OUT/report.{md,json}` and
 `OUT/pipeline.json` (each step, its wall and CPU seconds; `workflows.steps`). Each flow run
 is a model folder for `voxforge generate image --model OUT/runs/<stage>`.
+
+The entry checks, the recipe merge and the synth / train / evaluate / report steps are the
+families' shared ones (`workflows.family`); this module keeps the image family's data (the
+held-back colour, `train_on`) and what each stage is given.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from voxforge.config.core import from_dict, load_yaml, option, to_dict
+from voxforge.config.core import from_dict, option
 from voxforge.data.images import ImagePrepareConfig, prepare_images
 from voxforge.data.synth_images import COLOURS, SynthImagesConfig, write_synth_images
-from voxforge.errors import ConfigError, UserError
-from voxforge.recipe import recipe_from_data, resolve_recipe_path
+from voxforge.errors import ConfigError
 from voxforge.stages import Recipe
-from voxforge.train.checkpoint import latest_checkpoint
-from voxforge.train.distributed import resolve_device
-from voxforge.train.engine import train
+from voxforge.workflows import family
 from voxforge.workflows.image_report import (
     EVAL_RECORD,
     ImageEvaluateSpec,
     evaluate_images,
     write_image_report,
 )
-from voxforge.workflows.steps import StepRecord, StepRunner, deep_merge
+from voxforge.workflows.steps import StepRecord
 
 __all__ = [
     "HELD_BACK_SEED_OFFSET",
@@ -134,80 +134,37 @@ class ImagePipelineSpec:
     evaluate: ImageEvaluateSpec | None = option(None, help="judge, prompts, sampling, checks")
 
 
-def _entry_kind(name: str, entry: Any, source: str) -> str:
-    if not isinstance(entry, dict) or not isinstance(entry.get("recipe"), str):
-        raise ConfigError(f"{source}: key 'stages.{name}.recipe': required, the recipe to train")
-    stage = load_yaml(resolve_recipe_path(entry["recipe"])).get("stage")
-    if stage not in STAGE_KINDS:
-        raise ConfigError(
-            f"{source}: key 'stages.{name}.recipe': {entry['recipe']} trains '{stage}'; an image "
-            f"pipeline trains {' or '.join(STAGE_KINDS)}"
-        )
-    return str(stage)
-
-
 def load_image_pipeline(data: dict[str, Any], source: str) -> ImagePipelineSpec:
     """The typed `kind: image` pipeline of `data` (the file with its overrides applied)."""
     spec = from_dict(ImagePipelineSpec, {"kind": "image", **data}, source=source)
-    if bool(spec.data.source) == (spec.data.synth_images is not None):
-        raise ConfigError(
-            f"{source}: key 'data': give 'synth_images' (built-in shapes) or 'source' (your images), one of them"
-        )
+    family.check_source(spec.data, "synth_images", "built-in shapes", "your images", source)
     if spec.data.source and spec.data.held_back is not None:
         raise ConfigError(f"{source}: key 'data.held_back': needs 'synth_images' (it draws the colour)")
-    if not spec.stages:
-        raise ConfigError(f"{source}: key 'stages': name at least one stage")
-    kinds: dict[str, str] = {}
-    for name, entry in spec.stages.items():
-        kinds[name] = _entry_kind(name, entry, source)
-        init_from = entry.get("init_from")
-        if init_from is not None and (init_from not in kinds or init_from == name):
-            raise ConfigError(
-                f"{source}: key 'stages.{name}.init_from': '{init_from}' is not a stage before it "
-                f"({', '.join(list(kinds)[:-1]) or 'none'})"
-            )
-        if init_from is not None and (kinds[name], kinds[init_from]) != ("image_flow", "image_flow"):
-            raise ConfigError(f"{source}: key 'stages.{name}.init_from': both stages must train image_flow")
+
+    def check_train_on(name: str, entry: dict[str, Any]) -> None:
         train_on = entry.get("train_on", "base")
         if train_on not in TRAIN_ON:
             raise ConfigError(f"{source}: key 'stages.{name}.train_on': expected base, held_back or all")
         if train_on in ("held_back", "all") and spec.data.held_back is None:
             raise ConfigError(f"{source}: key 'stages.{name}.train_on': {train_on} needs 'data.held_back'")
+
+    kinds = family.check_stages(spec.stages, source, STAGE_KINDS, "an image", check_train_on)
     if list(kinds.values()).count("image_ae") > 1:
         raise ConfigError(f"{source}: key 'stages': at most one image_ae stage")
-    if spec.evaluate is not None:
-        if spec.data.synth_images is None:
-            raise ConfigError(
-                f"{source}: key 'evaluate': the judge learns the attributes of the built-in shapes; "
-                "it needs 'data.synth_images'"
-            )
-        spec.evaluate.resolve_stages(spec.stages, kinds, source)
+    family.check_evaluate(spec, kinds, source, "synth_images", "shapes")
     return spec
 
 
 def image_stage_recipe(spec: ImagePipelineSpec, name: str, paths: dict[str, Any], source: str = "") -> Recipe:
     """The typed recipe of stage `name`: its recipe file, the entry's sections, the runner's paths."""
-    entry = {k: v for k, v in spec.stages[name].items() if k not in ("init_from", "train_on")}
-    recipe_path = resolve_recipe_path(entry.pop("recipe"))
-    data = load_yaml(recipe_path)
-    data.setdefault("train", {}).setdefault("seed", spec.seed)
-    data = deep_merge(data, entry)
-    data["train"].setdefault("device", spec.device)
-    return recipe_from_data(
-        deep_merge(data, paths), source=f"{recipe_path} (stage {name} of {source or 'the pipeline'})"
-    )
+    return family.stage_recipe(spec, name, paths, source, keys=("recipe", "init_from", "train_on"))
 
 
-class _ImageRun(StepRunner):
+class _ImageRun(family.FamilyRun):
     """One `run_image_pipeline` call: the output layout and the step record."""
 
-    def __init__(self, spec: ImagePipelineSpec, out: Path, source: str, log: Callable[[str], None]):
-        super().__init__(spec, out, source, log)
-        self.runs = out / "runs"
-        self.device = resolve_device(spec.device)
-
     # --- data --------------------------------------------------------------------------
-    def synth(self, step: str, folder: Path, config: SynthImagesConfig) -> None:
+    def synth_images(self, step: str, folder: Path, config: SynthImagesConfig) -> None:
         wanted = {
             "num": config.num,
             "size": config.size,
@@ -216,17 +173,13 @@ class _ImageRun(StepRunner):
             "only_colours": list(config.only_colours),
         }
 
-        def work() -> tuple[str, str, dict[str, Any]]:
-            info_path = folder / "synth.json"
-            if info_path.is_file():
-                have = json.loads(info_path.read_text())
-                if {k: have.get(k) for k in wanted} == wanted:
-                    return "skipped", f"{folder} already holds these {config.num} images", {}
+        def write() -> str:
             write_synth_images(folder, config)
-            colours = ", ".join(config.colours())
-            return "done", f"{config.num} images ({colours}) -> {folder}", {}
+            return f"{config.num} images ({', '.join(config.colours())}) -> {folder}"
 
-        self.timed(step, work)
+        self.synth(
+            step, folder / "synth.json", wanted, write, f"{folder} already holds these {config.num} images"
+        )
 
     def prepare(self, step: str, sources: list[Path], target: Path, progress: bool) -> None:
         settings = {"progress": progress, **self.spec.data.images}
@@ -235,44 +188,9 @@ class _ImageRun(StepRunner):
 
         def work() -> tuple[str, str, dict[str, Any]]:
             summary = prepare_images(sources, target, config)
-            run = summary.get("this_run", {})
-            status = "skipped" if not run.get("processed") else "done"
-            detail = (
-                f"{source} -> {target}: {summary['count']} images ready, {summary['failed']} failed "
-                f"({run.get('processed', 0)} processed now)"
-            )
-            if not summary["count"]:
-                raise UserError(f"{source}: no usable image (see {target / 'manifest.jsonl'})")
-            return status, detail, {"count": summary["count"], "failed": summary["failed"]}
+            return family.captioned_outcome(summary, source, target, "image")
 
         self.timed(step, work)
-
-    # --- training ----------------------------------------------------------------------
-    def train_stage(self, name: str, recipe: Recipe) -> None:
-        run_dir = self.runs / name
-
-        def work() -> tuple[str, str, dict[str, Any]]:
-            result = train(recipe, run_dir, recipe_name=str(self.spec.stages[name]["recipe"]))
-            if result.reason == "already_complete":
-                return "skipped", f"{run_dir} already trained to step {result.step}", {}
-            if result.reason != "max_steps":
-                self.record(StepRecord(name, "failed", f"stopped at step {result.step} ({result.reason})"))
-                raise UserError(
-                    f"stage {name} stopped at step {result.step} ({result.reason}); re-run the same command "
-                    "to continue"
-                )
-            metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("eval_"))
-            return "done", f"{result.step} steps -> {run_dir} {shown}".rstrip(), {"metrics": metrics}
-
-        self.timed(name, work)
-
-    def model_steps(self) -> dict[str, int | None]:
-        steps = {}
-        for name in self.spec.stages:
-            ckpt = latest_checkpoint(self.runs / name)
-            steps[name] = ckpt.step if ckpt else None
-        return steps
 
 
 def _stage_paths(spec: ImagePipelineSpec, out: Path, name: str, kind: str, ae_stage: str | None) -> dict:
@@ -309,13 +227,13 @@ def run_image_pipeline(
     if data.synth_images is not None:
         synth = data.synth_images
         exclude = (held_back.colour,) if held_back else ()
-        run.synth(
+        run.synth_images(
             "synth images",
             base_source,
             SynthImagesConfig(num=synth.num, size=synth.size, seed=synth.seed, exclude_colours=exclude),
         )
         if held_back is not None:
-            run.synth(
+            run.synth_images(
                 "synth held-back",
                 out / "synth_held_back",
                 SynthImagesConfig(
@@ -326,7 +244,7 @@ def run_image_pipeline(
                 ),
             )
         if spec.evaluate is not None and spec.evaluate.judge is not None:
-            run.synth(
+            run.synth_images(
                 "synth judge images",
                 out / "synth_judge",
                 SynthImagesConfig(
@@ -338,40 +256,23 @@ def run_image_pipeline(
         run.prepare("prepare held-back", [out / "synth_held_back"], out / "images_held_back", progress)
     if any(entry.get("train_on") == "all" for entry in spec.stages.values()):
         run.prepare("prepare all", [base_source, out / "synth_held_back"], out / "images_all", progress)
-    kinds = {name: _entry_kind(name, entry, source) for name, entry in spec.stages.items()}
+    kinds = family.kinds_of(spec.stages, source, STAGE_KINDS, "an image")
     ae_stage = next((name for name, kind in kinds.items() if kind == "image_ae"), None)
     for name, kind in kinds.items():
         recipe = image_stage_recipe(spec, name, _stage_paths(spec, out, name, kind, ae_stage), source)
         run.train_stage(name, recipe)
     if spec.evaluate is not None:
         evaluation = spec.evaluate
-        steps = run.model_steps()
-
-        def work() -> tuple[str, str, dict[str, Any]]:
-            path = out / "eval" / EVAL_RECORD
-            settings = {"evaluate": to_dict(evaluation), "seed": spec.seed, "model_steps": steps}
-            if path.is_file():
-                previous = json.loads(path.read_text())
-                if {k: previous.get(k) for k in settings} == json.loads(json.dumps(settings)):
-                    return "skipped", f"{path} is up to date", {}
-            result = evaluate_images(
+        run.evaluate(
+            out / "eval" / EVAL_RECORD,
+            lambda: evaluate_images(
                 evaluation,
                 out,
                 seed=spec.seed,
                 held_back=held_back.colour if held_back else None,
                 device=run.device,
                 log=log,
-            )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({**settings, **result}, indent=1))
-            return "done", result["summary"], {}
-
-        run.timed("evaluate", work)
-
-    def report() -> tuple[str, str, dict[str, Any]]:
-        written = write_image_report(out, title)
-        verdict = "all checks passed" if written.passed else "a check FAILED"
-        return "done", f"{out / 'report.md'} ({verdict})", {}
-
-    run.timed("report", report)
+            ),
+        )
+    run.report(lambda: write_image_report(out, title))
     return run.records

@@ -45,22 +45,21 @@ real images, reads the LoRA's first, lighter attempts at a colour it never drew 
 the pixel count says whether the colour is there at all, which is what a LoRA teaching a
 held-back attribute must first achieve.
 
-Loss curves are drawn with Pillow (a core dependency): a line plot is all a report needs, and
-matplotlib is only the optional `plot` extra, while every install must be able to run a demo.
+The checks, the steps table and the loss curves are drawn by `workflows.report_parts`, as in
+every family's report (`loss_curve` is importable from here too).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from voxforge.config.core import from_dict, option
 from voxforge.data.synth_images import ATTRIBUTES, BACKGROUND_RGB, SynthImagesConfig, caption_of, draw_labels
@@ -73,6 +72,19 @@ from voxforge.eval.image_attributes import (
     train_attribute_classifier,
 )
 from voxforge.pipelines.image import ImagePipeline
+from voxforge.workflows.report_parts import (
+    Report,
+    checks_record,
+    checks_table,
+    label_font,
+    loss_curve,
+    number,
+    read_json,
+    save_report,
+    score_checks,
+    step_times,
+    steps_table,
+)
 
 __all__ = [
     "CHECKS",
@@ -194,10 +206,6 @@ def _sampler(pipe: ImagePipeline, spec: SamplingSpec, seed: int) -> Callable[...
     return generate
 
 
-def _font() -> Any:
-    return ImageFont.load_default()
-
-
 def prompt_grid(
     rows: list[tuple[str, list[np.ndarray]]], columns: list[str], path: Path, scale: int = 2
 ) -> None:
@@ -212,7 +220,7 @@ def prompt_grid(
         "RGB", (text_w + count * (cell_w + gap), header + len(rows) * (cell_h + gap)), (255, 255, 255)
     )
     draw = ImageDraw.Draw(canvas)
-    font = _font()
+    font = label_font()
     for c, name in enumerate(columns):
         draw.text((text_w + c * (cell_w + gap), 2), name, fill=(0, 0, 0), font=font)
     for r, (caption, images) in enumerate(rows):
@@ -225,51 +233,6 @@ def prompt_grid(
             )
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
-
-
-def loss_curve(metrics: Path, path: Path, title: str, key: str = "loss") -> bool:
-    """Draw `key` against step from a run's metrics.jsonl as a PNG; False when it has none."""
-    points = []
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a torn last line of a killed run
-                continue
-            if isinstance(row.get(key), (int, float)) and "step" in row and math.isfinite(row[key]):
-                points.append((float(row["step"]), float(row[key])))
-    if len(points) < 2:
-        return False
-    width, height, left, right, top, bottom = 480, 300, 56, 12, 24, 30
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    font = _font()
-    steps, values = np.array([p[0] for p in points]), np.array([p[1] for p in points])
-    lo, hi = float(values.min()), float(values.max())
-    hi = hi if hi > lo else lo + 1.0
-    x0, x1 = float(steps.min()), float(steps.max()) if steps.max() > steps.min() else float(steps.min()) + 1
-
-    def xy(step: float, value: float) -> tuple[float, float]:
-        return (
-            left + (step - x0) / (x1 - x0) * (width - left - right),
-            top + (hi - value) / (hi - lo) * (height - top - bottom),
-        )
-
-    draw.rectangle([left, top, width - right, height - bottom], outline=(0, 0, 0))
-    for frac in (0.0, 0.5, 1.0):
-        value = hi - frac * (hi - lo)
-        y = top + frac * (height - top - bottom)
-        draw.line([left - 4, y, left, y], fill=(0, 0, 0))
-        draw.text((2, y - 6), f"{value:.3g}", fill=(0, 0, 0), font=font)
-    for frac in (0.0, 0.5, 1.0):
-        step = x0 + frac * (x1 - x0)
-        x = left + frac * (width - left - right)
-        draw.text((x - 10, height - bottom + 6), f"{step:.0f}", fill=(0, 0, 0), font=font)
-    draw.line([xy(s, v) for s, v in points], fill=(30, 90, 200), width=2)
-    draw.text((left, 6), f"{title}: {key} vs step", fill=(0, 0, 0), font=font)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return True
 
 
 def evaluate_images(
@@ -413,10 +376,6 @@ def evaluate_images(
 # --- report ---------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _mode(evaluation: dict[str, Any], mode: str, key: str) -> float | None:
     return evaluation.get("modes", {}).get(mode, {}).get(key)
 
@@ -480,55 +439,27 @@ CHECKS: dict[str, tuple[str, Callable[[dict[str, Any], dict[str, Any]], float | 
 }
 
 
-@dataclass
-class CheckResult:
-    name: str
-    what: str
-    value: float | None
-    threshold: float
-    passed: bool
-
-
-@dataclass
-class ImageReport:
-    data: dict[str, Any]
-    checks: list[CheckResult] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+class ImageReport(Report):
+    """The report of an image pipeline run (`build_image_report`)."""
 
 
 def _ae_eval(out: Path, stages: dict[str, Any]) -> dict[str, Any]:
     for name in stages:
         record = out / "runs" / name / "eval_reconstruction.json"
         if record.is_file():
-            return {"stage": name, **_read(record)}
+            return {"stage": name, **read_json(record)}
     return {}
 
 
 def build_image_report(out: str | Path) -> ImageReport:
     out = Path(out)
-    pipeline = _read(out / "pipeline.json")
+    pipeline = read_json(out / "pipeline.json")
     spec = pipeline.get("spec", {})
-    evaluation = _read(out / "eval" / EVAL_RECORD)
+    evaluation = read_json(out / "eval" / EVAL_RECORD)
     ae = _ae_eval(out, spec.get("stages", {}))
-    thresholds = (spec.get("evaluate") or {}).get("checks", {})
-    checks = []
-    for name, threshold in thresholds.items():
-        if name not in CHECKS:
-            raise ConfigError(
-                f"key 'evaluate.checks': unknown check '{name}'; expected some of {sorted(CHECKS)}"
-            )
-        what, measure = CHECKS[name]
-        value = measure(evaluation, ae)
-        value = None if value is None else float(value)
-        passed = value is not None and value == value and value >= float(threshold)
-        checks.append(CheckResult(name, what, value, float(threshold), passed))
-    steps = pipeline.get("steps", [])
-    done = [s for s in steps if s["status"] == "done"]
+    checks = score_checks(CHECKS, (spec.get("evaluate") or {}).get("checks", {}), evaluation, ae)
     flows = {
-        name: _read(out / "runs" / name / "eval_heldout.json")
+        name: read_json(out / "runs" / name / "eval_heldout.json")
         for name in spec.get("stages", {})
         if (out / "runs" / name / "eval_heldout.json").is_file()
     }
@@ -543,18 +474,10 @@ def build_image_report(out: str | Path) -> ImageReport:
         "prompt_chance": evaluation.get("prompt_chance", {}),
         "held_back": evaluation.get("held_back_eval", {}),
         "standard": evaluation.get("standard", {}),
-        "steps": [{k: s.get(k) for k in ("step", "status", "detail", "seconds")} for s in steps],
-        "seconds": {s["step"]: round(float(s["seconds"]), 1) for s in done},
-        "cpu_seconds": {s["step"]: s.get("info", {}).get("cpu_seconds") for s in done},
-        "total_seconds": round(sum(float(s["seconds"]) for s in done), 1),
-        "checks": [asdict(c) for c in checks],
-        "passed": all(c.passed for c in checks),
+        **step_times(pipeline.get("steps", [])),
+        **checks_record(checks),
     }
     return ImageReport(data, checks)
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    return "—" if value is None or value != value else f"{float(value):.{digits}f}"
 
 
 def _markdown(report: ImageReport, title: str, out: Path) -> str:
@@ -582,12 +505,7 @@ def _markdown(report: ImageReport, title: str, out: Path) -> str:
         "",
         f"## Checks: {'all passed' if report.passed else 'FAILED'}",
         "",
-        "| check | what | value | threshold | result |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    lines += [
-        f"| `{c.name}` | {c.what} | {_num(c.value)} | {c.threshold:g} | {'pass' if c.passed else 'FAIL'} |"
-        for c in report.checks
+        *checks_table(report.checks),
     ]
     judge = d["judge"]
     if judge:
@@ -600,10 +518,12 @@ def _markdown(report: ImageReport, title: str, out: Path) -> str:
             "",
             "| | " + " | ".join(names) + " | mean |",
             "| --- " * (len(names) + 2) + "|",
-            "| accuracy | " + " | ".join(_num(acc.get(n)) for n in names) + f" | {_num(acc.get('mean'))} |",
+            "| accuracy | "
+            + " | ".join(number(acc.get(n)) for n in names)
+            + f" | {number(acc.get('mean'))} |",
             "| chance | "
-            + " | ".join(_num(chance.get(n)) for n in names)
-            + f" | {_num(chance.get('mean'))} |",
+            + " | ".join(number(chance.get(n)) for n in names)
+            + f" | {number(chance.get('mean'))} |",
         ]
     modes = d["modes"]
     if modes:
@@ -621,14 +541,14 @@ def _markdown(report: ImageReport, title: str, out: Path) -> str:
             m = modes.get(mode, {})
             lines.append(
                 f"| {mode} | "
-                + " | ".join(_num(m.get(n)) for n in names)
-                + f" | {_num(m.get('mean'))} | {_num(m.get('all'))} | {_num(m.get('fid'), 2)} | {_num(m.get('kid'), 4)} |"
+                + " | ".join(number(m.get(n)) for n in names)
+                + f" | {number(m.get('mean'))} | {number(m.get('all'))} | {number(m.get('fid'), 2)} | {number(m.get('kid'), 4)} |"
             )
         chance = d["prompt_chance"]
         lines.append(
             "| chance | "
-            + " | ".join(_num(chance.get(n)) for n in names)
-            + f" | {_num(chance.get('mean'))} | | | |"
+            + " | ".join(number(chance.get(n)) for n in names)
+            + f" | {number(chance.get('mean'))} | | | |"
         )
         lines += [
             "",
@@ -645,43 +565,31 @@ def _markdown(report: ImageReport, title: str, out: Path) -> str:
             "",
             "| model | shows the colour (pixels) | colour accuracy (judge) | mean accuracy (judge) |",
             "| --- | --- | --- | --- |",
-            f"| base (`{held_eval['base_stage']}`) | {_num(held_eval['base'].get('shown'))} | "
-            f"{_num(held_eval['base'].get('colour'))} | {_num(held_eval['base'].get('mean'))} |",
-            f"| LoRA (`{spec.get('evaluate', {}).get('lora') or 'lora'}`) | {_num(held_eval['lora'].get('shown'))} | "
-            f"{_num(held_eval['lora'].get('colour'))} | {_num(held_eval['lora'].get('mean'))} |",
+            f"| base (`{held_eval['base_stage']}`) | {number(held_eval['base'].get('shown'))} | "
+            f"{number(held_eval['base'].get('colour'))} | {number(held_eval['base'].get('mean'))} |",
+            f"| LoRA (`{spec.get('evaluate', {}).get('lora') or 'lora'}`) | {number(held_eval['lora'].get('shown'))} | "
+            f"{number(held_eval['lora'].get('colour'))} | {number(held_eval['lora'].get('mean'))} |",
             "",
-            f"Shows the colour: at least {_num(held_eval.get('pixel_share', 0.02), 2)} of the image's pixels "
+            f"Shows the colour: at least {number(held_eval.get('pixel_share', 0.02), 2)} of the image's pixels "
             "nearest to it in the built-in palette.",
             "",
             "![base vs LoRA](eval/held_back.png)",
         ]
     if d["standard"]:
         lines += ["", "## Standard metrics (local weights)", ""]
-        lines += [f"- {k}: {_num(v, 2)}" for k, v in d["standard"].items()]
+        lines += [f"- {k}: {number(v, 2)}" for k, v in d["standard"].items()]
     ae, flows = d["autoencoder"], d["flows_heldout"]
     lines += ["", "## Training", ""]
     if ae:
-        lines.append(f"- autoencoder `{ae['stage']}`: held-out PSNR {_num(ae.get('psnr'), 2)} dB")
+        lines.append(f"- autoencoder `{ae['stage']}`: held-out PSNR {number(ae.get('psnr'), 2)} dB")
     for name, record in flows.items():
         lines.append(
-            f"- `{name}`: held-out flow loss {_num(record.get('heldout_loss'), 4)} with captions, "
-            f"{_num(record.get('heldout_loss_uncond'), 4)} with the empty caption"
+            f"- `{name}`: held-out flow loss {number(record.get('heldout_loss'), 4)} with captions, "
+            f"{number(record.get('heldout_loss_uncond'), 4)} with the empty caption"
         )
     curves = sorted((out / "eval" / "curves").glob("*.png"))
     lines += [""] + [f"![{p.stem}](eval/curves/{p.name})" for p in curves]
-    lines += [
-        "",
-        "## Steps",
-        "",
-        "| step | status | seconds | CPU seconds | detail |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    cpu = d["cpu_seconds"]
-    lines += [
-        f"| {s['step']} | {s['status']} | {float(s['seconds']):.1f} | "
-        f"{_num(cpu.get(s['step']) if s['status'] == 'done' else None, 1)} | {s['detail']} |"
-        for s in d["steps"]
-    ]
+    lines += ["", *steps_table(d["steps"], d["cpu_seconds"])]
     lines += ["", f"Total time of the steps that did work: {d['total_seconds']} s.", ""]
     return "\n".join(lines)
 
@@ -689,8 +597,4 @@ def _markdown(report: ImageReport, title: str, out: Path) -> str:
 def write_image_report(out: str | Path, title: str = "voxforge image pipeline report") -> ImageReport:
     """Build the report of the image pipeline run in `out`; write `report.md` and `report.json`."""
     out = Path(out)
-    report = build_image_report(out)
-    report.data["out"] = str(out)
-    (out / "report.json").write_text(json.dumps(report.data, indent=1, default=float))
-    (out / "report.md").write_text(_markdown(report, title, out))
-    return report
+    return save_report(out, build_image_report(out), lambda report: _markdown(report, title, out))

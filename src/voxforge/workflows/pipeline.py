@@ -81,20 +81,16 @@ from voxforge.pipelines.evaluate import evaluate_image_to_3d
 from voxforge.pipelines.image_to_3d import ImageTo3DPipeline
 from voxforge.pipelines.images import load_condition_image
 from voxforge.pipelines.structure import StructurePipeline
-from voxforge.recipe import recipe_from_data, resolve_recipe_path
+from voxforge.recipe import resolve_recipe_path
 from voxforge.representations.voxels import save_voxels
 from voxforge.stages import Recipe
 from voxforge.train.checkpoint import latest_checkpoint
 from voxforge.train.distributed import resolve_device
 from voxforge.train.engine import train
+from voxforge.workflows import family
 from voxforge.workflows.get3d_pipeline import Get3DPipelineSpec, load_get3d_pipeline, run_get3d_pipeline
 from voxforge.workflows.image_pipeline import ImagePipelineSpec, load_image_pipeline, run_image_pipeline
-from voxforge.workflows.steps import (
-    PIPELINE_RECORD,
-    StepRecord,
-    StepRunner,
-    deep_merge,
-)
+from voxforge.workflows.steps import PIPELINE_RECORD, StepRecord, StepRunner, recorded
 from voxforge.workflows.video_pipeline import VideoPipelineSpec, load_video_pipeline, run_video_pipeline
 
 __all__ = [
@@ -212,10 +208,7 @@ def load_pipeline(
             f"{source}: key 'stages': unknown stages {unknown}; expected some of {list(STAGE_ORDER)}"
         )
     for name, entry in spec.stages.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("recipe"), str):
-            raise ConfigError(
-                f"{source}: key 'stages.{name}.recipe': required, the recipe to train (e.g. {name}_tiny)"
-            )
+        family.require_recipe(name, entry, source, f" (e.g. {name}_tiny)")
     evaluation = spec.evaluate
     if (evaluation.image_to_3d or evaluation.examples) and not {"ss_flow", "slat_flow"} <= set(spec.stages):
         raise ConfigError(f"{source}: key 'evaluate': needs the stages ss_flow and slat_flow")
@@ -224,21 +217,16 @@ def load_pipeline(
 
 def stage_recipe(spec: PipelineSpec, stage: str, paths: dict[str, Any], source: str = "") -> Recipe:
     """The typed recipe of one stage: its recipe file, the entry's sections, the pipeline's settings."""
-    entry = dict(spec.stages[stage])
-    recipe_path = resolve_recipe_path(entry.pop("recipe"))
-    data = load_yaml(recipe_path)
-    if data.get("stage") != stage:
+    trains = family.recipe_stage(spec.stages[stage])
+    if trains != stage:
+        recipe_path = resolve_recipe_path(spec.stages[stage]["recipe"])
         raise ConfigError(
-            f"{source}: key 'stages.{stage}.recipe': {recipe_path} trains '{data.get('stage')}', not '{stage}'"
+            f"{source}: key 'stages.{stage}.recipe': {recipe_path} trains '{trains}', not '{stage}'"
         )
-    data.setdefault("train", {}).setdefault("seed", spec.seed)
-    data = deep_merge(data, entry)
-    data["train"].setdefault("device", spec.device)
     pipeline_data = dict(paths)
     if spec.holdout is not None:
         pipeline_data["eval_assets"] = spec.holdout
-    data = deep_merge(data, {"data": pipeline_data})
-    return recipe_from_data(data, source=f"{recipe_path} (stage {stage} of {source or 'the pipeline'})")
+    return family.stage_recipe(spec, stage, {"data": pipeline_data}, source)
 
 
 class _Run(StepRunner):
@@ -260,9 +248,8 @@ class _Run(StepRunner):
             return Path(self.spec.data.source)
         start = time.perf_counter()
         folder = self.out / "synth"
-        labels = folder / "labels.json"
         wanted = {"seed": synth.seed, "num": synth.num}
-        if labels.is_file() and {k: json.loads(labels.read_text()).get(k) for k in wanted} == wanted:
+        if recorded(folder / "labels.json", wanted) is not None:
             self.record(StepRecord("synth", "skipped", f"{folder} already holds {wanted['num']} objects"))
         else:
             write_dataset(folder, SynthConfig(num=synth.num, seed=synth.seed))
@@ -278,12 +265,8 @@ class _Run(StepRunner):
         start = time.perf_counter()
         summary = prepare(source, target, config)
         seconds = time.perf_counter() - start
-        tasks = int(summary.get("this_run", {}).get("tasks", 1))
-        counts = ", ".join(f"{k} {v.get('done', 0)}" for k, v in summary.get("steps", {}).items())
-        status = "skipped" if tasks == 0 else "done"
-        self.record(
-            StepRecord(step, status, f"{source} -> {target} ({counts})", seconds, {"summary": summary})
-        )
+        status, detail = family.mesh_outcome(summary, source, target)
+        self.record(StepRecord(step, status, detail, seconds, {"summary": summary}))
 
     def stage2_data(self, source: Path, progress: bool) -> Path:
         """The prepared folder of stage 2 (module docstring, "prepare stage 2")."""
@@ -325,30 +308,11 @@ class _Run(StepRunner):
         run_dir = self.runs / stage
         start = time.perf_counter()
         result = train(recipe, run_dir)
-        seconds = time.perf_counter() - start
-        if result.reason == "already_complete":
-            self.record(
-                StepRecord(stage, "skipped", f"{run_dir} already trained to step {result.step}", seconds)
-            )
-            return
-        if result.reason != "max_steps":
-            self.record(
-                StepRecord(stage, "failed", f"stopped at step {result.step} ({result.reason})", seconds)
-            )
-            raise UserError(
-                f"stage {stage} stopped at step {result.step} ({result.reason}); re-run the same command to continue"
-            )
-        metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("eval_"))
-        self.record(
-            StepRecord(
-                stage,
-                "done",
-                f"{result.step} steps -> {run_dir} {shown}".rstrip(),
-                seconds,
-                {"metrics": metrics},
-            )
-        )
+        seconds = time.perf_counter() - start  # a skipped or failed stage's seconds too, unlike the families'
+        status, detail, info = family.train_outcome(result, run_dir)
+        self.record(StepRecord(stage, status, detail, seconds, info))
+        if status == "failed":
+            raise UserError(family.STOPPED.format(name=stage, step=result.step, reason=result.reason))
 
     def encode(self, kind: str, prepared: Path) -> None:
         encoder = encode_ss_latents if kind == "ss" else encode_slat_latents

@@ -18,26 +18,35 @@ code means; the report lists each with its value, threshold and outcome:
 | `structures_decoded` | fraction of generated structures with a voxel above 0.5 (no top-k fallback) | value >= threshold |
 | `exports` | fraction of example files that exist | value >= threshold |
 
-A check whose inputs are missing (its step did not run) fails with the value `null`.
+A check whose inputs are missing (its step did not run) fails with the value `null`. Scoring
+the checks, their table, the steps table and writing the two files are the pieces every
+family's report shares (`workflows.report_parts`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from voxforge.errors import ConfigError
+from voxforge.workflows.report_parts import (
+    CheckResult,
+    Report,
+    checks_record,
+    checks_table,
+    number,
+    read_json,
+    save_report,
+    score_checks,
+    steps_table,
+)
 
 __all__ = ["CHECKS", "CheckResult", "Report", "build_report", "write_report"]
 
 NAN = float("nan")
-
-
-def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _eval(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -65,11 +74,11 @@ class Inputs:
         }
         return cls(
             out=out,
-            pipeline=_read(out / "pipeline.json"),
-            ss_vae=_eval(_read(runs / "ss_vae" / "final_metrics.json")),
-            generation=_read(runs / "ss_flow" / "eval_generation.json"),
-            slat_vae=_eval(_read(runs / "slat_vae" / "final_metrics.json")),
-            image_to_3d=_read(out / "eval" / "image_to_3d.json"),
+            pipeline=read_json(out / "pipeline.json"),
+            ss_vae=_eval(read_json(runs / "ss_vae" / "final_metrics.json")),
+            generation=read_json(runs / "ss_flow" / "eval_generation.json"),
+            slat_vae=_eval(read_json(runs / "slat_vae" / "final_metrics.json")),
+            image_to_3d=read_json(out / "eval" / "image_to_3d.json"),
             examples=examples,
         )
 
@@ -109,39 +118,13 @@ CHECKS: dict[str, tuple[str, Callable[[Inputs], float | None]]] = {
 }
 
 
-@dataclass
-class CheckResult:
-    name: str
-    what: str
-    value: float | None
-    threshold: float
-    passed: bool
-
-
-@dataclass
-class Report:
-    data: dict[str, Any]
-    checks: list[CheckResult]
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-
 def run_checks(inputs: Inputs, thresholds: dict[str, float]) -> list[CheckResult]:
     unknown = sorted(set(thresholds) - set(CHECKS))
     if unknown:
         raise ConfigError(
             f"key 'evaluate.checks': unknown checks {unknown}; expected some of {sorted(CHECKS)}"
         )
-    results = []
-    for name, threshold in thresholds.items():
-        what, measure = CHECKS[name]
-        value = measure(inputs)
-        value = None if value is None else float(value)
-        passed = value is not None and value == value and value >= threshold
-        results.append(CheckResult(name, what, value, float(threshold), passed))
-    return results
+    return score_checks(CHECKS, thresholds, inputs)
 
 
 def build_report(out: str | Path) -> Report:
@@ -170,14 +153,9 @@ def build_report(out: str | Path) -> Report:
         "steps": [{k: s[k] for k in ("step", "status", "detail", "seconds")} for s in steps],
         "seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 1),
-        "checks": [asdict(c) for c in checks],
-        "passed": all(c.passed for c in checks),
+        **checks_record(checks),
     }
     return Report(data, checks)
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    return "—" if value is None or value != value else f"{float(value):.{digits}f}"
 
 
 def _markdown(report: Report, title: str) -> str:
@@ -203,12 +181,7 @@ def _markdown(report: Report, title: str) -> str:
         "",
         f"## Checks: {'all passed' if report.passed else 'FAILED'}",
         "",
-        "| check | what | value | threshold | result |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    lines += [
-        f"| `{c.name}` | {c.what} | {_num(c.value)} | {c.threshold:g} | {'pass' if c.passed else 'FAIL'} |"
-        for c in report.checks
+        *checks_table(report.checks),
     ]
     lines += [
         "",
@@ -216,14 +189,14 @@ def _markdown(report: Report, title: str) -> str:
         "",
         "| SS-VAE held-out | IoU | precision | recall |",
         "| --- | --- | --- | --- |",
-        f"| reconstruction | {_num(v.get('iou'))} | {_num(v.get('precision'))} | {_num(v.get('recall'))} |",
+        f"| reconstruction | {number(v.get('iou'))} | {number(v.get('precision'))} | {number(v.get('recall'))} |",
         "",
         f"Generation from held-out condition images ({g.get('assets', 0)} assets, mean):",
         "",
         "| samples | IoU | yaw-aligned IoU |",
         "| --- | --- | --- |",
-        f"| conditional (image) | {_num(g.get('iou'))} | {_num(g.get('yaw_iou'))} |",
-        f"| unconditional (same noise) | {_num(g.get('iou_uncond'))} | {_num(g.get('yaw_iou_uncond'))} |",
+        f"| conditional (image) | {number(g.get('iou'))} | {number(g.get('yaw_iou'))} |",
+        f"| unconditional (same noise) | {number(g.get('iou_uncond'))} | {number(g.get('yaw_iou_uncond'))} |",
         "",
         "Yaw-aligned: best IoU over rotations of the sample about +Y (15° steps) and mirror images; a single "
         "view does not reveal an object's yaw in the world frame.",
@@ -232,16 +205,16 @@ def _markdown(report: Report, title: str) -> str:
         "",
         "| SLat-VAE reconstruction | PSNR (dB) | SSIM |",
         "| --- | --- | --- |",
-        f"| held-out views of training assets | {_num(s.get('views_psnr'), 2)} | {_num(s.get('views_ssim'))} |",
-        f"| held-out assets | {_num(s.get('assets_psnr'), 2)} | {_num(s.get('assets_ssim'))} |",
+        f"| held-out views of training assets | {number(s.get('views_psnr'), 2)} | {number(s.get('views_ssim'))} |",
+        f"| held-out assets | {number(s.get('assets_psnr'), 2)} | {number(s.get('assets_ssim'))} |",
         "",
         f"Image → 3D on held-out assets ({e.get('assets', 0)} of them, one condition image each):",
         "",
         "| | structure IoU | yaw-aligned IoU | PSNR (dB) | SSIM |",
         "| --- | --- | --- | --- | --- |",
-        f"| full pipeline | {_num(e.get('iou'))} | {_num(e.get('yaw_iou'))} | {_num(e.get('psnr'), 2)} | "
-        f"{_num(e.get('ssim'))} |",
-        f"| stage 2 on the true structure | 1 | 1 | {_num(e.get('stage2_psnr'), 2)} | {_num(e.get('stage2_ssim'))} |",
+        f"| full pipeline | {number(e.get('iou'))} | {number(e.get('yaw_iou'))} | {number(e.get('psnr'), 2)} | "
+        f"{number(e.get('ssim'))} |",
+        f"| stage 2 on the true structure | 1 | 1 | {number(e.get('stage2_psnr'), 2)} | {number(e.get('stage2_ssim'))} |",
         "",
         "## Previews",
         "",
@@ -263,13 +236,12 @@ def _markdown(report: Report, title: str) -> str:
     for name, example in d["examples"].items():
         note = " (top-k fallback: no voxel above 0.5)" if example.get("fallback") else ""
         lines += [
-            f"`examples/{name}`: {example.get('voxels')} voxels{note}, {_num(example.get('seconds'), 1)} s",
+            f"`examples/{name}`: {example.get('voxels')} voxels{note}, {number(example.get('seconds'), 1)} s",
             "",
         ]
         image = "asset.gif" if (out / "examples" / name / "asset.gif").is_file() else "preview.png"
         lines += [f"![](examples/{name}/{image})", ""]
-    lines += ["## Steps", "", "| step | status | seconds | detail |", "| --- | --- | --- | --- |"]
-    lines += [f"| {s['step']} | {s['status']} | {s['seconds']:.1f} | {s['detail']} |" for s in d["steps"]]
+    lines += steps_table(d["steps"])
     lines += ["", f"Total time of the steps that did work: {d['total_seconds']} s.", ""]
     return "\n".join(lines)
 
@@ -277,8 +249,4 @@ def _markdown(report: Report, title: str) -> str:
 def write_report(out: str | Path, title: str = "voxforge pipeline report") -> Report:
     """Build the report of the pipeline run in `out` and write `report.md` and `report.json`."""
     out = Path(out)
-    report = build_report(out)
-    report.data["out"] = str(out)
-    (out / "report.json").write_text(json.dumps(report.data, indent=1, default=float))
-    (out / "report.md").write_text(_markdown(report, title))
-    return report
+    return save_report(out, build_report(out), lambda report: _markdown(report, title))

@@ -1,10 +1,12 @@
-"""What every pipeline kind shares: the step record of `OUT/pipeline.json` and the merge of a
-stage entry's sections over its recipe.
+"""What every pipeline kind shares: the step record of `OUT/pipeline.json`, the merge of a
+stage entry's sections over its recipe and the test a step skips on (`recorded`: its record
+holds the same settings).
 
 `voxforge pipeline run` has one runner per kind (`workflows.pipeline` for 3D,
 `workflows.image_pipeline`, `video_pipeline`, `get3d_pipeline`); all write `OUT/pipeline.json` in this one shape —
 `{"source", "spec", "steps": [StepRecord, ...]}`, rewritten atomically after every step — so the
-demo command, the reports and `voxforge runs` read any kind's folder the same way.
+demo command, the reports and `voxforge runs` read any kind's folder the same way. What the
+image, video and GET3D runners share beyond this is `workflows.family`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from voxforge.config.core import to_dict
 
-__all__ = ["PIPELINE_RECORD", "StepRecord", "StepRunner", "deep_merge", "write_pipeline_record"]
+__all__ = ["PIPELINE_RECORD", "StepRecord", "StepRunner", "deep_merge", "recorded", "write_pipeline_record"]
 
 PIPELINE_RECORD = "pipeline.json"
 
@@ -41,6 +43,23 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def recorded(
+    path: Path, wanted: dict[str, Any], *, ignore: dict[str, tuple[str, ...]] | None = None
+) -> dict[str, Any] | None:
+    """The JSON record at `path` if it holds `wanted`'s keys with the same values (compared as
+    JSON, so a tuple matches the list it was written as), else None. `ignore`: key -> the keys
+    of that section compared on neither side."""
+    if not path.is_file():
+        return None
+    have, want = json.loads(path.read_text()), json.loads(json.dumps(wanted))
+    for key, inner in (ignore or {}).items():
+        for record in (have, want):
+            section = record.get(key)
+            for name in inner if isinstance(section, dict) else ():
+                section.pop(name, None)
+    return have if {k: have.get(k) for k in want} == want else None
 
 
 def write_pipeline_record(out: Path, source: str, spec: Any, records: list[StepRecord]) -> None:

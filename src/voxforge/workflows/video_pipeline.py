@@ -60,26 +60,27 @@ Layout: `OUT/synth`, `OUT/synth_judge`, `OUT/videos/<name>`, `OUT/videos_judge`,
 `OUT/runs/<stage>`, `OUT/eval/`, `OUT/report.{md,json}` and `OUT/pipeline.json` (each step,
 its wall and CPU seconds, what it changed; `workflows.steps`). Each flow run is a model folder
 for `voxforge generate video --model OUT/runs/<stage>`.
+
+The entry checks, the recipe merge and the synth / train / evaluate / report steps are the
+families' shared ones (`workflows.family`); this module keeps the video family's data (one
+prepared folder per `data.prepare` entry), the autoencoder each flow stage encodes with and
+what a stage changed.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from voxforge.config.core import from_dict, load_yaml, option, to_dict
+from voxforge.config.core import from_dict, option
 from voxforge.data.synth_videos import SynthVideosConfig, write_synth_videos
 from voxforge.data.videos import VideoPrepareConfig, prepare_videos
-from voxforge.errors import ConfigError, UserError
-from voxforge.recipe import recipe_from_data, resolve_recipe_path
+from voxforge.errors import ConfigError
 from voxforge.stages import Recipe
-from voxforge.train.checkpoint import latest_checkpoint
-from voxforge.train.distributed import resolve_device
-from voxforge.train.engine import train
-from voxforge.workflows.steps import StepRecord, StepRunner, deep_merge
+from voxforge.workflows import family
+from voxforge.workflows.steps import StepRecord
 from voxforge.workflows.video_report import (
     EVAL_RECORD,
     VideoEvaluateSpec,
@@ -150,18 +151,6 @@ class VideoPipelineSpec:
     evaluate: VideoEvaluateSpec | None = option(None, help="judge, prompts, sampling, checks")
 
 
-def _entry_kind(name: str, entry: Any, source: str) -> str:
-    if not isinstance(entry, dict) or not isinstance(entry.get("recipe"), str):
-        raise ConfigError(f"{source}: key 'stages.{name}.recipe': required, the recipe to train")
-    stage = load_yaml(resolve_recipe_path(entry["recipe"])).get("stage")
-    if stage not in STAGE_KINDS:
-        raise ConfigError(
-            f"{source}: key 'stages.{name}.recipe': {entry['recipe']} trains '{stage}'; a video "
-            f"pipeline trains {' or '.join(STAGE_KINDS)}"
-        )
-    return str(stage)
-
-
 def _resolve_autoencoders(spec: VideoPipelineSpec, kinds: dict[str, str], source: str) -> dict[str, str]:
     """flow stage -> the video_ae stage whose run encodes its clips (module docstring)."""
     chosen: dict[str, str] = {}
@@ -196,59 +185,33 @@ def _resolve_autoencoders(spec: VideoPipelineSpec, kinds: dict[str, str], source
 def load_video_pipeline(data: dict[str, Any], source: str) -> VideoPipelineSpec:
     """The typed `kind: video` pipeline of `data` (the file with its overrides applied)."""
     spec = from_dict(VideoPipelineSpec, {"kind": "video", **data}, source=source)
-    if bool(spec.data.source) == (spec.data.synth_videos is not None):
-        raise ConfigError(
-            f"{source}: key 'data': give 'synth_videos' (built-in clips) or 'source' (your videos), one of them"
-        )
+    family.check_source(spec.data, "synth_videos", "built-in clips", "your videos", source)
     if not spec.data.prepare:
         raise ConfigError(f"{source}: key 'data.prepare': name at least one prepared folder (name: settings)")
     for name, settings in spec.data.prepare.items():
         from_dict(VideoPrepareConfig, dict(settings or {}), source=source, prefix=f"data.prepare.{name}")
-    if not spec.stages:
-        raise ConfigError(f"{source}: key 'stages': name at least one stage")
-    kinds: dict[str, str] = {}
-    for name, entry in spec.stages.items():
-        kinds[name] = _entry_kind(name, entry, source)
-        init_from = entry.get("init_from")
-        if init_from is not None and (init_from not in kinds or init_from == name):
-            raise ConfigError(
-                f"{source}: key 'stages.{name}.init_from': '{init_from}' is not a stage before it "
-                f"({', '.join(list(kinds)[:-1]) or 'none'})"
-            )
-        if init_from is not None and (kinds[name], kinds[init_from]) != ("video_flow", "video_flow"):
-            raise ConfigError(f"{source}: key 'stages.{name}.init_from': both stages must train video_flow")
+
+    def check_data_from(name: str, entry: dict[str, Any]) -> None:
         data_from = entry.get("data_from", next(iter(spec.data.prepare)))
         if data_from not in spec.data.prepare:
             raise ConfigError(
                 f"{source}: key 'stages.{name}.data_from': '{data_from}' is not a prepared folder of "
                 f"data.prepare ({', '.join(spec.data.prepare)})"
             )
+
+    kinds = family.check_stages(spec.stages, source, STAGE_KINDS, "a video", check_data_from)
     _resolve_autoencoders(spec, kinds, source)
-    if spec.evaluate is not None:
-        if spec.data.synth_videos is None:
-            raise ConfigError(
-                f"{source}: key 'evaluate': the judge learns the attributes of the built-in clips; "
-                "it needs 'data.synth_videos'"
-            )
-        spec.evaluate.resolve_stages(spec.stages, kinds, source)
+    family.check_evaluate(spec, kinds, source, "synth_videos", "clips")
     return spec
 
 
 def stage_kinds(spec: VideoPipelineSpec, source: str = "") -> dict[str, str]:
-    return {name: _entry_kind(name, entry, source) for name, entry in spec.stages.items()}
+    return family.kinds_of(spec.stages, source, STAGE_KINDS, "a video")
 
 
 def video_stage_recipe(spec: VideoPipelineSpec, name: str, paths: dict[str, Any], source: str = "") -> Recipe:
     """The typed recipe of stage `name`: its recipe file, the entry's sections, the runner's paths."""
-    entry = {k: v for k, v in spec.stages[name].items() if k not in PIPELINE_KEYS}
-    recipe_path = resolve_recipe_path(spec.stages[name]["recipe"])
-    data = load_yaml(recipe_path)
-    data.setdefault("train", {}).setdefault("seed", spec.seed)
-    data = deep_merge(data, entry)
-    data["train"].setdefault("device", spec.device)
-    return recipe_from_data(
-        deep_merge(data, paths), source=f"{recipe_path} (stage {name} of {source or 'the pipeline'})"
-    )
+    return family.stage_recipe(spec, name, paths, source, keys=PIPELINE_KEYS)
 
 
 def stage_paths(spec: VideoPipelineSpec, out: Path, name: str, kinds: dict[str, str]) -> dict[str, Any]:
@@ -267,33 +230,26 @@ def stage_paths(spec: VideoPipelineSpec, out: Path, name: str, kinds: dict[str, 
     return paths
 
 
-class _VideoRun(StepRunner):
+class _VideoRun(family.FamilyRun):
     """One `run_video_pipeline` call: the output layout and the step record."""
 
-    def __init__(self, spec: VideoPipelineSpec, out: Path, source: str, log: Callable[[str], None]):
-        super().__init__(spec, out, source, log)
-        self.runs = out / "runs"
-        self.device = resolve_device(spec.device)
-
     # --- data --------------------------------------------------------------------------
-    def synth(self, step: str, folder: Path, config: SynthVideosConfig) -> None:
+    def synth_videos(self, step: str, folder: Path, config: SynthVideosConfig) -> None:
         wanted = {"num": config.num, "frames": config.frames, "size": config.size, "fps": config.fps}
         wanted["seed"] = config.seed
         vocabulary = {"shape": config.shapes, "colour": config.colours, "motion": config.motions}
         vocabulary["background"] = config.backgrounds
 
-        def work() -> tuple[str, str, dict[str, Any]]:
-            info_path = folder / "labels.json"
-            if info_path.is_file():
-                have = json.loads(info_path.read_text())
-                known = have.get("attributes", {})
-                same_vocabulary = all(known.get(k) == list(v) for k, v in vocabulary.items())
-                if {k: have.get(k) for k in wanted} == wanted and same_vocabulary:
-                    return "skipped", f"{folder} already holds these {config.num} clips", {}
-            write_synth_videos(folder, config)
-            return "done", f"{config.num} clips of {config.frames} frames at {config.size} px -> {folder}", {}
+        def same_vocabulary(have: dict[str, Any]) -> bool:
+            known = have.get("attributes", {})
+            return all(known.get(k) == list(v) for k, v in vocabulary.items())
 
-        self.timed(step, work)
+        def write() -> str:
+            write_synth_videos(folder, config)
+            return f"{config.num} clips of {config.frames} frames at {config.size} px -> {folder}"
+
+        kept = f"{folder} already holds these {config.num} clips"
+        self.synth(step, folder / "labels.json", wanted, write, kept, same_vocabulary)
 
     def prepare(self, step: str, source: Path, target: Path, settings: dict[str, Any], prefix: str) -> None:
         config = from_dict(
@@ -305,55 +261,22 @@ class _VideoRun(StepRunner):
 
         def work() -> tuple[str, str, dict[str, Any]]:
             summary = prepare_videos([source], target, config)
-            run = summary.get("this_run", {})
-            status = "skipped" if not run.get("processed") else "done"
-            buckets = ", ".join(f"{k}: {v}" for k, v in sorted(summary.get("bucket_counts", {}).items()))
-            detail = (
-                f"{source} -> {target}: {summary['count']} clips ready ({buckets}), {summary['failed']} failed "
-                f"({run.get('processed', 0)} processed now)"
-            )
-            if not summary["count"]:
-                raise UserError(f"{source}: no usable clip (see {target / 'manifest.jsonl'})")
-            info = {"count": summary["count"], "failed": summary["failed"]}
-            return status, detail, {**info, "buckets": summary.get("bucket_counts", {})}
+            counts = summary.get("bucket_counts", {})
+            buckets = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+            status, detail, info = family.captioned_outcome(summary, source, target, "clip", f" ({buckets})")
+            return status, detail, {**info, "buckets": counts}
 
         self.timed(step, work)
 
     # --- training ----------------------------------------------------------------------
-    def train_stage(self, name: str, recipe: Recipe) -> None:
-        run_dir = self.runs / name
+    def changes(self, name: str, recipe: Recipe) -> dict[str, Any]:
+        """A flow stage's changes against its `init_from` stage (`video_report.stage_changes`)."""
+        if recipe.stage != "video_flow":
+            return {}
         entry = self.spec.stages[name]
-
-        def work() -> tuple[str, str, dict[str, Any]]:
-            result = train(recipe, run_dir, recipe_name=str(entry["recipe"]))
-            base = self.runs / entry["init_from"] if entry.get("init_from") else None
-            changes = stage_changes(run_dir, base) if recipe.stage == "video_flow" else {}
-            said = changes.get("summary", "")
-            if result.reason == "already_complete":
-                return (
-                    "skipped",
-                    f"{run_dir} already trained to step {result.step}; {said}".rstrip("; "),
-                    {"changes": changes},
-                )
-            if result.reason != "max_steps":
-                self.record(StepRecord(name, "failed", f"stopped at step {result.step} ({result.reason})"))
-                raise UserError(
-                    f"stage {name} stopped at step {result.step} ({result.reason}); re-run the same command "
-                    "to continue"
-                )
-            metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("eval_"))
-            detail = f"{result.step} steps -> {run_dir} {shown}".rstrip() + (f"; {said}" if said else "")
-            return "done", detail, {"metrics": metrics, "changes": changes}
-
-        self.timed(name, work)
-
-    def model_steps(self) -> dict[str, int | None]:
-        steps = {}
-        for name in self.spec.stages:
-            ckpt = latest_checkpoint(self.runs / name)
-            steps[name] = ckpt.step if ckpt else None
-        return steps
+        return stage_changes(
+            self.runs / name, self.runs / entry["init_from"] if entry.get("init_from") else None
+        )
 
 
 def run_video_pipeline(
@@ -375,9 +298,11 @@ def run_video_pipeline(
     judge = spec.evaluate.judge if spec.evaluate is not None else None
     if synth is not None:
         settings = {"frames": synth.frames, "size": synth.size, "fps": synth.fps, **synth.vocabulary()}
-        run.synth("synth videos", base_source, SynthVideosConfig(num=synth.num, seed=synth.seed, **settings))
+        run.synth_videos(
+            "synth videos", base_source, SynthVideosConfig(num=synth.num, seed=synth.seed, **settings)
+        )
         if judge is not None:
-            run.synth(
+            run.synth_videos(
                 "synth judge clips",
                 out / "synth_judge",
                 SynthVideosConfig(num=judge.clips, seed=synth.seed + JUDGE_SEED_OFFSET, **settings),
@@ -402,29 +327,11 @@ def run_video_pipeline(
         run.train_stage(name, recipe)
     if spec.evaluate is not None:
         evaluation = spec.evaluate
-        steps = run.model_steps()
-
-        def work() -> tuple[str, str, dict[str, Any]]:
-            path = out / "eval" / EVAL_RECORD
-            settings = {"evaluate": to_dict(evaluation), "seed": spec.seed, "model_steps": steps}
-            if path.is_file():  # the checks' thresholds are the report's: changing them re-scores nothing
-                previous = json.loads(path.read_text())
-                wanted = json.loads(json.dumps(settings))
-                for record in (previous, wanted):
-                    (record.get("evaluate") or {}).pop("checks", None)
-                if {k: previous.get(k) for k in wanted} == wanted:
-                    return "skipped", f"{path} is up to date", {}
-            result = evaluate_videos(evaluation, out, kinds, seed=spec.seed, device=run.device, log=log)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({**settings, **result}, indent=1))
-            return "done", result["summary"], {}
-
-        run.timed("evaluate", work)
-
-    def report() -> tuple[str, str, dict[str, Any]]:
-        written = write_video_report(out, title)
-        verdict = "all checks passed" if written.passed else "a check FAILED"
-        return "done", f"{out / 'report.md'} ({verdict})", {}
-
-    run.timed("report", report)
+        # the checks' thresholds are the report's: changing them re-scores nothing
+        run.evaluate(
+            out / "eval" / EVAL_RECORD,
+            lambda: evaluate_videos(evaluation, out, kinds, seed=spec.seed, device=run.device, log=log),
+            unscored=("checks",),
+        )
+    run.report(lambda: write_video_report(out, title))
     return run.records

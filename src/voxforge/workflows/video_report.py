@@ -47,9 +47,8 @@ step did not run fails with the value null):
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +74,18 @@ from voxforge.eval.video_attributes import (
 from voxforge.export.video import write_gif
 from voxforge.pipelines.video import VIDEO_INFO, VideoPipeline
 from voxforge.runs import load_video_autoencoder
-from voxforge.workflows.image_report import loss_curve
+from voxforge.workflows.report_parts import (
+    Report,
+    checks_record,
+    checks_table,
+    loss_curve,
+    metric_rows,
+    number,
+    read_json,
+    score_checks,
+    step_times,
+    steps_table,
+)
 
 __all__ = [
     "CHECKS",
@@ -182,10 +192,6 @@ def _autoencoder_of(stages: dict[str, dict[str, Any]], kinds: dict[str, str]) ->
     return out
 
 
-def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 # --- what a stage changed --------------------------------------------------------------------
 def _describe(info: dict[str, Any]) -> dict[str, Any]:
     tc, sc = info.get("temporal_compression"), info.get("spatial_compression")
@@ -199,7 +205,7 @@ def _describe(info: dict[str, Any]) -> dict[str, Any]:
 
 def stage_changes(run_dir: Path, base_dir: Path | None) -> dict[str, Any]:
     """What flow run `run_dir` changed against `base_dir` (its init_from run), from their records."""
-    info = _read(run_dir / VIDEO_INFO)
+    info = read_json(run_dir / VIDEO_INFO)
     if not info:
         return {}
     now = _describe(info)
@@ -207,11 +213,11 @@ def stage_changes(run_dir: Path, base_dir: Path | None) -> dict[str, Any]:
     if base_dir is None:
         out["summary"] = "from scratch: " + ", ".join(f"{k} {v}" for k, v in now.items())
         return out
-    before = _describe(_read(base_dir / VIDEO_INFO))
+    before = _describe(read_json(base_dir / VIDEO_INFO))
     changed = {k: [before[k], now[k]] for k in now if before.get(k) != now[k]}
     out["from"], out["changed"] = base_dir.name, changed
     parts = [f"{k} {a} -> {b}" for k, (a, b) in changed.items()] or ["nothing but the weights' start"]
-    transfer = _read(run_dir / "transfer.json")
+    transfer = read_json(run_dir / "transfer.json")
     if transfer:
         counts = transfer.get("counts", {})
         out["transfer"] = counts
@@ -269,12 +275,7 @@ def _to_uint8(clips: Any) -> np.ndarray:
 
 def _losses(run_dir: Path) -> list[float]:
     values = {}
-    path = run_dir / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line of a killed run
-            continue
+    for row in metric_rows(run_dir / "metrics.jsonl"):
         if "event" not in row and isinstance(row.get("loss"), (int, float)) and "step" in row:
             values[int(row["step"])] = float(row["loss"])
     return [values[s] for s in sorted(values)]
@@ -285,7 +286,7 @@ def swap_record(out: Path, spec: SwapSpec) -> dict[str, Any]:
     if not spec.stage:
         return {}
     run = out / "runs" / spec.stage
-    transfer = _read(run / "transfer.json")
+    transfer = read_json(run / "transfer.json")
     record: dict[str, Any] = {
         "stage": spec.stage,
         "base": transfer.get("base", ""),
@@ -326,7 +327,7 @@ def evaluate_videos(
     judge_data = VideoClipDataset(out / "videos_judge")
     clips = _clips(judge_data)
     labels = [dict(r.get("extra") or {}) for r in judge_data.records]
-    known = _read(out / "synth_judge" / "labels.json").get("attributes", {})
+    known = read_json(out / "synth_judge" / "labels.json").get("attributes", {})
     missing = [name for name in spec.judge.attributes if name not in known]
     if missing or any(name not in row for row in labels for name in spec.judge.attributes):
         raise UserError(
@@ -380,7 +381,7 @@ def evaluate_videos(
         scores, generated = evaluate_prompt_modes(
             classifier, generate, prompts, prompt_labels, real, cfg=sampling.cfg
         )
-        info = _read(run_dir / VIDEO_INFO)
+        info = read_json(run_dir / VIDEO_INFO)
         shown = []
         for n in range(min(spec.show, len(prompts))):
             rows = [_to_uint8(generated["conditional"][n]), _to_uint8(generated["unconditional"][n])]
@@ -502,43 +503,18 @@ CHECKS: dict[str, tuple[str, Callable[[dict[str, Any]], float | None]]] = {
 }
 
 
-@dataclass
-class CheckResult:
-    name: str
-    what: str
-    value: float | None
-    threshold: float
-    passed: bool
-
-
-@dataclass
-class VideoReport:
-    data: dict[str, Any]
-    checks: list[CheckResult] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+class VideoReport(Report):
+    """The report of a video pipeline run (`build_video_report`)."""
 
 
 def build_video_report(out: str | Path) -> VideoReport:
     out = Path(out)
-    pipeline = _read(out / "pipeline.json")
+    pipeline = read_json(out / "pipeline.json")
     spec = pipeline.get("spec", {})
-    evaluation = _read(out / "eval" / EVAL_RECORD)
-    checks = []
-    for name, threshold in ((spec.get("evaluate") or {}).get("checks") or {}).items():
-        if name not in CHECKS:
-            raise ConfigError(
-                f"key 'evaluate.checks': unknown check '{name}'; expected some of {sorted(CHECKS)}"
-            )
-        what, measure = CHECKS[name]
-        value = measure(evaluation) if evaluation else None
-        value = None if value is None else float(value)
-        passed = value is not None and math.isfinite(value) and value >= float(threshold)
-        checks.append(CheckResult(name, what, value, float(threshold), passed))
+    evaluation = read_json(out / "eval" / EVAL_RECORD)
+    # every measure reads None off a missing record; a value must be finite to pass
+    checks = score_checks(CHECKS, (spec.get("evaluate") or {}).get("checks") or {}, evaluation, finite=True)
     steps = pipeline.get("steps", [])
-    done = [s for s in steps if s["status"] == "done"]
     latest: dict[str, dict[str, Any]] = {}
     for s in steps:
         if s.get("info", {}).get("changes"):
@@ -547,35 +523,21 @@ def build_video_report(out: str | Path) -> VideoReport:
         "spec": spec,
         "changes": latest,
         "evaluation": {k: v for k, v in evaluation.items() if k not in ("evaluate",)},
-        "steps": [{k: s.get(k) for k in ("step", "status", "detail", "seconds")} for s in steps],
-        "seconds": {s["step"]: round(float(s["seconds"]), 1) for s in done},
-        "cpu_seconds": {s["step"]: s.get("info", {}).get("cpu_seconds") for s in done},
-        "total_seconds": round(sum(float(s["seconds"]) for s in done), 1),
-        "checks": [asdict(c) for c in checks],
-        "passed": all(c.passed for c in checks),
+        **step_times(steps),
+        **checks_record(checks),
     }
     return VideoReport(data, checks)
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    return "—" if value is None or value != value else f"{float(value):.{digits}f}"
 
 
 def _markdown(report: VideoReport, title: str, out: Path) -> str:
     data, evaluation = report.data, report.data["evaluation"]
     lines = [f"# {title}", ""]
-    verdict = "all checks passed" if report.passed else "a check FAILED"
     lines += [
-        f"**{verdict}** — {len(report.checks)} checks; {data['total_seconds']:.0f} s of work this run.",
+        f"**{report.verdict}** — {len(report.checks)} checks; {data['total_seconds']:.0f} s of work this run.",
         "",
     ]
     if report.checks:
-        lines += ["| check | what | value | threshold | |", "| --- | --- | --- | --- | --- |"]
-        for c in report.checks:
-            lines.append(
-                f"| `{c.name}` | {c.what} | {_num(c.value)} | {c.threshold:g} | {'pass' if c.passed else 'FAIL'} |"
-            )
-        lines.append("")
+        lines += [*checks_table(report.checks, result=""), ""]
     if data["changes"]:
         lines += ["## Stages: what each changed", "", "| stage | resolution | frames | autoencoder | conditioning | from | |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
@@ -600,7 +562,7 @@ def _markdown(report: VideoReport, title: str, out: Path) -> str:
         for name, ae in aes.items():
             comp = "×".join(str(v) for v in ae["compression"])
             lines.append(
-                f"| {name} | {ae['kind']} | {comp} | {ae['latent_channels']} | {_num(ae['psnr'], 2)} | {_num(ae['ssim'])} | {ae['clips']} |"
+                f"| {name} | {ae['kind']} | {comp} | {ae['latent_channels']} | {number(ae['psnr'], 2)} | {number(ae['ssim'])} | {ae['clips']} |"
             )
         lines.append("")
     swap = evaluation.get("swap") or {}
@@ -620,7 +582,7 @@ def _markdown(report: VideoReport, title: str, out: Path) -> str:
             lines += ["| run | first logged loss | last logged loss | logged |", "| --- | --- | --- | --- |"]
             for row in rows:
                 lines.append(
-                    f"| {row['stage']} | {_num(row['first'], 4)} | {_num(row['last'], 4)} | {row['logged']} |"
+                    f"| {row['stage']} | {number(row['first'], 4)} | {number(row['last'], 4)} | {row['logged']} |"
                 )
             lines += ["", "(means over the first and the last logged steps)", ""]
     judge = evaluation.get("judge")
@@ -629,8 +591,8 @@ def _markdown(report: VideoReport, title: str, out: Path) -> str:
         attrs = [k for k in acc if k not in ("all", "mean")]
         lines += ["## Judge", "", f"A 3-D CNN trained on {judge['train_clips']} real clips, scored on {judge['test_clips']} others:", "",
                   "| | " + " | ".join(attrs) + " | all | mean |", "| --- " * (len(attrs) + 3) + "|",
-                  "| accuracy | " + " | ".join(_num(acc[a]) for a in attrs) + f" | {_num(acc['all'])} | {_num(acc['mean'])} |",
-                  "| chance | " + " | ".join(_num(chance[a]) for a in attrs) + f" | | {_num(chance['mean'])} |", ""]  # fmt: skip
+                  "| accuracy | " + " | ".join(number(acc[a]) for a in attrs) + f" | {number(acc['all'])} | {number(acc['mean'])} |",
+                  "| chance | " + " | ".join(number(chance[a]) for a in attrs) + f" | | {number(chance['mean'])} |", ""]  # fmt: skip
     models = evaluation.get("models", {})
     if models:
         lines += ["## Prompt accuracy and Fréchet distance", "",
@@ -638,8 +600,8 @@ def _markdown(report: VideoReport, title: str, out: Path) -> str:
                   "| stage | mode | " + " | ".join(attrs) + " | all | mean | Fréchet |", "| --- " * (len(attrs) + 5) + "|"]  # fmt: skip
         for name, entry in models.items():
             for mode, scores in entry["modes"].items():
-                lines.append(f"| {name} | {mode} | " + " | ".join(_num(scores[a]) for a in attrs)
-                             + f" | {_num(scores['all'])} | {_num(scores['mean'])} | {_num(scores['fvd'], 2)} |")  # fmt: skip
+                lines.append(f"| {name} | {mode} | " + " | ".join(number(scores[a]) for a in attrs)
+                             + f" | {number(scores['all'])} | {number(scores['mean'])} | {number(scores['fvd'], 2)} |")  # fmt: skip
         lines.append("")
     first = evaluation.get("first_frame", {})
     if first:
@@ -650,7 +612,7 @@ def _markdown(report: VideoReport, title: str, out: Path) -> str:
             "| --- | --- | --- | --- |",
         ]
         for name, row in first.items():
-            lines.append(f"| {name} | {_num(row['psnr'], 2)} | {_num(row['ssim'])} | {row['clips']} |")
+            lines.append(f"| {name} | {number(row['psnr'], 2)} | {number(row['ssim'])} | {row['clips']} |")
         lines.append("")
     if models:
         lines += ["## Sampled clips", "", "Each strip: frames left to right, the guided clip above the unguided one (same noise); the `.gif` beside each PNG plays them.", ""]  # fmt: skip
@@ -664,17 +626,7 @@ def _markdown(report: VideoReport, title: str, out: Path) -> str:
             drawn.append(name)
     if drawn:
         lines += ["## Training loss", ""] + [f"![{n}](eval/curves/{n}.png)" for n in drawn] + [""]
-    lines += [
-        "## Steps",
-        "",
-        "| step | status | wall s | CPU s | detail |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for step in data["steps"]:
-        cpu = data["cpu_seconds"].get(step["step"]) if step["status"] == "done" else None
-        lines.append(
-            f"| {step['step']} | {step['status']} | {step['seconds']:.1f} | {_num(cpu, 1)} | {step['detail']} |"
-        )
+    lines += steps_table(data["steps"], data["cpu_seconds"], wall="wall s", cpu="CPU s")
     return "\n".join(lines) + "\n"
 
 
@@ -682,7 +634,7 @@ def write_video_report(out: str | Path, title: str = "voxforge video pipeline re
     """`OUT/report.md` and `OUT/report.json` from what the pipeline recorded."""
     out = Path(out)
     report = build_video_report(out)
-    evaluation = _read(out / "eval" / EVAL_RECORD)
+    evaluation = read_json(out / "eval" / EVAL_RECORD)
     report.data["evaluation"] = {k: v for k, v in evaluation.items() if k != "evaluate"}
     (out / "report.md").write_text(_markdown(report, title, out))
     (out / "report.json").write_text(json.dumps(report.data, indent=1, default=str))
