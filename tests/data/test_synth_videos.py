@@ -18,6 +18,7 @@ from voxforge.data.synth_videos import (  # noqa: E402
     caption_of,
     draw_labels,
     parse_caption,
+    render_frames,
     write_synth_videos,
 )
 from voxforge.data.videos import VideoPrepareConfig, prepare_videos, read_manifest  # noqa: E402
@@ -127,6 +128,10 @@ def test_vocabulary_subsets(tmp_path):
     assert known["shape"] == ["circle", "square"] and known["background"] == ["black"]
     with pytest.raises(ConfigError, match="'colours'.*pink"):
         from_dict(SynthVideosConfig, {"colours": ["red", "pink"]}, source="test")
+    big = SynthVideosConfig(num=1, frames=2, size=32, colours=("white",), backgrounds=("black",), scale=2.0)
+    small = SynthVideosConfig(num=1, frames=2, size=32, colours=("white",), backgrounds=("black",))
+    lit = [(render_frames(draw_labels(c, 0), 2, 32, c.travel, c.scale) > 128).mean() for c in (small, big)]
+    assert 3.0 < lit[1] / lit[0] < 5.0  # twice the radius: about four times the area
     with pytest.raises(ConfigError, match="stands out from the colour 'black'"):
         from_dict(SynthVideosConfig, {"colours": ["black"], "backgrounds": ["black"]}, source="test")
 

@@ -94,6 +94,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     synth.add_argument(
         "--backgrounds", default="", help="comma-separated subset of white,black,grey,blue,green,yellow"
     )
+    synth.add_argument(
+        "--scale", type=float, default=1.0, help="shape size: every radius times this (default 1)"
+    )
     synth.add_argument("--codec", default="auto", choices=("auto", "h264", "mpeg4"), help="video codec")
     synth.set_defaults(func=run_synth_videos)
 
@@ -186,6 +189,7 @@ def run_synth_videos(args: argparse.Namespace) -> int:
         "fps": args.fps,
         "seed": args.seed,
         "codec": args.codec,
+        "scale": args.scale,
     }
     for key in ("motions", "shapes", "colours", "backgrounds"):
         subset = [v.strip() for v in getattr(args, key).split(",") if v.strip()]

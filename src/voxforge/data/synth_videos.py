@@ -76,6 +76,12 @@ class SynthVideosConfig:
     travel: float = option(
         0.45, gt=0.0, le=0.7, help="how far a moving shape travels, a fraction of the side"
     )
+    scale: float = option(
+        1.0,
+        gt=0.0,
+        le=2.5,
+        help="shape size: every radius times this (1: 0.15 of the side, 0.09-0.22 growing)",
+    )
     motions: tuple[str, ...] = option(MOTIONS, help="the motions drawn from")
     shapes: tuple[str, ...] = option(SHAPES, help="the shapes drawn from")
     colours: tuple[str, ...] = option(tuple(COLOURS), help="the shape colours drawn from (and turned to)")
@@ -216,8 +222,11 @@ def _path_contrast(start: tuple[int, ...], end: tuple[int, ...], background: tup
     return float(np.abs(line - np.asarray(background, float)).sum(-1).min())
 
 
-def trajectory(labels: dict[str, Any], frames: int, travel: float) -> list[tuple[float, float, float, float]]:
-    """(centre x, centre y, radius, colour mix 0-1) per frame, in fractions of the side."""
+def trajectory(
+    labels: dict[str, Any], frames: int, travel: float, radius_scale: float = 1.0
+) -> list[tuple[float, float, float, float]]:
+    """(centre x, centre y, radius, colour mix 0-1) per frame, in fractions of the side
+    (`radius_scale`: every radius times this)."""
     motion, cross, along = labels["motion"], labels["cross"], labels["along"]
     steps = []
     for k in range(frames):
@@ -235,11 +244,13 @@ def trajectory(labels: dict[str, Any], frames: int, travel: float) -> list[tuple
         else:
             mix = u
             x, y = 0.5 + along, cross
-        steps.append((x, y, radius, mix))
+        steps.append((x, y, radius * radius_scale, mix))
     return steps
 
 
-def render_frames(labels: dict[str, Any], frames: int, size: int, travel: float = 0.45) -> np.ndarray:
+def render_frames(
+    labels: dict[str, Any], frames: int, size: int, travel: float = 0.45, radius_scale: float = 1.0
+) -> np.ndarray:
     """The clip of `labels`: uint8 [T, size, size, 3]."""
     from PIL import Image, ImageDraw
 
@@ -249,7 +260,7 @@ def render_frames(labels: dict[str, Any], frames: int, size: int, travel: float 
         np.asarray(COLOURS[labels["end_colour"]], float),
     )
     out = np.empty((frames, size, size, 3), dtype=np.uint8)
-    for k, (cx, cy, radius, mix) in enumerate(trajectory(labels, frames, travel)):
+    for k, (cx, cy, radius, mix) in enumerate(trajectory(labels, frames, travel, radius_scale)):
         image = Image.new("RGB", (big, big), BACKGROUND_RGB[labels["background"]])
         draw = ImageDraw.Draw(image)
         fill = tuple(int(round(v)) for v in start + (end - start) * mix)
@@ -319,7 +330,7 @@ def write_synth_videos(out: str | Path, config: SynthVideosConfig | None = None)
         labels = draw_labels(config, index)
         name = f"{index:05d}.mp4"
         encoder = write_mp4(
-            render_frames(labels, config.frames, config.size, config.travel),
+            render_frames(labels, config.frames, config.size, config.travel, config.scale),
             out / name,
             config.fps,
             config.codec,
@@ -338,6 +349,7 @@ def write_synth_videos(out: str | Path, config: SynthVideosConfig | None = None)
         "fps": config.fps,
         "seed": config.seed,
         "travel": config.travel,
+        "scale": config.scale,
         "codec": encoder,
         "attributes": {
             "shape": list(config.shapes),

@@ -114,14 +114,15 @@ class SynthVideosSpec:
     colours: list[str] = option(default_factory=list, help="a subset of the shape colours (empty: all)")
     backgrounds: list[str] = option(default_factory=list, help="a subset of the backgrounds (empty: all)")
     motions: list[str] = option(default_factory=list, help="a subset of the motions (empty: all)")
+    scale: float = option(1.0, gt=0.0, le=2.5, help="shape size (every radius times this)")
 
     def __post_init__(self) -> None:
         SynthVideosConfig(num=self.num, frames=self.frames, size=self.size, fps=self.fps, **self.vocabulary())
 
-    def vocabulary(self) -> dict[str, tuple[str, ...]]:
-        """The SynthVideosConfig keys of the subsets given."""
+    def vocabulary(self) -> dict[str, Any]:
+        """The SynthVideosConfig keys of the subsets given, and the shape scale."""
         keys = ("shapes", "colours", "backgrounds", "motions")
-        return {key: tuple(getattr(self, key)) for key in keys if getattr(self, key)}
+        return {key: tuple(getattr(self, key)) for key in keys if getattr(self, key)} | {"scale": self.scale}
 
 
 @dataclass
@@ -236,7 +237,7 @@ class _VideoRun(family.FamilyRun):
     # --- data --------------------------------------------------------------------------
     def synth_videos(self, step: str, folder: Path, config: SynthVideosConfig) -> None:
         wanted = {"num": config.num, "frames": config.frames, "size": config.size, "fps": config.fps}
-        wanted["seed"] = config.seed
+        wanted["seed"], wanted["scale"] = config.seed, config.scale
         vocabulary = {"shape": config.shapes, "colour": config.colours, "motion": config.motions}
         vocabulary["background"] = config.backgrounds
 
