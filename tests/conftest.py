@@ -22,6 +22,18 @@ def shared_meshes() -> Path:
     return SHARED_MESHES
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny tensors: on a busy 2-core machine intra-op threads
+    cost 10-25x), restored afterwards. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

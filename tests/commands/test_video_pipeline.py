@@ -4,7 +4,6 @@ toy size (two steps per model), its records, report, resume and the file's check
 import json
 
 import pytest
-import torch
 
 from voxforge.commands.demo import families, seed_overrides
 from voxforge.errors import ConfigError
@@ -12,6 +11,8 @@ from voxforge.workflows.pipeline import load_pipeline, run_pipeline
 
 pytest.importorskip("diffusers")
 pytest.importorskip("av")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STAGES = ("ae_a", "t2v", "i2v", "ae_b", "swap", "swap_control")
 FLOWS = ("t2v", "i2v", "swap", "swap_control")
@@ -46,14 +47,6 @@ MICRO = [
     ),
     "evaluate.checks={swap_reinitialised: 1, swap_kept: 1, prompt_gain: -1, judge_mean: 0}",
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_video_demo_is_offered():

@@ -17,15 +17,9 @@ from voxforge.eval.video_attributes import (
     train_video_classifier,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ATTRIBUTES = {"colour": ["red", "green", "blue", "yellow"], "motion": ["left", "right", "grow"]}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def clips_of(num: int, seed: int) -> tuple[np.ndarray, list[dict]]:

@@ -26,6 +26,8 @@ from voxforge.models.image import (
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 AE = ImageAEConfig(
     latent_channels=4,
     block_out_channels=[8, 16, 16],
@@ -36,14 +38,6 @@ AE = ImageAEConfig(
 )
 FLOW = ImageFlowConfig(in_channels=4, num_layers=2, heads=2, head_dim=8, cross_heads=2)
 TEXT = TextEncoderConfig(width=16, layers=1, heads=2, max_length=8, unk_buckets=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def velocity(model, x, embeds, mask, t=(500.0, 20.0)):

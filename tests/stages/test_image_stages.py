@@ -20,13 +20,7 @@ from voxforge.train.engine import train
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ from voxforge.recipe import load_recipe, recipe_from_data
 from voxforge.stages import get_stage
 from voxforge.stages.toy_flow import GaussianRing, ToyFlowStage, mixture_metrics, ring_centers
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = {
     "stage": "toy_flow",
     "model": {"width": 64, "depth": 2, "frequency_dim": 32},
@@ -31,15 +33,6 @@ SMALL = {
         "tensorboard": False,
     },
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: on a busy 2-core machine intra-op threads cost 10-25x; restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_recipe(**sections):

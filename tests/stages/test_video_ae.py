@@ -23,6 +23,8 @@ from voxforge.train.engine import train
 
 pytest.importorskip("diffusers")
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 #: 3 levels: 4x in time, 4x4 in space (9 frames of 16 px -> 3 x 4 x 4 latents)
 HUNYUAN = [
     "model.kind=hunyuan",
@@ -42,14 +44,6 @@ RUN = COMMON + [
     "optim.lr=2e-3",
     "train.log_every=1",
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

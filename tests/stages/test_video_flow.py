@@ -19,13 +19,7 @@ from voxforge.runs import Run
 from voxforge.stages.video_flow import VideoFlowStage
 from voxforge.train.engine import train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")
