@@ -349,20 +349,9 @@ def sample(
         neg_cond = neg_cond.expand(batch, *neg_cond.shape[1:])
     if cond.shape[0] != batch or neg_cond.shape[0] != batch:
         raise ValueError(f"cond {tuple(cond.shape)} / neg_cond {tuple(neg_cond.shape)} for {batch} samples")
-    if not isinstance(noise, SparseTensor):
-
-        def dense_fn(x: Tensor, t: Tensor, context: Tensor) -> Tensor:  # x [B or 2B, C, r, r, r]
-            return model(x, t, context)
-
+    if not isinstance(noise, SparseTensor):  # x [B or 2B, C, r, r, r]
         return sample_from_config(
-            dense_fn,
-            noise,
-            cond,
-            neg_cond,
-            config,
-            sigma_min=sigma_min,
-            batch_guidance=True,
-            callback=callback,
+            model, noise, cond, neg_cond, config, sigma_min=sigma_min, batch_guidance=True, callback=callback
         )
 
     single = noise.replace(noise.feats.float())
