@@ -41,10 +41,12 @@ from voxforge.data.video_io import require_av
 __all__ = [
     "MOTIONS",
     "SynthVideosConfig",
+    "attribute_values",
     "caption_of",
     "draw_labels",
     "parse_caption",
     "render_frames",
+    "vocabulary_of",
     "write_mp4",
     "write_synth_videos",
 ]
@@ -59,6 +61,14 @@ MOTION_PHRASES = {
     "shrink": "shrinking",
 }
 ATTRIBUTES = ("shape", "colour", "end_colour", "motion", "background")
+#: an attribute of labels.json -> the SynthVideosConfig key of the values it is drawn from
+VOCABULARY = {
+    "shape": "shapes",
+    "colour": "colours",
+    "end_colour": "colours",
+    "motion": "motions",
+    "background": "backgrounds",
+}
 RADIUS = 0.15  # of the side, for shapes that move or change colour
 SMALL, LARGE = 0.09, 0.22  # radii of growing and shrinking shapes
 SUPERSAMPLE = 4
@@ -161,6 +171,20 @@ def parse_caption(caption: str) -> dict[str, Any] | None:
         "end_colour": end_colour,
         "motion": motion,
         "background": background,
+    }
+
+
+def attribute_values(config: SynthVideosConfig) -> dict[str, list[str]]:
+    """labels.json's "attributes": every attribute and the values `config` draws it from."""
+    return {name: list(getattr(config, VOCABULARY[name])) for name in ATTRIBUTES}
+
+
+def vocabulary_of(attributes: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
+    """The SynthVideosConfig subsets (shapes, colours, ...) of a labels.json "attributes"."""
+    return {
+        VOCABULARY[name]: tuple(values)
+        for name, values in attributes.items()
+        if name in VOCABULARY and values
     }
 
 
@@ -351,13 +375,7 @@ def write_synth_videos(out: str | Path, config: SynthVideosConfig | None = None)
         "travel": config.travel,
         "scale": config.scale,
         "codec": encoder,
-        "attributes": {
-            "shape": list(config.shapes),
-            "colour": list(config.colours),
-            "end_colour": list(config.colours),
-            "motion": list(config.motions),
-            "background": list(config.backgrounds),
-        },
+        "attributes": attribute_values(config),
         "items": items,
     }
     (out / "labels.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")

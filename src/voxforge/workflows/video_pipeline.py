@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from voxforge.config.core import from_dict, option
-from voxforge.data.synth_videos import SynthVideosConfig, write_synth_videos
+from voxforge.data.synth_videos import SynthVideosConfig, attribute_values, write_synth_videos
 from voxforge.data.videos import VideoPrepareConfig, prepare_videos
 from voxforge.errors import ConfigError
 from voxforge.stages import Recipe
@@ -117,9 +117,11 @@ class SynthVideosSpec:
     scale: float = option(1.0, gt=0.0, le=2.5, help="shape size (every radius times this)")
 
     def __post_init__(self) -> None:
-        SynthVideosConfig(num=self.num, frames=self.frames, size=self.size, fps=self.fps, **self.vocabulary())
+        SynthVideosConfig(
+            num=self.num, frames=self.frames, size=self.size, fps=self.fps, **self.config_keys()
+        )
 
-    def vocabulary(self) -> dict[str, Any]:
+    def config_keys(self) -> dict[str, Any]:
         """The SynthVideosConfig keys of the subsets given, and the shape scale."""
         keys = ("shapes", "colours", "backgrounds", "motions")
         return {key: tuple(getattr(self, key)) for key in keys if getattr(self, key)} | {"scale": self.scale}
@@ -238,12 +240,10 @@ class _VideoRun(family.FamilyRun):
     def synth_videos(self, step: str, folder: Path, config: SynthVideosConfig) -> None:
         wanted = {"num": config.num, "frames": config.frames, "size": config.size, "fps": config.fps}
         wanted["seed"], wanted["scale"] = config.seed, config.scale
-        vocabulary = {"shape": config.shapes, "colour": config.colours, "motion": config.motions}
-        vocabulary["background"] = config.backgrounds
+        values = attribute_values(config)
 
         def same_vocabulary(have: dict[str, Any]) -> bool:
-            known = have.get("attributes", {})
-            return all(known.get(k) == list(v) for k, v in vocabulary.items())
+            return have.get("attributes") == values
 
         def write() -> str:
             write_synth_videos(folder, config)
@@ -298,7 +298,7 @@ def run_video_pipeline(
     synth = data.synth_videos
     judge = spec.evaluate.judge if spec.evaluate is not None else None
     if synth is not None:
-        settings = {"frames": synth.frames, "size": synth.size, "fps": synth.fps, **synth.vocabulary()}
+        settings = {"frames": synth.frames, "size": synth.size, "fps": synth.fps, **synth.config_keys()}
         run.synth_videos(
             "synth videos", base_source, SynthVideosConfig(num=synth.num, seed=synth.seed, **settings)
         )

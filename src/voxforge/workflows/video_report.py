@@ -59,7 +59,7 @@ from PIL import Image
 
 from voxforge.config.core import from_dict, option
 from voxforge.data.splits import split_ids
-from voxforge.data.synth_videos import SynthVideosConfig, caption_of, draw_labels
+from voxforge.data.synth_videos import SynthVideosConfig, caption_of, draw_labels, vocabulary_of
 from voxforge.data.videos import VideoClipDataset
 from voxforge.errors import ConfigError, UserError
 from voxforge.eval.video_attributes import (
@@ -349,9 +349,7 @@ def evaluate_videos(
     log(f"judge: mean accuracy {result['judge']['accuracy']['mean']:.3f} on {len(real)} real clips")
     # 2. prompts, conditional and unconditional; 3. image -> video
     # the prompts name what the clips show: the judge clips' vocabulary (that of the training clips)
-    keys = {"shape": "shapes", "colour": "colours", "background": "backgrounds", "motion": "motions"}
-    vocabulary = {key: tuple(known[name]) for name, key in keys.items() if known.get(name)}
-    prompts, prompt_labels = prompt_set(spec.prompts.num, spec.prompts.seed, vocabulary)
+    prompts, prompt_labels = prompt_set(spec.prompts.num, spec.prompts.seed, vocabulary_of(known))
     prompt_labels = [{name: str(row[name]) for name in attributes} for row in prompt_labels]
     sampling = spec.sampling
     result["prompts"] = prompts
