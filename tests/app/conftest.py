@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,44 @@ def get3d_model(tmp_path_factory) -> Path:
     return write_tiny_get3d(tmp_path_factory.mktemp("app_get3d") / "get3d")
 
 
+@contextmanager
+def serve_app(arguments: list[str], cwd: Path, log: Path):
+    """`voxforge app ARGUMENTS --port P` in a subprocess (one torch thread, offline) with its
+    output in `log`; yields its URL once it answers, and stops it afterwards."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO / "src"),
+    }
+    command = [sys.executable, "-m", "voxforge", "app", *arguments, "--port", str(port)]
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 300  # imports of torch, gradio, diffusers on a loaded 2-core machine
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"voxforge app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "config", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"voxforge app did not answer within 300 s:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 @dataclass
 class Server:
     url: str
@@ -79,39 +118,10 @@ def app_server(tmp_path_factory, tiny_model, sana_model, video_model, get3d_mode
     pytest.importorskip("gradio")
     cwd = tmp_path_factory.mktemp("app_cwd")
     out, log = cwd / "out", tmp_path_factory.mktemp("app_log") / "server.log"
-    port = free_port()
     started = time.time()
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO / "src"),
-    }
-    command = [sys.executable, "-m", "voxforge", "app"]
-    command += ["--model", str(tiny_model), "--model", str(sana_model), "--model", str(video_model)]
+    command = ["--model", str(tiny_model), "--model", str(sana_model), "--model", str(video_model)]
     command += ["--model", str(get3d_model)]
-    command += ["--runs", str(tiny_model / "runs"), "--out", "out", "--port", str(port)]
+    command += ["--runs", str(tiny_model / "runs"), "--out", "out"]
     command += ["--frames", "4", "--size", "48", "--device", "cpu"]
-    with open(log, "w") as handle:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 300  # imports of torch, gradio, diffusers on a loaded 2-core machine
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"voxforge app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "config", timeout=2):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"voxforge app did not answer within 300 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-    yield Server(url, cwd, out, log, started)
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with serve_app(command, cwd, log) as url:
+        yield Server(url, cwd, out, log, started)

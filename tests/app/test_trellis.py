@@ -10,18 +10,14 @@ shapes) and call `/image_to_3d` through gradio_client.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app.conftest import REPO, free_port
+from tests.app.conftest import REPO, serve_app
 
 FIXTURES = REPO / ".." / "shared" / "golden" / "trellis"
 
@@ -96,39 +92,10 @@ def trellis_server(tmp_path_factory):
     model = _trellis_dir()
     cwd = tmp_path_factory.mktemp("trellis_app")
     log = cwd / "server.log"
-    port = free_port()
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO / "src"),
-    }
-    command = [sys.executable, "-m", "voxforge", "app", "--model", str(model), "--out", "out"]
-    command += ["--port", str(port), "--frames", "2", "--size", "32", "--device", "cpu"]
+    command = ["--model", str(model), "--out", "out", "--frames", "2", "--size", "32", "--device", "cpu"]
     command += ["--texture-size", "64", "--bake-views", "2"]
-    with open(log, "w") as handle:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 300
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"voxforge app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "config", timeout=2):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"voxforge app did not answer within 300 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-    yield url, cwd / "out"
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with serve_app(command, cwd, log) as url:
+        yield url, cwd / "out"
 
 
 @pytest.fixture(scope="module")
