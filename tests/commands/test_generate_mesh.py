@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from tests.stages.ss_helpers import synth_prepared
 from voxforge.cli import main
 from voxforge.recipe import load_recipe
 from voxforge.train.engine import train
@@ -40,15 +41,8 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def get3d_run(tmp_path_factory):
-    from voxforge.data.prepare import PrepareConfig, prepare
-    from voxforge.data.synth import SynthConfig, write_dataset
-
     root = tmp_path_factory.mktemp("get3d_mesh")
-    write_dataset(root / "synth", SynthConfig(num=2, seed=0, segments=8))
-    config = PrepareConfig(
-        views=2, image_size=16, cond_views=0, steps=("ingest", "views"), workers=0, progress=False
-    )
-    prepare(root / "synth", root / "prepared", config)
+    synth_prepared(root, num=2, segments=8, views=2, image_size=16, cond_views=0, steps=("ingest", "views"))
     train(load_recipe("get3d_tiny", [f"data.path={root / 'prepared'}", *TINY]), root / "run")
     return root / "run"
 

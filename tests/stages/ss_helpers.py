@@ -45,22 +45,30 @@ FLOW_OVERRIDES = COMMON + [
 ]
 
 
-def prepared_dataset(base: Path) -> Path:
+def synth_prepared(base: Path, *, num: int, seed: int = 0, **settings) -> Path:
+    """`num` built-in assets (`data.synth`: `segments` among `settings`) prepared into base/prepared
+    with the other PrepareConfig `settings` (in-process, no progress bar); returns that folder."""
     from voxforge.data.prepare import PrepareConfig, prepare
     from voxforge.data.synth import SynthConfig, write_dataset
 
+    segments = {"segments": settings.pop("segments")} if "segments" in settings else {}
+    write_dataset(base / "synth", SynthConfig(num=num, seed=seed, **segments))
+    prepare(base / "synth", base / "prepared", PrepareConfig(workers=0, progress=False, **settings))
+    return base / "prepared"
+
+
+def prepared_dataset(base: Path) -> Path:
     out = base / "prepared"
     if not out.is_dir():
-        write_dataset(base / "synth", SynthConfig(num=10, seed=0, segments=16))
-        config = PrepareConfig(
+        synth_prepared(
+            base,
+            num=10,
+            segments=16,
             resolution=16,
             image_size=32,
             cond_views=2,
             steps=("ingest", "cond", "voxels"),
-            workers=0,
-            progress=False,
         )
-        prepare(base / "synth", out, config)
     return out
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.stages.ss_helpers import synth_prepared
 from voxforge.errors import UserError
 from voxforge.models.get3d import Discriminator, Get3DGAN
 from voxforge.recipe import load_recipe
@@ -45,16 +46,10 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from voxforge.data.prepare import PrepareConfig, prepare
-    from voxforge.data.synth import SynthConfig, write_dataset
-
     root = tmp_path_factory.mktemp("get3d_data")
-    write_dataset(root / "synth", SynthConfig(num=3, seed=0, segments=12))
-    config = PrepareConfig(
-        views=4, image_size=32, cond_views=0, steps=("ingest", "views"), workers=0, progress=False
+    return synth_prepared(
+        root, num=3, segments=12, views=4, image_size=32, cond_views=0, steps=("ingest", "views")
     )
-    prepare(root / "synth", root / "prepared", config)
-    return root / "prepared"
 
 
 def _recipe(prepared, *extra):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.stages.ss_helpers import synth_prepared
 from voxforge.errors import ConfigError
 from voxforge.models.slat_mesh import MESH_LAYOUT, fields_to_mesh, mesh_fields
 from voxforge.recipe import load_recipe
@@ -46,14 +47,8 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from voxforge.data.prepare import PrepareConfig, prepare
-    from voxforge.data.synth import SynthConfig, write_dataset
-
     root = tmp_path_factory.mktemp("slat_mesh_data")
-    write_dataset(root / "synth", SynthConfig(num=2, seed=3))
-    config = PrepareConfig(resolution=8, views=3, image_size=16, cond_views=1, workers=0, progress=False)
-    prepare(root / "synth", root / "prepared", config)
-    return root / "prepared"
+    return synth_prepared(root, num=2, seed=3, resolution=8, views=3, image_size=16, cond_views=1)
 
 
 def _recipe(path, *extra):
