@@ -1,4 +1,4 @@
-"""Video autoencoders behind one interface (diffusers HunyuanVideo and LTX-Video classes)."""
+"""Video autoencoders behind one interface (diffusers HunyuanVideo and LTX-Video classes, voxforge's conv)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,18 @@ from voxforge.models.video_ae import VideoAEConfig, build_video_autoencoder, loa
 TINY = {
     "hunyuan": VideoAEConfig(kind="hunyuan", latent_channels=4, block_out_channels=[8, 8, 8, 8]),
     "ltx": VideoAEConfig(kind="ltx", latent_channels=8, block_out_channels=[8, 8, 8, 8], patch_size=4),
+    "conv": VideoAEConfig(
+        kind="conv",
+        latent_channels=4,
+        block_out_channels=[8, 16, 16],
+        spatial_compression=4,
+        temporal_compression=4,
+    ),
 }
+OTHER = {"hunyuan": "ltx", "ltx": "conv", "conv": "hunyuan"}
 
 
-@pytest.mark.parametrize("kind,compression", [("hunyuan", (4, 8)), ("ltx", (8, 32))])
+@pytest.mark.parametrize("kind,compression", [("hunyuan", (4, 8)), ("ltx", (8, 32)), ("conv", (4, 4))])
 def test_compression_shapes_and_round_trip_of_the_statistics(tmp_path, kind, compression):
     torch.manual_seed(0)
     ae = build_video_autoencoder(TINY[kind]).eval()
@@ -43,14 +51,15 @@ def test_compression_shapes_and_round_trip_of_the_statistics(tmp_path, kind, com
     with torch.no_grad():
         assert torch.allclose(back.encode(video), latents, atol=1e-5)
     with pytest.raises(UserError, match=f"is a {kind}"):
-        load_video_autoencoder(folder, kind="ltx" if kind == "hunyuan" else "hunyuan")
+        load_video_autoencoder(folder, kind=OTHER[kind])
 
 
-def test_causal_encoder_first_latent_frame_sees_only_the_first_frame():
-    # LTX-Video normalises per position (RMSNorm), so its causal convolutions make the whole
-    # encoder causal; HunyuanVideo's GroupNorm pools statistics over all frames
+@pytest.mark.parametrize("kind", ["ltx", "conv"])
+def test_causal_encoder_first_latent_frame_sees_only_the_first_frame(kind):
+    # LTX-Video normalises per position (RMSNorm) and conv has no norm layers, so their causal
+    # convolutions make the whole encoder causal; HunyuanVideo's GroupNorm pools over all frames
     torch.manual_seed(0)
-    ae = build_video_autoencoder(TINY["ltx"]).eval()
+    ae = build_video_autoencoder(TINY[kind]).eval()
     video = torch.rand(1, 3, 9, 32, 32) * 2 - 1
     changed = video.clone()
     changed[:, :, 1:] = torch.rand(1, 3, 8, 32, 32) * 2 - 1
@@ -82,3 +91,20 @@ def test_hunyuan_levels_must_reach_the_compression():
         VideoAEConfig(kind="hunyuan", block_out_channels=[8, 8], spatial_compression=2)
     with pytest.raises(ConfigValueError, match="not one of"):
         VideoAEConfig(kind="hunyuan", temporal_compression=2)
+
+
+def test_conv_kind_settings_are_checked_and_its_shortcut_carries_the_pixels():
+    from voxforge.config.core import ConfigValueError
+    from voxforge.models.causal_video_ae import depth_to_space, space_to_depth
+
+    with pytest.raises(ConfigValueError, match="8 is not a power of two of at most 4"):
+        VideoAEConfig(kind="conv", block_out_channels=[8, 8, 8], spatial_compression=8)
+    with pytest.raises(ConfigValueError, match="conv kind .* has no activation checkpointing"):
+        VideoAEConfig(
+            kind="conv", block_out_channels=[8, 8, 8], spatial_compression=4, gradient_checkpointing=True
+        )
+    # the parameter-free fold is invertible: 1 + k*st frames <-> 1 + k, the first frame kept
+    video = torch.randn(2, 3, 9, 8, 8)
+    folded = space_to_depth(video, (2, 2, 2))
+    assert folded.shape == (2, 24, 5, 4, 4)
+    assert torch.equal(depth_to_space(folded, (2, 2, 2)), video)

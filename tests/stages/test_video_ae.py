@@ -87,6 +87,13 @@ def test_recipes_load_at_their_documented_compression():
         128,
         32,
     )
+    conv = load_recipe("video_ae_conv_tiny")
+    assert (conv.model.kind, conv.model.temporal_compression, conv.model.spatial_compression) == (
+        "conv",
+        4,
+        4,
+    )
+    assert (conv.loss.l1, conv.loss.l2) == (0.0, 1.0)  # plain L2: L1 alone keeps the shapes at the background
     real = load_recipe("video_ae_hunyuan")
     assert (real.model.latent_channels, real.model.block_out_channels[-1]) == (16, 512)  # as released
     assert real.model.gradient_checkpointing and real.loss.lpips_weight > 0

@@ -9,6 +9,11 @@ two points through diffusers' well-kept classes:
 | --- | --- | --- | --- |
 | `hunyuan` | `AutoencoderKLHunyuanVideo` | 4 × 8 × 8 | 16 |
 | `ltx` | `AutoencoderKLLTXVideo` | 8 × 32 × 32 | 128 |
+| `conv` | voxforge's `CausalVideoAutoencoder` | 4 × 8 × 8 (configurable) | (none released) |
+
+`conv` is voxforge's own plain causal conv VAE (`models.causal_video_ae`, which says why): the
+CPU recipes train it from scratch where the diffusers kinds' tiny configurations do not learn
+the clips' shapes in minutes; it has no released weights.
 
 Both take clips of `1 + k·tc` frames and give `1 + k` latent frames through causal temporal
 convolutions (an image is a one-frame video, and the first latent frame stands for the first
@@ -46,15 +51,20 @@ __all__ = [
     "load_video_autoencoder",
 ]
 
-#: kind -> diffusers class name
-KINDS = {"hunyuan": "AutoencoderKLHunyuanVideo", "ltx": "AutoencoderKLLTXVideo"}
+#: kind -> model class name (diffusers' own, or voxforge's `conv` for CPU-sized runs)
+KINDS = {
+    "hunyuan": "AutoencoderKLHunyuanVideo",
+    "ltx": "AutoencoderKLLTXVideo",
+    "conv": "CausalVideoAutoencoder",
+}
 STATS_FILE = "voxforge_video_ae.json"
 
 
 @dataclass
 class VideoAEConfig:
-    kind: Literal["hunyuan", "ltx"] = option(
-        "hunyuan", help="hunyuan: 4x8x8; ltx: 8x32x32 (deep compression)"
+    kind: Literal["hunyuan", "ltx", "conv"] = option(
+        "hunyuan",
+        help="hunyuan: 4x8x8; ltx: 8x32x32 (deep compression); conv: voxforge's causal conv VAE for CPU runs",
     )
     pretrained: str = option(
         "", help="a local diffusers folder of that class (its config wins over the keys below)"
@@ -64,8 +74,8 @@ class VideoAEConfig:
     layers_per_block: int = option(1, ge=1)
     norm_num_groups: int = option(4, ge=1, help="hunyuan: GroupNorm groups (must divide every width)")
     patch_size: int = option(4, ge=1, help="ltx: pixels per side folded into channels before the encoder")
-    spatial_compression: int = option(8, ge=1, help="hunyuan: 2^(levels - 1) at most")
-    temporal_compression: int = option(4, ge=1, help="hunyuan: 4 (its causal downsampling)")
+    spatial_compression: int = option(8, ge=1, help="hunyuan: 2^(levels - 1) at most; conv: 2^levels at most")
+    temporal_compression: int = option(4, ge=1, help="hunyuan: 4 or 8; conv: 2^levels at most")
     gradient_checkpointing: bool = option(
         False, help="recompute the blocks' activations in the backward pass (diffusers' own checkpointing)"
     )
@@ -88,6 +98,23 @@ class VideoAEConfig:
                         f"{ratio}x needs {ratio.bit_length() - 1} downsampling levels; "
                         f"{len(self.block_out_channels)} widths give {levels}",
                     )
+        if self.kind == "conv" and self.gradient_checkpointing:
+            raise ConfigValueError(
+                "gradient_checkpointing",
+                "the conv kind (for small runs) has no activation checkpointing; set it false",
+            )
+        if self.kind == "conv" and not self.pretrained:
+            levels = len(self.block_out_channels) - 1
+            for key, ratio in (
+                ("spatial_compression", self.spatial_compression),
+                ("temporal_compression", self.temporal_compression),
+            ):
+                if ratio & (ratio - 1) or ratio.bit_length() - 1 > levels:
+                    raise ConfigValueError(
+                        key,
+                        f"{ratio} is not a power of two of at most {2**levels} "
+                        f"({len(self.block_out_channels)} widths give {levels} halvings)",
+                    )
         if self.kind == "hunyuan" and any(w % self.norm_num_groups for w in self.block_out_channels):
             raise ConfigValueError(
                 "norm_num_groups",
@@ -96,6 +123,10 @@ class VideoAEConfig:
 
 
 def _diffusers_class(name: str) -> Any:
+    if name == KINDS["conv"]:
+        from voxforge.models.causal_video_ae import CausalVideoAutoencoder
+
+        return CausalVideoAutoencoder
     try:
         import diffusers
     except ImportError as exc:  # pragma: no cover - diffusers is in the video extra
@@ -108,6 +139,13 @@ def _diffusers_class(name: str) -> Any:
 def _fresh(cfg: VideoAEConfig) -> nn.Module:
     cls = _diffusers_class(KINDS[cfg.kind])
     widths = tuple(cfg.block_out_channels)
+    if cfg.kind == "conv":
+        return cls(
+            latent_channels=cfg.latent_channels,
+            block_out_channels=widths,
+            spatial_compression_ratio=cfg.spatial_compression,
+            temporal_compression_ratio=cfg.temporal_compression,
+        )
     if cfg.kind == "hunyuan":
         levels = len(widths)
         return cls(
