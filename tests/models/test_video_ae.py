@@ -103,6 +103,8 @@ def test_conv_kind_settings_are_checked_and_its_shortcut_carries_the_pixels():
         VideoAEConfig(
             kind="conv", block_out_channels=[8, 8, 8], spatial_compression=4, gradient_checkpointing=True
         )
+    with pytest.raises(ConfigValueError, match="widths 16 -> 24 at level 0"):
+        VideoAEConfig(kind="conv", block_out_channels=[16, 24, 32], spatial_compression=4)
     # the parameter-free fold is invertible: 1 + k*st frames <-> 1 + k, the first frame kept
     video = torch.randn(2, 3, 9, 8, 8)
     folded = space_to_depth(video, (2, 2, 2))

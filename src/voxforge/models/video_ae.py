@@ -9,7 +9,7 @@ two points through diffusers' well-kept classes:
 | --- | --- | --- | --- |
 | `hunyuan` | `AutoencoderKLHunyuanVideo` | 4 × 8 × 8 | 16 |
 | `ltx` | `AutoencoderKLLTXVideo` | 8 × 32 × 32 | 128 |
-| `conv` | voxforge's `CausalVideoAutoencoder` | 4 × 8 × 8 (configurable) | (none released) |
+| `conv` | voxforge's `CausalVideoAutoencoder` | 4 × 4 × 4 in its recipe (configurable) | (none released) |
 
 `conv` is voxforge's own plain causal conv VAE (`models.causal_video_ae`, which says why): the
 CPU recipes train it from scratch where the diffusers kinds' tiny configurations do not learn
@@ -114,6 +114,17 @@ class VideoAEConfig:
                         key,
                         f"{ratio} is not a power of two of at most {2**levels} "
                         f"({len(self.block_out_channels)} widths give {levels} halvings)",
+                    )
+            # each level's shortcut folds (time x space) into channels and averages them to the next width
+            ns, nt = self.spatial_compression.bit_length() - 1, self.temporal_compression.bit_length() - 1
+            widths = self.block_out_channels
+            for i in range(levels):
+                fold = (2 if i >= levels - nt else 1) * (4 if i < ns else 1)
+                if (widths[i] * fold) % widths[i + 1]:
+                    raise ConfigValueError(
+                        "block_out_channels",
+                        f"widths {widths[i]} -> {widths[i + 1]} at level {i} (a {fold}x fold): "
+                        f"{widths[i]} x {fold} must be a multiple of {widths[i + 1]}",
                     )
         if self.kind == "hunyuan" and any(w % self.norm_num_groups for w in self.block_out_channels):
             raise ConfigValueError(
