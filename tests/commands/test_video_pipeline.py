@@ -25,6 +25,7 @@ MICRO = [
     "data.prepare.f5.multiple=8",
     "data.prepare.f9.buckets={16px: {9: [1.0, 4]}}",
     "data.prepare.f9.multiple=8",
+    *(f"stages.{s}.data.batch_sizes={{}}" for s in ("t2v", "i2v")),  # the plan names 32-px buckets
     "evaluate.judge.clips=8",
     "evaluate.judge.classifier={steps: 2, width: 4, levels: 1, size: 16, frames: 3}",
     "evaluate.prompts.num=2",
