@@ -99,9 +99,12 @@ class _Level(nn.Module):
     def __init__(self, cin: int, cout: int, stride: tuple[int, int, int], up: bool):
         super().__init__()
         factor = stride[0] * stride[1] * stride[2]
-        if (cout * factor) % cin if up else (cin * factor) % cout:
+        wide, narrow = (
+            (cout, cin) if up else (cin, cout)
+        )  # the shortcut maps wide x factor channels onto narrow
+        if (wide * factor) % narrow:
             raise ValueError(
-                f"widths {cin} -> {cout} with a {factor}x fold: the shortcut needs one to divide the other's multiple"
+                f"widths {cin} -> {cout} with a {factor}x fold: {wide} x {factor} is not a multiple of {narrow}"
             )
         self.act = nn.SiLU()
         self.conv = CausalConv3d(cin, cout, (1, 1, 1) if up else stride)
@@ -117,13 +120,12 @@ class _Level(nn.Module):
 
     def _shortcut(self, x: Tensor) -> Tensor:
         factor = self.stride[0] * self.stride[1] * self.stride[2]
-        b, _, t, h, w = x.shape
         if self.up:
             x = x.repeat_interleave(self.cout * factor // self.cin, dim=1)
             return depth_to_space(x, self.stride)
         x = space_to_depth(x, self.stride)
         group = self.cin * factor // self.cout
-        return x.view(b, self.cout, group, *x.shape[2:]).mean(dim=2)
+        return x.view(x.shape[0], self.cout, group, *x.shape[2:]).mean(dim=2)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.act(x)
