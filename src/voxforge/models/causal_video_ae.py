@@ -35,11 +35,11 @@ image encodes as a one-frame video).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from voxforge.models.video_ae import conv_layout_problem, conv_strides
 
 try:  # diffusers is in the video extra; this module is only imported through video_ae
     from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -62,12 +62,6 @@ class CausalConv3d(nn.Conv3d):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(F.pad(x, (1, 1, 1, 1, 2, 0), mode="replicate"))
-
-
-def _strides(levels: int, spatial: int, temporal: int) -> list[tuple[int, int, int]]:
-    """(t, h, w) stride of each level: space halves in the first levels, time in the last."""
-    ns, nt = int(math.log2(spatial)), int(math.log2(temporal))
-    return [(2 if i >= levels - nt else 1, 2 if i < ns else 1, 2 if i < ns else 1) for i in range(levels)]
 
 
 def space_to_depth(x: Tensor, stride: tuple[int, int, int]) -> Tensor:
@@ -98,14 +92,6 @@ class _Level(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: tuple[int, int, int], up: bool):
         super().__init__()
-        factor = stride[0] * stride[1] * stride[2]
-        wide, narrow = (
-            (cout, cin) if up else (cin, cout)
-        )  # the shortcut maps wide x factor channels onto narrow
-        if (wide * factor) % narrow:
-            raise ValueError(
-                f"widths {cin} -> {cout} with a {factor}x fold: {wide} x {factor} is not a multiple of {narrow}"
-            )
         self.act = nn.SiLU()
         self.conv = CausalConv3d(cin, cout, (1, 1, 1) if up else stride)
         self.stride, self.up, self.cin, self.cout = stride, up, cin, cout
@@ -148,14 +134,11 @@ class CausalVideoAutoencoder(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         widths = list(block_out_channels)
-        levels = len(widths) - 1
-        for name, ratio in (("spatial", spatial_compression_ratio), ("temporal", temporal_compression_ratio)):
-            if ratio < 1 or ratio & (ratio - 1) or ratio.bit_length() - 1 > levels:
-                raise ValueError(
-                    f"{name} compression {ratio}: needs a power of two with at most {levels} halvings "
-                    f"({len(widths)} widths give {levels} levels)"
-                )
-        strides = _strides(levels, spatial_compression_ratio, temporal_compression_ratio)
+        problem = conv_layout_problem(widths, spatial_compression_ratio, temporal_compression_ratio)
+        if problem is not None:
+            raise ValueError(f"{problem[0]}: {problem[1]}")
+        strides = conv_strides(len(widths) - 1, spatial_compression_ratio, temporal_compression_ratio)
+        levels = len(strides)
         self.encoder = nn.Sequential(
             CausalConv3d(3, widths[0]),
             *[_Level(widths[i], widths[i + 1], strides[i], up=False) for i in range(levels)],
@@ -185,6 +168,3 @@ class CausalVideoAutoencoder(ModelMixin, ConfigMixin):
     def decode(self, z: Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
         out = self.decoder(z)
         return DecoderOutput(sample=out) if return_dict else (out,)
-
-    def forward(self, video: Tensor) -> Tensor:
-        return self.decode(self.encode(video).latent_dist.mode()).sample

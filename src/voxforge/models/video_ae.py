@@ -104,33 +104,43 @@ class VideoAEConfig:
                 "the conv kind (for small runs) has no activation checkpointing; set it false",
             )
         if self.kind == "conv" and not self.pretrained:
-            levels = len(self.block_out_channels) - 1
-            for key, ratio in (
-                ("spatial_compression", self.spatial_compression),
-                ("temporal_compression", self.temporal_compression),
-            ):
-                if ratio & (ratio - 1) or ratio.bit_length() - 1 > levels:
-                    raise ConfigValueError(
-                        key,
-                        f"{ratio} is not a power of two of at most {2**levels} "
-                        f"({len(self.block_out_channels)} widths give {levels} halvings)",
-                    )
-            # each level's shortcut folds (time x space) into channels and averages them to the next width
-            ns, nt = self.spatial_compression.bit_length() - 1, self.temporal_compression.bit_length() - 1
-            widths = self.block_out_channels
-            for i in range(levels):
-                fold = (2 if i >= levels - nt else 1) * (4 if i < ns else 1)
-                if (widths[i] * fold) % widths[i + 1]:
-                    raise ConfigValueError(
-                        "block_out_channels",
-                        f"widths {widths[i]} -> {widths[i + 1]} at level {i} (a {fold}x fold): "
-                        f"{widths[i]} x {fold} must be a multiple of {widths[i + 1]}",
-                    )
+            problem = conv_layout_problem(
+                self.block_out_channels, self.spatial_compression, self.temporal_compression
+            )
+            if problem is not None:
+                raise ConfigValueError(*problem)
         if self.kind == "hunyuan" and any(w % self.norm_num_groups for w in self.block_out_channels):
             raise ConfigValueError(
                 "norm_num_groups",
                 f"{self.norm_num_groups} does not divide every width of {self.block_out_channels}",
             )
+
+
+def conv_strides(levels: int, spatial: int, temporal: int) -> list[tuple[int, int, int]]:
+    """The `conv` kind's (t, h, w) stride per level: space halves in the first levels, time in the last."""
+    ns, nt = spatial.bit_length() - 1, temporal.bit_length() - 1
+    return [(2 if i >= levels - nt else 1, 2 if i < ns else 1, 2 if i < ns else 1) for i in range(levels)]
+
+
+def conv_layout_problem(widths: list[int], spatial: int, temporal: int) -> tuple[str, str] | None:
+    """(key, what is wrong) with a `conv` layout, or None. Its compressions must be powers of two
+    reachable in len(widths) - 1 halvings, and each level's shortcut (time x space folded into
+    channels, then averaged onto the next width) needs widths[i] x fold to be a multiple of widths[i + 1]."""
+    levels = len(widths) - 1
+    for key, ratio in (("spatial_compression", spatial), ("temporal_compression", temporal)):
+        if ratio < 1 or ratio & (ratio - 1) or ratio.bit_length() - 1 > levels:
+            return (
+                key,
+                f"{ratio} is not a power of two of at most {2**levels} ({len(widths)} widths give {levels} halvings)",
+            )
+    for i, (st, sh, sw) in enumerate(conv_strides(levels, spatial, temporal)):
+        fold = st * sh * sw
+        if (widths[i] * fold) % widths[i + 1]:
+            return "block_out_channels", (
+                f"widths {widths[i]} -> {widths[i + 1]} at level {i} (a {fold}x fold): "
+                f"{widths[i]} x {fold} must be a multiple of {widths[i + 1]}"
+            )
+    return None
 
 
 def _diffusers_class(name: str) -> Any:
