@@ -22,6 +22,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -87,6 +88,30 @@ def run_round(parts, steps: int) -> tuple[float, float]:
     return steps / (time.perf_counter() - began), (time.process_time() - cpu) / steps
 
 
+def compare_modes(modes: dict[str, tuple], rounds: int, steps: int) -> dict[str, Any]:
+    """Rounds of `steps` steps of each mode ("uncached", "cached") in turn after a one-step
+    warm-up (lazy loads, first allocations): the best round of each and the ratios."""
+    for parts in modes.values():
+        run_round(parts, 1)
+    rates: dict[str, list[float]] = {name: [] for name in modes}
+    cpu: dict[str, list[float]] = {name: [] for name in modes}
+    for _ in range(rounds):
+        for name, parts in modes.items():
+            rate, cpu_s = run_round(parts, steps)
+            rates[name].append(rate)
+            cpu[name].append(cpu_s)
+    best = {name: max(values) for name, values in rates.items()}
+    best_cpu = {name: min(values) for name, values in cpu.items()}
+    return {
+        "steps_per_s": best,
+        "all_rounds": rates,
+        "cached_over_uncached": best["cached"] / best["uncached"],
+        "cpu_s_per_step": best_cpu,
+        "all_rounds_cpu": cpu,
+        "cpu_uncached_over_cached": best_cpu["uncached"] / best_cpu["cached"],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=64)
@@ -109,19 +134,7 @@ def main() -> int:
             args.out, "cached", images, ae, args.size, args.batch, [f"data.latents={cache}"]
         ),
     }
-    for parts in modes.values():  # warm-up: lazy loads, first allocations
-        run_round(parts, 1)
-    rates: dict[str, list[float]] = {name: [] for name in modes}
-    cpu: dict[str, list[float]] = {name: [] for name in modes}
-    for _ in range(args.rounds):
-        for name, parts in modes.items():
-            rate, cpu_s = run_round(parts, args.steps)
-            rates[name].append(rate)
-            cpu[name].append(cpu_s)
-    best = {name: max(values) for name, values in rates.items()}
-    best_cpu = {name: min(values) for name, values in cpu.items()}
-    ratio = best["cached"] / best["uncached"]
-    cpu_ratio = best_cpu["uncached"] / best_cpu["cached"]
+    timing = compare_modes(modes, args.rounds, args.steps)
     result = {
         "size": args.size,
         "images": args.num,
@@ -129,21 +142,20 @@ def main() -> int:
         "steps": args.steps,
         "rounds": args.rounds,
         "threads": args.threads,
-        "steps_per_s": best,
-        "all_rounds": rates,
-        "cached_over_uncached": ratio,
-        "cpu_s_per_step": best_cpu,
-        "all_rounds_cpu": cpu,
-        "cpu_uncached_over_cached": cpu_ratio,
+        **timing,
         "cache_encode_s": encode_s,
     }
     (args.out / "bench_image_cache.json").write_text(json.dumps(result, indent=1))
     print(
         f"image_flow_tiny at {args.size} px, batch {args.batch}, {args.threads} threads (best of {args.rounds} x {args.steps} steps)"
     )
+    best, best_cpu = timing["steps_per_s"], timing["cpu_s_per_step"]
     for name, what in (("uncached", "autoencoder + text encoder per step"), ("cached", "data.latents")):
         print(f"  {name} ({what}): {best[name]:.3f} steps/s, {best_cpu[name]:.2f} CPU s/step")
-    print(f"  ratio cached / uncached: {ratio:.2f}x steps/s, {cpu_ratio:.2f}x less CPU per step")
+    print(
+        f"  ratio cached / uncached: {timing['cached_over_uncached']:.2f}x steps/s, "
+        f"{timing['cpu_uncached_over_cached']:.2f}x less CPU per step"
+    )
     print(f"  writing the cache took {encode_s:.1f} s for {args.num} images")
     return 0
 

@@ -69,6 +69,7 @@ __all__ = [
     "load_slat_vae",
     "load_ss_vae",
     "load_video_autoencoder",
+    "video_autoencoder_folder",
     "write_info",
 ]
 
@@ -206,13 +207,10 @@ def load_get3d(
     return generator.to(device).eval()
 
 
-def load_video_autoencoder(
-    path: str | Path | Run, device: torch.device | str = "cpu", *, kind: str | None = None
-) -> VideoAutoencoder:
-    """A video autoencoder in eval mode on `device` from a video_ae run folder (its
-    `export/autoencoder/`, written at the end of training) or from a diffusers folder (one
-    `VideoAutoencoder.save` wrote, or a released HunyuanVideo / LTX-Video VAE). With `kind`,
-    insist on that `autoencoder.kind`."""
+def video_autoencoder_folder(path: str | Path | Run) -> Path:
+    """The diffusers folder of a video autoencoder: a video_ae run's `export/autoencoder/`
+    (written at the end of training), or `path` itself (a folder `VideoAutoencoder.save` wrote,
+    or a released HunyuanVideo / LTX-Video VAE)."""
     if isinstance(path, Run) or (Path(path) / CONFIG_FILE).is_file():
         run = Run.open(path, "video_ae", "the video autoencoder")
         folder = run.path / VIDEO_AE_EXPORT
@@ -221,14 +219,22 @@ def load_video_autoencoder(
                 f"{run.path}: no exported autoencoder ({folder} is written when the video_ae run "
                 "finishes training; let it finish or resume it)"
             )
-    else:
-        folder = Path(path)
-        if not folder.is_dir():
-            raise UserError(
-                f"{folder}: video autoencoder not found (a video_ae run folder or a diffusers "
-                "AutoencoderKLHunyuanVideo / AutoencoderKLLTXVideo folder)"
-            )
-    return load_video_autoencoder_folder(folder, kind=kind).to(device).eval()
+        return folder
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(
+            f"{folder}: video autoencoder not found (a video_ae run folder or a diffusers "
+            "AutoencoderKLHunyuanVideo / AutoencoderKLLTXVideo folder)"
+        )
+    return folder
+
+
+def load_video_autoencoder(
+    path: str | Path | Run, device: torch.device | str = "cpu", *, kind: str | None = None
+) -> VideoAutoencoder:
+    """A video autoencoder in eval mode on `device` from a video_ae run folder or a diffusers
+    folder (`video_autoencoder_folder`). With `kind`, insist on that `autoencoder.kind`."""
+    return load_video_autoencoder_folder(video_autoencoder_folder(path), kind=kind).to(device).eval()
 
 
 def _run_weights(run: Run, ema: bool) -> tuple[dict[str, torch.Tensor], Path]:

@@ -10,7 +10,10 @@ The image family uses the same command (`voxforge.pipelines.image_cache`): `--mo
 image_ae run or a diffusers AutoencoderDC folder, `--data` a folder of `voxforge data images`,
 and OUT becomes a latent cache (`cache.json` + bounded safetensors shards, with the captions'
 embeddings when `--text-encoder` names a text encoder), which `data.latents` of an image_flow
-recipe reads. It is an option of `encode` rather than a `data` sub-command because, as for the
+recipe reads. The video family too (`voxforge.pipelines.video.cache_video_data`): `--model` is
+a video_ae run or a diffusers video autoencoder folder, `--data` a folder of `voxforge data
+videos`, and OUT a latent cache of the clips (`voxforge.data.video_cache`) that `data.latents`
+of a video_flow recipe reads. It is an option of `encode` rather than a `data` sub-command because, as for the
 3D latents, it runs a trained model over a prepared folder and resumes by checkpoint; the
 `data` commands load no model.
 
@@ -40,13 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model",
         required=True,
         metavar="VAE_RUN",
-        help="run folder of `voxforge train` (ss_vae, slat_vae, image_ae) or a diffusers AutoencoderDC folder",
+        help="run folder of `voxforge train` (ss_vae, slat_vae, image_ae, video_ae) or a diffusers "
+        "AutoencoderDC / video autoencoder folder",
     )
     p.add_argument(
         "--data",
         required=True,
         metavar="PREPARED",
-        help="folder written by `voxforge data prepare` (`voxforge data images` for an image autoencoder)",
+        help="folder written by `voxforge data prepare` (`voxforge data images` / `data videos` for an "
+        "image / video autoencoder)",
     )
     p.add_argument(
         "--out",
@@ -72,8 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--flip", action="store_true", help="cache the mirrored images too (data.augment.flip)"
     )
     image.add_argument("--resolution", type=int, help="encode at this resolution (default: as prepared)")
-    image.add_argument("--shard-mb", type=float, default=256.0, help="shard size bound in MB (default 256)")
-    image.add_argument(
+    cache = p.add_argument_group("image and video latent caches")
+    cache.add_argument("--shard-mb", type=float, default=256.0, help="shard size bound in MB (default 256)")
+    cache.add_argument(
         "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="storage dtype"
     )
     p.set_defaults(func=run)
@@ -98,6 +104,67 @@ def _image_autoencoder(model: str) -> str | None:
         if Run.open(model).stage == "image_ae":
             return resolve_autoencoder(model)
     return None
+
+
+def _log(message: str) -> None:
+    print(f"voxforge encode: {message}", file=sys.stderr)
+
+
+def _cache_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments the image and video caches share."""
+    from voxforge.train.distributed import resolve_device
+
+    return {
+        "batch_size": args.batch_size,
+        "shard_mb": args.shard_mb,
+        "dtype": args.dtype,
+        "device": resolve_device(args.device),
+        "log": _log,
+    }
+
+
+def _report(args: argparse.Namespace, summary: dict[str, Any], line: str) -> int:
+    """The summary as JSON with --json, else `line` on stderr; exit code 0."""
+    if args.json:
+        print(json.dumps(summary, indent=1, default=str))
+    else:
+        _log(line)
+    return 0
+
+
+def _video_autoencoder(model: str) -> bool:
+    """Whether `model` is a video autoencoder: a video_ae run or a diffusers folder of a video kind."""
+    from voxforge.models.video_ae import KINDS
+
+    folder = Path(model)
+    config = folder / "config.json"
+    if config.is_file() and not (folder / "checkpoints").is_dir():
+        try:
+            return json.loads(config.read_text()).get("_class_name") in KINDS.values()
+        except json.JSONDecodeError:
+            return False
+    if (folder / "config.yaml").is_file():
+        from voxforge.runs import Run
+
+        return Run.open(model).stage == "video_ae"
+    return False
+
+
+def run_video_cache(args: argparse.Namespace) -> int:
+    from voxforge.pipelines.video import cache_video_data
+
+    if args.text_encoder or args.overrides or args.flip or args.resolution or args.raw:
+        raise UserError(
+            "--text-encoder, --flip, --resolution, --raw and overrides are for an image cache or a 3D VAE; "
+            f"{args.model} is a video autoencoder (its exported weights, clips as prepared)"
+        )
+    summary = cache_video_data(args.data, args.out, autoencoder=args.model, **_cache_options(args))
+    return _report(
+        args,
+        summary,
+        f"{summary['total']} clips in {args.out}, {summary['shards']} shards "
+        f"({summary['encoded']} encoded now, {summary['kept']} kept)",
+    )
 
 
 def _text_encoder(spec: str, overrides: list[str]) -> tuple[Any, str | None]:
@@ -128,7 +195,6 @@ def _text_encoder(spec: str, overrides: list[str]) -> tuple[Any, str | None]:
 
 def run_image_cache(args: argparse.Namespace, autoencoder: str) -> int:
     from voxforge.pipelines.image_cache import cache_image_data
-    from voxforge.train.distributed import resolve_device
 
     if args.overrides and not args.text_encoder:
         raise UserError(f"{args.overrides[0]}: KEY=VALUE overrides need --text-encoder RECIPE")
@@ -147,23 +213,16 @@ def run_image_cache(args: argparse.Namespace, autoencoder: str) -> int:
         text_folder=text_folder,
         resolution=args.resolution,
         flip=args.flip,
-        batch_size=args.batch_size,
-        shard_mb=args.shard_mb,
-        dtype=args.dtype,
-        device=resolve_device(args.device),
-        log=lambda message: print(f"voxforge encode: {message}", file=sys.stderr),
+        **_cache_options(args),
     )
-    if args.json:
-        print(json.dumps(summary, indent=1, default=str))
-    else:
-        latents, text = summary["latents"], summary["text"]
-        print(
-            f"voxforge encode: {summary['total']} images in {args.out}, {summary['shards']} shards "
-            f"(latents: {latents['encoded']} encoded now, {latents['kept']} kept; captions: "
-            f"{text['encoded']} encoded now, {text['kept']} kept)",
-            file=sys.stderr,
-        )
-    return 0
+    latents, text = summary["latents"], summary["text"]
+    return _report(
+        args,
+        summary,
+        f"{summary['total']} images in {args.out}, {summary['shards']} shards "
+        f"(latents: {latents['encoded']} encoded now, {latents['kept']} kept; captions: "
+        f"{text['encoded']} encoded now, {text['kept']} kept)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
     from voxforge.runs import Run
     from voxforge.train.distributed import resolve_device
 
+    if _video_autoencoder(args.model):
+        return run_video_cache(args)
     autoencoder = _image_autoencoder(args.model)
     if autoencoder is not None:
         return run_image_cache(args, autoencoder)
@@ -194,15 +255,11 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         device=resolve_device(args.device),
         ema=not args.raw,
-        log=lambda message: print(f"voxforge encode: {message}", file=sys.stderr),
+        log=_log,
         **options,
     )
-    if args.json:
-        print(json.dumps(summary, indent=1, default=str))
-    else:
-        print(
-            f"voxforge encode: {summary['total']} assets in {args.out} "
-            f"({summary['encoded']} encoded now, {summary['kept']} kept)",
-            file=sys.stderr,
-        )
-    return 0
+    return _report(
+        args,
+        summary,
+        f"{summary['total']} assets in {args.out} ({summary['encoded']} encoded now, {summary['kept']} kept)",
+    )

@@ -49,8 +49,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,10 +57,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from voxforge.data.image_dataset import ImageCaptionDataset, swap_left_right
 from voxforge.data.image_manifest import write_atomic
+from voxforge.data.latent_shards import (
+    CACHE_INDEX,
+    SHARDS_DIR,
+    ShardWriter,
+    files_digest,
+    read_index,
+    source_key,
+)
 from voxforge.errors import UserError
 
 if TYPE_CHECKING:
@@ -78,48 +83,14 @@ __all__ = [
     "read_cache_index",
 ]
 
-CACHE_INDEX = "cache.json"
-SHARDS_DIR = "shards"
 TEXT_ENCODER_DIR = "text_encoder"
 CACHE_FORMAT = "voxforge.image_cache"
 CACHE_VERSION = 1
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_SHARD = re.compile(r"^(latents|text)-(\d{5})\.safetensors$")
 
 
 # ----------------------------------------------------------------------------------------------
 # identities
-
-
-def files_digest(folders: Sequence[str | Path], memo: dict[str, Any] | None = None) -> tuple[str, dict]:
-    """sha256 over every file of `folders` (relative name and bytes, sorted), and the memo
-    {absolute path: [size, mtime, sha256]} that lets the next call skip unchanged files."""
-    memo = memo or {}
-    digest, seen = hashlib.sha256(), {}
-    for number, folder in enumerate(dict.fromkeys(Path(f).resolve() for f in folders)):
-        if not folder.is_dir():
-            raise UserError(f"{folder}: not a folder (an encoder's files are hashed to identify it)")
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            info = path.stat()
-            key = str(path)
-            known = memo.get(key)
-            if known and known[0] == info.st_size and known[1] == info.st_mtime:
-                sha = known[2]
-            else:
-                file_hash = hashlib.sha256()
-                with open(path, "rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 22), b""):
-                        file_hash.update(block)
-                sha = file_hash.hexdigest()
-            seen[key] = [info.st_size, info.st_mtime, sha]
-            digest.update(f"{number}:{path.relative_to(folder).as_posix()}:{sha}\n".encode())
-    return digest.hexdigest(), seen
-
-
-def _source_key(record: dict[str, Any]) -> str:
-    """What a stored image depends on: its source bytes and the prepare settings (mask included)."""
-    text = json.dumps([record.get("sha"), record.get("params")], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _caption_key(caption: str) -> str:
@@ -128,67 +99,11 @@ def _caption_key(caption: str) -> str:
 
 def read_cache_index(folder: str | Path) -> dict[str, Any]:
     """CACHE/cache.json, checked to be an image cache."""
-    path = Path(folder) / CACHE_INDEX
-    if not path.is_file():
-        raise UserError(
-            f"{folder}: no {CACHE_INDEX}; write the cache with "
-            f"`voxforge encode --model AUTOENCODER --data PREPARED --out {folder}`"
-        )
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err}); delete it and encode again") from None
-    if index.get("format") != CACHE_FORMAT:
-        raise UserError(f"{path}: not an image latent cache (format {index.get('format')!r})")
-    return index
+    return read_index(folder, CACHE_FORMAT, "an image latent cache")
 
 
 # ----------------------------------------------------------------------------------------------
 # writing
-
-
-def _write_shard(path: Path, tensors: dict[str, Tensor], kind: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()},
-        str(partial),
-        metadata={"format": CACHE_FORMAT, "kind": kind},
-    )
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-
-
-class _ShardWriter:
-    """Collects one kind's tensors; `flush` writes them as the next numbered shard once they
-    reach `max_bytes` (or at the end) and returns the entries it holds."""
-
-    def __init__(self, folder: Path, kind: str, max_bytes: int):
-        self.folder, self.kind, self.max_bytes = folder, kind, max_bytes
-        self.tensors: dict[str, Tensor] = {}
-        self.entries: list[tuple[str, dict[str, Any]]] = []
-        self.size = 0
-        numbers = [int(m.group(2)) for p in folder.glob("*.safetensors") if (m := _SHARD.match(p.name))]
-        self.next = max(numbers, default=-1) + 1
-
-    def add(self, image_id: str, tensors: dict[str, Tensor], part: dict[str, Any]) -> None:
-        for name, tensor in tensors.items():
-            self.tensors[f"{image_id}.{name}"] = tensor
-            self.size += tensor.numel() * tensor.element_size()
-        self.entries.append((image_id, part))
-
-    def full(self) -> bool:
-        return self.size >= self.max_bytes
-
-    def flush(self) -> list[tuple[str, dict[str, Any]]]:
-        if not self.entries:
-            return []
-        name = f"{self.kind}-{self.next:05d}.safetensors"
-        _write_shard(self.folder / name, self.tensors, self.kind)
-        self.next += 1
-        written = [(image_id, {**part, "shard": name}) for image_id, part in self.entries]
-        self.tensors, self.entries, self.size = {}, [], 0
-        return written
 
 
 def _trim(embeds: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -265,7 +180,7 @@ def encode_image_cache(
     pending_text: list[int] = []
     for position, record in enumerate(data.records):
         image_id, bucket = record["id"], list(data.buckets()[position])
-        source, caption = _source_key(record), record.get("caption", "")
+        source, caption = source_key(record), record.get("caption", "")
         before = old.get(image_id) or {}
         entry: dict[str, Any] = {"bucket": bucket, "source": source}
         latent = before.get("latent")
@@ -293,10 +208,10 @@ def encode_image_cache(
 
     started = time.perf_counter()
     store = DTYPES[dtype]
-    latent_writer = _ShardWriter(shards, "latents", shard_bytes)
-    text_writer = _ShardWriter(shards, "text", shard_bytes)
+    latent_writer = ShardWriter(shards, "latents", shard_bytes, CACHE_FORMAT)
+    text_writer = ShardWriter(shards, "text", shard_bytes, CACHE_FORMAT)
 
-    def commit(writer: _ShardWriter, part: str) -> None:
+    def commit(writer: ShardWriter, part: str) -> None:
         for image_id, fields in writer.flush():
             entries[image_id][part] = fields
         save_index()

@@ -395,7 +395,9 @@ class VideoClipDataset:
     """Items {"video": [3, T, H, W] in [-1, 1], "caption", "id", "fps", "bucket"} of a prepared folder.
 
     `buckets()` is every item's `VideoBucket`, `batch_sizes()` the per-rank batch size of each
-    (the prepared table's, or `batch_sizes` {"<resolution>/<frames>": n} over it).
+    (the prepared table's, or `batch_sizes` {"<resolution>/<frames>": n} over it). With
+    `latents` (a cache of `voxforge encode`, `voxforge.data.video_cache`) items carry the clip's
+    cached "latent" [C, t, h, w] instead of "video", and no clip is read.
     """
 
     def __init__(
@@ -404,6 +406,7 @@ class VideoClipDataset:
         *,
         ids: Sequence[str] | None = None,
         batch_sizes: Mapping[str, int] | None = None,
+        latents: str | Path | None = None,
     ):
         self.root = Path(path)
         info_path = self.root / DATASET_INFO
@@ -442,6 +445,13 @@ class VideoClipDataset:
             for b in set(self._buckets)
         }
         self.epoch = 0
+        self.cache = None
+        if latents:
+            # voxforge.data.video_cache imports torch and this module: imported here
+            from voxforge.data.video_cache import VideoLatentCache
+
+            self.cache = VideoLatentCache(latents)
+            self.cache.check([r["id"] for r in records], [b.name for b in self._buckets])
 
     def __len__(self) -> int:
         return len(self.records)
@@ -468,10 +478,13 @@ class VideoClipDataset:
         import torch
 
         record = self.records[index]
-        clip = torch.from_numpy(np.array(self.frames(index)))  # [T, H, W, 3] uint8
-        video = clip.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)  # [3, T, H, W] in [-1, 1]
+        if self.cache is not None:
+            content = {"latent": self.cache.latent(record["id"])}
+        else:
+            clip = torch.from_numpy(np.array(self.frames(index)))  # [T, H, W, 3] uint8
+            content = {"video": clip.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)}  # [3, T, H, W]
         return {
-            "video": video,
+            **content,
             "caption": record.get("caption", ""),
             "id": record["id"],
             "fps": float(record.get("fps") or 0.0),
@@ -479,21 +492,25 @@ class VideoClipDataset:
         }
 
     @classmethod
-    def from_config(cls, cfg: VideoDataConfig, *, ids: Sequence[str] | None = None) -> VideoClipDataset:
+    def from_config(
+        cls, cfg: VideoDataConfig, *, ids: Sequence[str] | None = None, latents: str | None = None
+    ) -> VideoClipDataset:
         if not cfg.path:
             raise UserError("data.path is empty: name a folder written by `voxforge data videos`")
-        return cls(cfg.path, ids=ids, batch_sizes=cfg.batch_sizes)
+        return cls(cfg.path, ids=ids, batch_sizes=cfg.batch_sizes, latents=latents)
 
 
 def collate_videos(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack same-bucket items: video [B, 3, T, H, W], fps [B], caption, id and bucket lists."""
+    """Stack same-bucket items: video [B, 3, T, H, W] (or cached latent [B, C, t, h, w]), fps [B],
+    caption, id and bucket lists."""
     import torch
 
-    sizes = {tuple(item["video"].shape) for item in items}
+    key = "latent" if "latent" in items[0] else "video"
+    sizes = {tuple(item[key].shape) for item in items}
     if len(sizes) > 1:
         raise ValueError(f"a batch mixes clip sizes {sorted(sizes)}; batch with video_batch_sampler")
     return {
-        "video": torch.stack([item["video"] for item in items]),
+        key: torch.stack([item[key] for item in items]),
         "fps": torch.tensor([item["fps"] for item in items], dtype=torch.float32),
         "caption": [item["caption"] for item in items],
         "id": [item["id"] for item in items],

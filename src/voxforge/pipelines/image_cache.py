@@ -38,7 +38,7 @@ from voxforge.data.image_cache import (
     read_cache_index,
 )
 from voxforge.data.image_dataset import ImageCaptionDataset
-from voxforge.errors import UserError
+from voxforge.data.latent_shards import check_sizes
 from voxforge.models.image import TextEncoder, TextEncoderConfig, build_text_encoder, load_autoencoder
 
 __all__ = ["BUILTIN_KEYS", "cache_image_data", "text_encoder_folders"]
@@ -109,10 +109,7 @@ def cache_image_data(
     """Encode `prepared` into the cache `out` with the autoencoder folder (a diffusers
     `AutoencoderDC`) and, when given, the text encoder; returns the summary of
     `voxforge.data.image_cache.encode_image_cache`."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    if shard_mb <= 0:
-        raise UserError(f"--shard-mb must be > 0, got {shard_mb}")
+    check_sizes(batch_size, shard_mb)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)

@@ -41,7 +41,7 @@ video_ae run or a diffusers folder), read by `voxforge.runs.load_video_autoencod
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +67,7 @@ __all__ = [
     "SAMPLERS",
     "VIDEO_INFO",
     "VideoPipeline",
+    "cache_video_data",
     "denoiser_config",
     "load_autoencoder",
     "load_video_models",
@@ -124,6 +125,59 @@ def load_video_models(
     text = _text_encoder(info, run.path / VIDEO_INFO, Path(folder) if folder else None)
     autoencoder = load_autoencoder(info["autoencoder"])
     return denoiser.to(device).eval(), autoencoder.to(device), text.to(device), info
+
+
+def cache_video_data(
+    prepared: str | Path,
+    out: str | Path,
+    *,
+    autoencoder: str | Path,
+    batch_size: int = 8,
+    shard_mb: float = 256.0,
+    dtype: str = "float32",
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Encode the clips of `prepared` into the latent cache `out` with a video autoencoder (a
+    video_ae run or a diffusers folder); the summary of `data.video_cache.encode_video_cache`."""
+    from voxforge.data.latent_shards import CACHE_INDEX, check_sizes, files_digest
+    from voxforge.data.video_cache import encode_video_cache, read_video_cache_index
+
+    check_sizes(batch_size, shard_mb)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = read_video_cache_index(out) if (out / CACHE_INDEX).is_file() else {}
+    folder = runs.video_autoencoder_folder(autoencoder).resolve()
+    device = torch.device(device)
+    ae = load_autoencoder(autoencoder).to(device)
+    sha, files = files_digest([folder], (previous.get("autoencoder") or {}).get("files"))
+    identity = {
+        "path": str(folder),
+        "sha256": sha,
+        "kind": ae.kind,
+        "latent_channels": int(ae.latent_channels),
+        "compression": [
+            int(ae.temporal_compression),
+            int(ae.spatial_compression),
+            int(ae.spatial_compression),
+        ],
+        "files": files,
+    }
+
+    @torch.no_grad()
+    def encode_clips(clips: Tensor) -> Tensor:  # [B, 3, T, H, W] in [-1, 1] -> [B, C, t, h, w]
+        return ae.encode(clips.to(device))
+
+    return encode_video_cache(
+        prepared,
+        out,
+        encode_clips=encode_clips,
+        autoencoder=identity,
+        batch_size=batch_size,
+        shard_bytes=int(shard_mb * (1 << 20)),
+        dtype=dtype,
+        log=log,
+    )
 
 
 class VideoPipeline(text_flow.TextFlowPipeline):

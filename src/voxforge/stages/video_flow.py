@@ -14,7 +14,9 @@ What a step does, Open-Sora's choices as keys:
   the engine's `Stage.batch_sampler` hook; `train.batch_size` is not used by this stage.
   One set of weights takes every bucket: the denoiser's positions are 3-D rotary.
 - latents: the frozen autoencoder (`data.autoencoder`) encodes the clip on the fly to its
-  normalised latents (posterior mean: no draw, so a resumed step sees the same latents).
+  normalised latents (posterior mean: no draw, so a resumed step sees the same latents), or
+  with `data.latents` they are read from a cache `voxforge encode` wrote with the same
+  autoencoder (`data.video_cache`; refused at start when its autoencoder's files differ).
 - text: the image family's text encoders (a builtin word-level one built from the captions at
   the first start and saved in `RUN/text_encoder/`, or a local transformers model); caption
   dropout `flow.p_uncond` replaces a caption by the empty caption's embedding and mask.
@@ -63,7 +65,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from voxforge.config.core import from_dict, option, to_dict
+from voxforge.data.latent_shards import files_digest
 from voxforge.data.splits import split_ids
+from voxforge.data.video_cache import read_video_cache_index
 from voxforge.data.videos import VideoClipDataset, VideoDataConfig, collate_videos, video_batch_sampler
 from voxforge.errors import ConfigError, UserError
 from voxforge.export.video import write_gif
@@ -85,7 +89,7 @@ from voxforge.pipelines.video import (
     load_autoencoder,
     resolution_shift,
 )
-from voxforge.runs import Run, write_info
+from voxforge.runs import Run, video_autoencoder_folder, write_info
 from voxforge.stages import Recipe
 from voxforge.stages.base import Stage
 
@@ -146,6 +150,11 @@ class VideoFlowDataConfig(VideoDataConfig):
     autoencoder: str = option(
         "", help="a video_ae run or a diffusers video autoencoder folder (default: model.init_from's)"
     )
+    latents: str = option(
+        "",
+        help="a latent cache of data.path (`voxforge encode --model AE --data PATH --out CACHE`): "
+        "training reads the clips' latents from it instead of running the autoencoder",
+    )
     eval_clips: int = option(4, ge=0, help="held-out clips (first ids in sorted order)")
     eval_seed: int = option(0, ge=0, help="seed of the held-out loss's noise and of the previews")
     eval_samples: int = option(2, ge=0, help="held-out captions sampled into samples.gif (0: none)")
@@ -173,7 +182,8 @@ class VideoData:
             )
 
     def train(self) -> VideoClipDataset:
-        return VideoClipDataset.from_config(self.cfg, ids=self.train_ids)
+        """The training clips (their cached latents with `data.latents`)."""
+        return VideoClipDataset.from_config(self.cfg, ids=self.train_ids, latents=self.cfg.latents or None)
 
     def heldout(self, size: int = 4) -> list[dict[str, Any]]:
         """The held-out clips as batches of at most `size`, one bucket each (sorted)."""
@@ -416,8 +426,24 @@ class VideoFlowStage(Stage):
                     f"set {hint}"
                 )
 
+    def check_cache(self) -> None:
+        """Refuse a latent cache (`data.latents`) written by another autoencoder than this run's."""
+        if not self.data_cfg.latents:
+            return
+        recorded = read_video_cache_index(self.data_cfg.latents)["autoencoder"]
+        folder = video_autoencoder_folder(self.autoencoder_source())
+        sha, _ = files_digest([folder], recorded.get("files"))
+        if sha != recorded["sha256"]:
+            raise UserError(
+                f"{self.data_cfg.latents} (data.latents): cached with the autoencoder {recorded['path']} "
+                f"(sha256 {recorded['sha256'][:12]}), this run's is {folder} ({sha[:12]}); encode again with "
+                f"`voxforge encode --model {self.autoencoder_source()} --data {self.data_cfg.path} "
+                f"--out {self.data_cfg.latents}`"
+            )
+
     def build_dataset(self) -> torch.utils.data.Dataset:
         self.info()  # checks the buckets against the autoencoder before anything trains
+        self.check_cache()
         dataset = self.data().train()
         self.check_memory(dataset)
         return dataset
@@ -431,9 +457,12 @@ class VideoFlowStage(Stage):
     # --- training ----------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
-        """(normalised latents [B, C, T, H, W], text embeds [B, L, C'], text mask [B, L])."""
-        video = batch["video"].to(self.device)
-        latents = self.autoencoder().encode(video).float().contiguous()
+        """(normalised latents [B, C, T, H, W], text embeds [B, L, C'], text mask [B, L]); the
+        latents from the cache when the batch carries them (`data.latents`)."""
+        if "latent" in batch:
+            latents = batch["latent"].to(self.device).float().contiguous()
+        else:
+            latents = self.autoencoder().encode(batch["video"].to(self.device)).float().contiguous()
         embeds, mask = self.text_encoder().encode(list(batch["caption"]))
         return latents, embeds.to(latents.device), mask.to(latents.device)
 
