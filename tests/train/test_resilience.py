@@ -52,12 +52,20 @@ def _run(args, **kw):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=180, **kw)
 
 
+def _main(args, capsys) -> tuple[int, str]:
+    """`voxforge ARGS` in this process (no second interpreter start-up): (exit code, stderr)."""
+    from voxforge.cli import main
+
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
 def _events(run: Path, name: str):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [r for r in lines if r.get("event") == name]
 
 
-def test_kill_during_checkpoint_write_resumes_from_previous(tmp_path):
+def test_kill_during_checkpoint_write_resumes_from_previous(tmp_path, capsys):
     run = tmp_path / "run"
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
@@ -67,9 +75,9 @@ def test_kill_during_checkpoint_write_resumes_from_previous(tmp_path):
     assert (run / "checkpoints" / ".tmp-step_00000020" / "model.safetensors").is_file()
     assert [c.step for c in list_checkpoints(run)] == [10]  # the half-written one does not count
 
-    resumed = _run(["-m", "voxforge", *args])
-    assert resumed.returncode == 0, resumed.stderr
-    assert "removed incomplete checkpoint" in resumed.stderr
+    code, stderr = _main(args, capsys)  # the resume, in this process
+    assert code == 0, stderr
+    assert "removed incomplete checkpoint" in stderr
     assert not (run / "checkpoints" / ".tmp-step_00000020").exists()
     assert [c.step for c in list_checkpoints(run)][-1] == 30
     assert _events(run, "resume")[-1]["step"] == 10
@@ -82,7 +90,7 @@ def test_kill_during_checkpoint_write_resumes_from_previous(tmp_path):
         pytest.param(signal.SIGUSR1, 138, marks=pytest.mark.slow),
     ],  # same path, other signal
 )
-def test_preemption_checkpoints_and_continues(tmp_path, signum, code):
+def test_preemption_checkpoints_and_continues(tmp_path, signum, code, capsys):
     run = tmp_path / "run"
     args = ["-m", "voxforge", *ARGS, "--out", str(run), "train.checkpoint_every=100000"]
     proc = subprocess.Popen(
@@ -108,28 +116,18 @@ def test_preemption_checkpoints_and_continues(tmp_path, signum, code):
     stopped = list_checkpoints(run)[-1].step
     assert stopped >= 5 and _events(run, "preempted")
 
-    finished = _run([*args, f"train.max_steps={stopped + 5}"])
-    assert finished.returncode == 0, finished.stderr
+    finished, stderr = _main([*args[2:], f"train.max_steps={stopped + 5}"], capsys)  # in this process
+    assert finished == 0, stderr
     assert list_checkpoints(run)[-1].step == stopped + 5
     assert _events(run, "resume")[-1]["step"] == stopped
 
 
-def test_time_limit_stops_with_a_checkpoint(tmp_path):
+def test_time_limit_stops_with_a_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
-    result = _run(
-        [
-            "-m",
-            "voxforge",
-            *ARGS,
-            "--out",
-            str(run),
-            "train.max_steps=100000",
-            "data.step_sleep=0.01",
-            "train.time_limit=1.0",
-        ]
-    )
-    assert result.returncode == 0, result.stderr
-    assert "time_limit" in result.stderr
+    extra = ["train.max_steps=100000", "data.step_sleep=0.01", "train.time_limit=1.0"]
+    code, stderr = _main([*ARGS, "--out", str(run), *extra], capsys)  # no signal: in this process
+    assert code == 0, stderr
+    assert "time_limit" in stderr
     assert list_checkpoints(run) and _events(run, "time_limit")
 
 

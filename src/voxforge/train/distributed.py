@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -47,14 +48,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-)
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from voxforge.data.workers import threads_per_process
 from voxforge.errors import UserError
@@ -159,6 +152,9 @@ def shard_model(
 ) -> nn.Module:
     """FSDP2 in place: `fully_shard` each unit, then the root (which takes what is left).
     Returns `model`, now an `FSDPModule` whose parameters are DTensor shards."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     mesh = init_device_mesh(info.device.type, (info.world_size,))
     dtype = _COMPUTE_DTYPES.get(precision)
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
@@ -171,18 +167,34 @@ def shard_model(
     return model
 
 
-_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# torch.distributed's FSDP, checkpoint and DTensor modules are imported where they are used:
+# they cost 1.5 s at start-up (torch._dynamo), which every single-process command and test
+# subprocess would pay for nothing.
+def _full_options():  # full tensors on rank 0's CPU
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def dtensor_class() -> type | None:
+    """DTensor, or None while torch.distributed.tensor is not imported (then no tensor is one)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return None if module is None else module.DTensor
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded state dict on rank 0's CPU (an empty dict elsewhere); collective."""
-    return get_model_state_dict(model, options=_FULL)
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options())
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """The optimizer's state with full tensors on rank 0's CPU, keyed by parameter name
     (torch.distributed.checkpoint's layout); collective."""
-    return get_optimizer_state_dict(model, optimizer, options=_FULL)
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_options())
 
 
 def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -252,8 +264,9 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
 def gather_full(state: dict[str, torch.Tensor], info: DistInfo) -> dict[str, torch.Tensor]:
     """DTensor shards -> full CPU tensors, kept on rank 0 only (every rank must call)."""
     out: dict[str, torch.Tensor] = {}
+    dtensor = dtensor_class()
     for name, value in state.items():
-        full = value.full_tensor() if isinstance(value, DTensor) else value
+        full = value.full_tensor() if dtensor is not None and isinstance(value, dtensor) else value
         if info.is_main:
             out[name] = full.detach().to("cpu", copy=True)
     return out
@@ -263,9 +276,12 @@ def shard_like(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor
     """Full tensors -> shards placed like `reference`'s DTensors (no communication: every
     rank holds the full tensors and keeps its own piece)."""
     out = {}
+    dtensor = dtensor_class()
     for name, value in state.items():
         ref = reference.get(name)
-        if isinstance(ref, DTensor):
+        if dtensor is not None and isinstance(ref, dtensor):
+            from torch.distributed.tensor import distribute_tensor
+
             value = distribute_tensor(
                 value.to(ref.device, ref.dtype), ref.device_mesh, ref.placements, src_data_rank=None
             )

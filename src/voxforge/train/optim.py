@@ -24,11 +24,11 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from voxforge.errors import ConfigError
 from voxforge.train.came import CAME
 from voxforge.train.config import OptimConfig, TrainConfig
+from voxforge.train.distributed import dtensor_class
 
 
 def build_param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
@@ -136,7 +136,9 @@ def grad_norm(params: Iterable[torch.Tensor]) -> float:
     grads = [p.grad.detach() for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    if isinstance(grads[0], DTensor):  # FSDP2: partial norms of the shards, reduced across processes
+    dtensor = dtensor_class()
+    # FSDP2: partial norms of the shards, reduced across processes
+    if dtensor is not None and isinstance(grads[0], dtensor):
         return float(torch.nn.utils.get_total_norm(grads, 2.0).full_tensor())
     norms = torch._foreach_norm(grads, 2.0)
     return float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2.0))
