@@ -50,7 +50,10 @@ def test_cache_holds_the_stage_latents_resumes_and_follows_the_autoencoder(artef
     assert len(left) == 1 and not left & before  # the first autoencoder's shards are deleted
     assert VideoLatentCache(cache).latent(data.records[0]["id"]).shape == (8, 5, 4, 4)
     with pytest.raises(UserError, match=r"1 of 1 clips have no cached latent \(first: nope\)"):
-        VideoLatentCache(cache).check(["nope"], ["16px/9/16x16"])
+        VideoLatentCache(cache).check([{"id": "nope"}], ["16px/9/16x16"])
+    changed = {**data.records[0], "sha": "another"}  # the clip was prepared again from other bytes
+    with pytest.raises(UserError, match=rf"clip {changed['id']} was cached from another stored clip"):
+        VideoLatentCache(cache).check([changed], [data.buckets()[0].name])
 
 
 def test_flow_on_the_cache_logs_the_losses_of_the_clips(artefacts, tmp_path):

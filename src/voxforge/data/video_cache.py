@@ -178,19 +178,21 @@ class VideoLatentCache:
     def autoencoder(self) -> dict[str, Any]:
         return self.index["autoencoder"]
 
-    def check(self, ids: Sequence[str], buckets: Sequence[str]) -> None:
-        """Every id has a latent of its bucket (`UserError` naming the first that does not)."""
-        missing = [i for i in ids if "latent" not in self.entries.get(i, {})]
+    def check(self, records: Sequence[dict[str, Any]], buckets: Sequence[str]) -> None:
+        """Every manifest record has a latent of its bucket, encoded from the clip stored now
+        (`UserError` naming the first that does not)."""
+        missing = [r["id"] for r in records if "latent" not in self.entries.get(r["id"], {})]
         if missing:
             raise UserError(
-                f"{self.folder}: {len(missing)} of {len(ids)} clips have no cached latent (first: {missing[0]}); "
+                f"{self.folder}: {len(missing)} of {len(records)} clips have no cached latent (first: {missing[0]}); "
                 "run `voxforge encode` for this folder again"
             )
-        for clip_id, bucket in zip(ids, buckets):
-            if self.entries[clip_id]["bucket"] != bucket:
+        for record, bucket in zip(records, buckets):
+            entry = self.entries[record["id"]]
+            if entry["bucket"] != bucket or entry["source"] != source_key(record):
                 raise UserError(
-                    f"{self.folder}: clip {clip_id} was cached in bucket {self.entries[clip_id]['bucket']}, "
-                    f"the dataset has it in {bucket} (prepared again?); run `voxforge encode` again"
+                    f"{self.folder}: clip {record['id']} was cached from another stored clip "
+                    f"(bucket {entry['bucket']}, now {bucket}: prepared again?); run `voxforge encode` again"
                 )
 
     def latent(self, clip_id: str) -> Tensor:

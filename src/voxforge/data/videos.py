@@ -451,7 +451,7 @@ class VideoClipDataset:
             from voxforge.data.video_cache import VideoLatentCache
 
             self.cache = VideoLatentCache(latents)
-            self.cache.check([r["id"] for r in records], [b.name for b in self._buckets])
+            self.cache.check(records, [b.name for b in self._buckets])
 
     def __len__(self) -> int:
         return len(self.records)
