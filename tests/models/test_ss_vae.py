@@ -4,14 +4,8 @@ from safetensors.torch import load_file, save_file
 
 from voxforge.config.core import from_dict
 from voxforge.errors import ConfigError
-from voxforge.models.ss_vae import (
-    SSVAE,
-    SSVAEConfig,
-    occupancy_metrics,
-    pixel_shuffle_3d,
-    pixel_unshuffle_3d,
-    ss_vae_loss,
-)
+from voxforge.models.ss_vae import SSVAE, SSVAEConfig, occupancy_metrics, ss_vae_loss
+from voxforge.nn.shuffle import pixel_shuffle_3d, pixel_unshuffle_3d
 
 TINY = dict(resolution=16, patch_size=2, channels=[8, 16], num_res_blocks=1, num_res_blocks_middle=1)
 

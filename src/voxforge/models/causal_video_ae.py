@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voxforge.models.video_ae import conv_layout_problem, conv_strides
+from voxforge.nn.shuffle import pixel_shuffle_3d, pixel_unshuffle_3d
 
 try:  # diffusers is in the video extra; this module is only imported through video_ae
     from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -65,23 +66,18 @@ class CausalConv3d(nn.Conv3d):
 
 
 def space_to_depth(x: Tensor, stride: tuple[int, int, int]) -> Tensor:
-    """[B, C, 1 + k·st, H, W] -> [B, C·st·sh·sw, 1 + k, H/sh, W/sw] (the first frame repeated in front)."""
-    st, sh, sw = stride
+    """[B, C, 1 + k·st, H, W] -> [B, C·st·sh·sw, 1 + k, H/sh, W/sw]: the first frame repeated in
+    front (so it fills a latent frame alone), then `nn.shuffle.pixel_unshuffle_3d`."""
+    st = stride[0]
     if st > 1:
         x = torch.cat([x[:, :, :1].expand(-1, -1, st - 1, -1, -1), x], dim=2)
-    b, c, t, h, w = x.shape
-    x = x.view(b, c, t // st, st, h // sh, sh, w // sw, sw)
-    return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * st * sh * sw, t // st, h // sh, w // sw)
+    return pixel_unshuffle_3d(x, stride)
 
 
 def depth_to_space(x: Tensor, stride: tuple[int, int, int]) -> Tensor:
     """The inverse of `space_to_depth`: [B, C·st·sh·sw, 1 + k, h, w] -> [B, C, 1 + k·st, h·sh, w·sw]
     (the st − 1 frames in front of the first are dropped)."""
-    st, sh, sw = stride
-    b, c, t, h, w = x.shape
-    c //= st * sh * sw
-    x = x.view(b, c, st, sh, sw, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
-    return x.reshape(b, c, t * st, h * sh, w * sw)[:, :, st - 1 :]
+    return pixel_shuffle_3d(x, stride)[:, :, stride[0] - 1 :]
 
 
 class _Level(nn.Module):

@@ -45,10 +45,10 @@ from torch import Tensor, nn
 from voxforge.config.core import ConfigValueError, option
 from voxforge.models.conditioning import ImageConditionedFlow
 from voxforge.models.image_encoders import ImageEncoderConfig
-from voxforge.models.ss_vae import pixel_shuffle_3d, pixel_unshuffle_3d
 from voxforge.nn.embeddings import TimestepEmbedder, sincos_position_embedding
 from voxforge.nn.norms import LayerNorm32
 from voxforge.nn.rope import RotaryEmbedding, grid_coords
+from voxforge.nn.shuffle import pixel_shuffle_3d, pixel_unshuffle_3d
 from voxforge.nn.transformer import DiTBlock, modulate
 
 __all__ = ["SSFlowConfig", "SSFlowTransformer", "StructureFlowModel"]

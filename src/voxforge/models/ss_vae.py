@@ -16,7 +16,7 @@ matmul speed. The tiny recipe is therefore `patch_size=2, channels=[32, 64]`
 (32³ → 16³ → 8³ × 8).
 
 TRELLIS's released checkpoints (`voxforge.trellis.vaes`) are this network with
-`downsample="conv2"`; its pixel shuffle uses the same channel order as `pixel_shuffle_3d`
+`downsample="conv2"`; its pixel shuffle uses the same channel order as `nn.shuffle.pixel_shuffle_3d`
 (channel c·8 + 4a + 2b + d goes to sub-voxel (a, b, d) of channel c), and its
 ChannelLayerNorm32 is `ChannelLayerNorm3d` (eps 1e-5, affine).
 
@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from voxforge.config.core import ConfigValueError, option
 from voxforge.nn.norms import GroupNorm32, LayerNorm32
+from voxforge.nn.shuffle import pixel_shuffle_3d, pixel_unshuffle_3d
 
 __all__ = [
     "ChannelLayerNorm3d",
@@ -52,8 +53,6 @@ __all__ = [
     "SSVAEDecoder",
     "SSVAEEncoder",
     "occupancy_metrics",
-    "pixel_shuffle_3d",
-    "pixel_unshuffle_3d",
     "ss_vae_loss",
 ]
 
@@ -134,22 +133,6 @@ class ResBlock3d(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
         return self.skip(x) + h
-
-
-def pixel_unshuffle_3d(x: Tensor, factor: int) -> Tensor:  # [B, C, D, H, W] -> [B, C*f^3, D/f, H/f, W/f]
-    b, c, d, h, w = x.shape
-    f = factor
-    x = x.reshape(b, c, d // f, f, h // f, f, w // f, f)
-    x = x.permute(0, 1, 3, 5, 7, 2, 4, 6)
-    return x.reshape(b, c * f**3, d // f, h // f, w // f)
-
-
-def pixel_shuffle_3d(x: Tensor, factor: int) -> Tensor:  # [B, C*f^3, D, H, W] -> [B, C, D*f, H*f, W*f]
-    b, c, d, h, w = x.shape
-    f = factor
-    x = x.reshape(b, c // f**3, f, f, f, d, h, w)
-    x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)
-    return x.reshape(b, c // f**3, d * f, h * f, w * f)
 
 
 class Upsample3d(nn.Module):
