@@ -56,13 +56,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
 from voxforge.data.image_dataset import ImageCaptionDataset, swap_left_right
 from voxforge.data.image_manifest import write_atomic
 from voxforge.data.latent_shards import (
     CACHE_INDEX,
     SHARDS_DIR,
+    ShardReader,
     ShardWriter,
     files_digest,
     read_index,
@@ -306,21 +306,12 @@ def encode_image_cache(
 # reading
 
 
-class ImageLatentCache:
-    """Reads a cache folder: per image id its latent, mask region and caption embedding.
-
-    Shards are opened on first use (memory-mapped) and not pickled, so a DataLoader worker
-    opens its own.
-    """
+class ImageLatentCache(ShardReader):
+    """Reads a cache folder: per image id its latent, mask region and caption embedding
+    (shards opened on first use, not pickled: `latent_shards.ShardReader`)."""
 
     def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
-        self.index = read_cache_index(self.folder)
-        self.entries: dict[str, dict[str, Any]] = self.index["entries"]
-        self._open: dict[str, Any] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_open": {}}
+        super().__init__(folder, read_cache_index(folder))
 
     @property
     def text_encoder(self) -> dict[str, Any] | None:
@@ -328,15 +319,6 @@ class ImageLatentCache:
 
     def has_text(self, ids: Sequence[str]) -> bool:
         return all("text" in self.entries.get(i, {}) for i in ids)
-
-    def _tensor(self, shard: str, name: str) -> Tensor:
-        handle = self._open.get(shard)
-        if handle is None:
-            path = self.folder / SHARDS_DIR / shard
-            if not path.is_file():
-                raise UserError(f"{path} is missing; run `voxforge encode` for {self.folder} again")
-            handle = self._open[shard] = safe_open(str(path), framework="pt")
-        return handle.get_tensor(name)
 
     def _part(self, image_id: str, part: str) -> dict[str, Any]:
         found = self.entries.get(image_id, {}).get(part)
@@ -347,22 +329,22 @@ class ImageLatentCache:
     def latent(self, image_id: str, flip: bool = False) -> Tensor:
         """[C, h, w] float32, the autoencoder's raw latent (of the mirrored image when `flip`)."""
         part = self._part(image_id, "latent")
-        return self._tensor(part["shard"], f"{image_id}.latent{'_flip' if flip else ''}").float()
+        return self.tensor(part["shard"], f"{image_id}.latent{'_flip' if flip else ''}").float()
 
     def region(self, image_id: str, flip: bool = False) -> Tensor | None:
         """[1, h, w] in [0, 1]: the image's mask region at latent size, or None without a mask."""
         part = self._part(image_id, "latent")
         if not part["mask"]:
             return None
-        return self._tensor(part["shard"], f"{image_id}.mask{'_flip' if flip else ''}").float()
+        return self.tensor(part["shard"], f"{image_id}.mask{'_flip' if flip else ''}").float()
 
     def text(self, image_id: str, flip: bool = False) -> tuple[Tensor, Tensor]:
         """(embeds [L, D] float32, mask [L] bool) of the caption (left/right swapped when `flip`
         changed it), padded with zeros and False to the encoder's max_length."""
         part = self._part(image_id, "text")
         name = f"{image_id}.text_flip" if flip and part.get("swapped") else f"{image_id}.text"
-        embeds = self._tensor(part["shard"], name).float()
-        mask = self._tensor(part["shard"], f"{name}_mask").bool()
+        embeds = self.tensor(part["shard"], name).float()
+        mask = self.tensor(part["shard"], f"{name}_mask").bool()
         length = int(self.text_encoder["max_length"])
         padded = torch.zeros(length, embeds.shape[-1])
         padded[: len(embeds)] = embeds

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from voxforge.errors import UserError
@@ -30,10 +31,12 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_INDEX",
     "SHARDS_DIR",
+    "ShardReader",
     "ShardWriter",
     "check_sizes",
     "files_digest",
     "read_index",
+    "require_same_encoder",
     "source_key",
 ]
 
@@ -96,6 +99,41 @@ def read_index(folder: str | Path, fmt: str, what: str) -> dict[str, Any]:
     if index.get("format") != fmt:
         raise UserError(f"{path}: not {what} (format {index.get('format')!r})")
     return index
+
+
+def require_same_encoder(cache: str | Path, recorded: dict[str, Any], folder: str | Path, fix: str) -> None:
+    """Refuse a cache whose `recorded` autoencoder (its index entry) is not the files of
+    `folder` now, naming both and the command `fix` that re-encodes."""
+    sha, _ = files_digest([folder], recorded.get("files"))
+    if sha != recorded["sha256"]:
+        raise UserError(
+            f"{cache} (data.latents): cached with the autoencoder {recorded['path']} "
+            f"(sha256 {recorded['sha256'][:12]}), this run's is {folder} ({sha[:12]}); encode again with `{fix}`"
+        )
+
+
+class ShardReader:
+    """A cache folder's index and its shards' tensors. Shards are opened on first use
+    (memory-mapped) and not pickled, so a DataLoader worker opens its own."""
+
+    def __init__(self, folder: str | Path, index: dict[str, Any]):
+        self.folder = Path(folder)
+        self.index = index
+        self.entries: dict[str, dict[str, Any]] = index["entries"]
+        self._open: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_open": {}}
+
+    def tensor(self, shard: str, name: str) -> Tensor:
+        """Tensor `name` of shard `shard` (a `UserError` when the shard file is gone)."""
+        handle = self._open.get(shard)
+        if handle is None:
+            path = self.folder / SHARDS_DIR / shard
+            if not path.is_file():
+                raise UserError(f"{path} is missing; run `voxforge encode` for {self.folder} again")
+            handle = self._open[shard] = safe_open(str(path), framework="pt")
+        return handle.get_tensor(name)
 
 
 def _write_shard(path: Path, tensors: dict[str, Tensor], fmt: str, kind: str) -> None:

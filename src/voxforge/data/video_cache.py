@@ -37,10 +37,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import safe_open
 
 from voxforge.data.image_manifest import write_atomic
-from voxforge.data.latent_shards import CACHE_INDEX, SHARDS_DIR, ShardWriter, read_index, source_key
+from voxforge.data.latent_shards import (
+    CACHE_INDEX,
+    SHARDS_DIR,
+    ShardReader,
+    ShardWriter,
+    read_index,
+    source_key,
+)
 from voxforge.data.videos import VideoClipDataset
 from voxforge.errors import UserError
 
@@ -161,18 +167,12 @@ def encode_video_cache(
     }
 
 
-class VideoLatentCache:
-    """Reads a cache folder: per clip id its latent. Shards are opened on first use
-    (memory-mapped) and not pickled, so a DataLoader worker opens its own."""
+class VideoLatentCache(ShardReader):
+    """Reads a cache folder: per clip id its latent (shards opened on first use, not pickled:
+    `latent_shards.ShardReader`)."""
 
     def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
-        self.index = read_video_cache_index(self.folder)
-        self.entries: dict[str, dict[str, Any]] = self.index["entries"]
-        self._open: dict[str, Any] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_open": {}}
+        super().__init__(folder, read_video_cache_index(folder))
 
     @property
     def autoencoder(self) -> dict[str, Any]:
@@ -202,10 +202,4 @@ class VideoLatentCache:
             raise UserError(
                 f"{self.folder}: clip {clip_id} has no cached latent; run `voxforge encode` again"
             )
-        handle = self._open.get(part["shard"])
-        if handle is None:
-            path = self.folder / SHARDS_DIR / part["shard"]
-            if not path.is_file():
-                raise UserError(f"{path} is missing; run `voxforge encode` for {self.folder} again")
-            handle = self._open[part["shard"]] = safe_open(str(path), framework="pt")
-        return handle.get_tensor(f"{clip_id}.latent").float()
+        return self.tensor(part["shard"], f"{clip_id}.latent").float()

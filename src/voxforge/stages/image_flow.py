@@ -66,6 +66,7 @@ from voxforge.config.core import option, to_dict
 from voxforge.data.image_cache import TEXT_ENCODER_DIR as CACHE_TEXT_ENCODER
 from voxforge.data.image_cache import ImageLatentCache, files_digest
 from voxforge.data.images import ImageDataConfig, collate_images
+from voxforge.data.latent_shards import require_same_encoder
 from voxforge.errors import ConfigError, UserError
 from voxforge.flow import FlowConfig, SamplerConfig
 from voxforge.flow.guidance import drop_conditions
@@ -173,14 +174,8 @@ class ImageFlowStage(Stage):
         if cache is None:
             return
         folder = self.info()["autoencoder"]
-        recorded = cache.index["autoencoder"]
-        sha, _ = files_digest([folder], recorded.get("files"))
-        if sha != recorded["sha256"]:
-            raise UserError(
-                f"{cache.folder} (data.latents): cached with the autoencoder {recorded['path']} "
-                f"(sha256 {recorded['sha256'][:12]}), this run's is {folder} ({sha[:12]}); encode again with "
-                f"`voxforge encode --model {folder} --data {self.data_cfg.path} --out {cache.folder}`"
-            )
+        fix = f"voxforge encode --model {folder} --data {self.data_cfg.path} --out {cache.folder}"
+        require_same_encoder(cache.folder, cache.index["autoencoder"], folder, fix)
         if self.cached_text():
             self.text_encoder()  # adopts or checks the cache's text encoder
 

@@ -65,7 +65,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from voxforge.config.core import from_dict, option, to_dict
-from voxforge.data.latent_shards import files_digest
+from voxforge.data.latent_shards import require_same_encoder
 from voxforge.data.splits import split_ids
 from voxforge.data.video_cache import read_video_cache_index
 from voxforge.data.videos import VideoClipDataset, VideoDataConfig, collate_videos, video_batch_sampler
@@ -431,15 +431,9 @@ class VideoFlowStage(Stage):
         if not self.data_cfg.latents:
             return
         recorded = read_video_cache_index(self.data_cfg.latents)["autoencoder"]
-        folder = video_autoencoder_folder(self.autoencoder_source())
-        sha, _ = files_digest([folder], recorded.get("files"))
-        if sha != recorded["sha256"]:
-            raise UserError(
-                f"{self.data_cfg.latents} (data.latents): cached with the autoencoder {recorded['path']} "
-                f"(sha256 {recorded['sha256'][:12]}), this run's is {folder} ({sha[:12]}); encode again with "
-                f"`voxforge encode --model {self.autoencoder_source()} --data {self.data_cfg.path} "
-                f"--out {self.data_cfg.latents}`"
-            )
+        source = self.autoencoder_source()
+        fix = f"voxforge encode --model {source} --data {self.data_cfg.path} --out {self.data_cfg.latents}"
+        require_same_encoder(self.data_cfg.latents, recorded, video_autoencoder_folder(source), fix)
 
     def build_dataset(self) -> torch.utils.data.Dataset:
         self.info()  # checks the buckets against the autoencoder before anything trains
