@@ -85,24 +85,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _image_autoencoder(model: str) -> str | None:
-    """The diffusers folder of an image autoencoder (an image_ae run's export, or the folder
-    itself), or None when `model` is not one."""
+def _cache_model(model: str) -> tuple[str, str] | None:
+    """("video", MODEL) for a video autoencoder (a video_ae run or a diffusers folder of a video
+    kind), ("image", its diffusers folder) for an image autoencoder (an image_ae run or an
+    AutoencoderDC folder), None for anything else (a 3D VAE run)."""
+    from voxforge.models.video_ae import KINDS
     from voxforge.stages.image_flow import resolve_autoencoder
 
     folder = Path(model)
     config = folder / "config.json"
     if config.is_file() and not (folder / "checkpoints").is_dir():
-        if json.loads(config.read_text()).get("_class_name") != "AutoencoderDC":
+        try:
+            class_name = json.loads(config.read_text()).get("_class_name")
+        except json.JSONDecodeError as err:
+            raise UserError(f"{config} is not valid JSON ({err})") from None
+        if class_name in KINDS.values():
+            return "video", model
+        if class_name != "AutoencoderDC":
             raise UserError(
-                f"{model}: a diffusers folder, but not an AutoencoderDC (its config.json's _class_name)"
+                f"{model}: a diffusers folder, but not an AutoencoderDC or a video autoencoder "
+                f"(its config.json's _class_name is {class_name!r})"
             )
-        return resolve_autoencoder(model)
+        return "image", resolve_autoencoder(model)
     if (folder / "config.yaml").is_file():
         from voxforge.runs import Run
 
-        if Run.open(model).stage == "image_ae":
-            return resolve_autoencoder(model)
+        stage = Run.open(model).stage
+        if stage == "video_ae":
+            return "video", model
+        if stage == "image_ae":
+            return "image", resolve_autoencoder(model)
     return None
 
 
@@ -130,24 +142,6 @@ def _report(args: argparse.Namespace, summary: dict[str, Any], line: str) -> int
     else:
         _log(line)
     return 0
-
-
-def _video_autoencoder(model: str) -> bool:
-    """Whether `model` is a video autoencoder: a video_ae run or a diffusers folder of a video kind."""
-    from voxforge.models.video_ae import KINDS
-
-    folder = Path(model)
-    config = folder / "config.json"
-    if config.is_file() and not (folder / "checkpoints").is_dir():
-        try:
-            return json.loads(config.read_text()).get("_class_name") in KINDS.values()
-        except json.JSONDecodeError:
-            return False
-    if (folder / "config.yaml").is_file():
-        from voxforge.runs import Run
-
-        return Run.open(model).stage == "video_ae"
-    return False
 
 
 def run_video_cache(args: argparse.Namespace) -> int:
@@ -230,11 +224,10 @@ def run(args: argparse.Namespace) -> int:
     from voxforge.runs import Run
     from voxforge.train.distributed import resolve_device
 
-    if _video_autoencoder(args.model):
-        return run_video_cache(args)
-    autoencoder = _image_autoencoder(args.model)
-    if autoencoder is not None:
-        return run_image_cache(args, autoencoder)
+    found = _cache_model(args.model)
+    if found is not None:
+        family, autoencoder = found
+        return run_video_cache(args) if family == "video" else run_image_cache(args, autoencoder)
     if args.text_encoder or args.overrides or args.flip or args.resolution:
         raise UserError(
             "--text-encoder, --flip, --resolution and overrides are for an image autoencoder's cache"
