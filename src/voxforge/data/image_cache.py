@@ -64,9 +64,12 @@ from voxforge.data.latent_shards import (
     SHARDS_DIR,
     ShardReader,
     ShardWriter,
+    delete_unused_shards,
     files_digest,
+    open_shards,
     read_index,
     source_key,
+    storage_dtype,
 )
 from voxforge.errors import UserError
 
@@ -86,7 +89,6 @@ __all__ = [
 TEXT_ENCODER_DIR = "text_encoder"
 CACHE_FORMAT = "voxforge.image_cache"
 CACHE_VERSION = 1
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,15 +140,11 @@ def encode_image_cache(
         text parts already cached (dropping those whose caption changed).
     Returns {latents: {encoded, kept}, text: {encoded, kept}, total, shards, seconds}.
     """
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    store = storage_dtype(dtype)
     if (encode_text is None) != (text_encoder is None):
         raise ValueError("encode_text and text_encoder come together")
     out = Path(out)
-    shards = out / SHARDS_DIR
-    shards.mkdir(parents=True, exist_ok=True)
-    for stale in shards.glob("*.partial"):  # the shard a killed run was writing
-        stale.unlink()
+    shards = open_shards(out)
     data = ImageCaptionDataset(prepared, resolution)
     index_path = out / CACHE_INDEX
     previous = read_cache_index(out) if index_path.is_file() else None
@@ -207,7 +205,6 @@ def encode_image_cache(
         write_atomic(index_path, json.dumps(index, indent=1) + "\n")
 
     started = time.perf_counter()
-    store = DTYPES[dtype]
     latent_writer = ShardWriter(shards, "latents", shard_bytes, CACHE_FORMAT)
     text_writer = ShardWriter(shards, "text", shard_bytes, CACHE_FORMAT)
 
@@ -286,9 +283,7 @@ def encode_image_cache(
     commit(text_writer, "text")
 
     used = {part["shard"] for e in entries.values() for part in (e.get("latent"), e.get("text")) if part}
-    for shard in shards.glob("*.safetensors"):
-        if shard.name not in used:
-            shard.unlink()
+    delete_unused_shards(shards, used)
     return {
         "latents": {"encoded": len(pending_latents), "kept": len(entries) - len(pending_latents)},
         "text": {

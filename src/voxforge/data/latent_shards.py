@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -34,8 +35,11 @@ __all__ = [
     "ShardReader",
     "ShardWriter",
     "check_sizes",
+    "delete_unused_shards",
     "files_digest",
+    "open_shards",
     "read_index",
+    "storage_dtype",
     "require_same_encoder",
     "source_key",
 ]
@@ -43,6 +47,30 @@ __all__ = [
 CACHE_INDEX = "cache.json"
 SHARDS_DIR = "shards"
 _SHARD = re.compile(r"^([a-z]+)-(\d{5})\.safetensors$")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def storage_dtype(name: str) -> torch.dtype:
+    """--dtype NAME as a torch dtype, or a `UserError` naming the choices."""
+    if name not in DTYPES:
+        raise UserError(f"--dtype {name}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def open_shards(out: Path) -> Path:
+    """OUT/shards, made if missing, without the `.partial` shard a killed run was writing."""
+    shards = out / SHARDS_DIR
+    shards.mkdir(parents=True, exist_ok=True)
+    for stale in shards.glob("*.partial"):
+        stale.unlink()
+    return shards
+
+
+def delete_unused_shards(shards: Path, used: set[str]) -> None:
+    """Delete the shards of `shards` no index entry points at (`used`: their file names)."""
+    for shard in shards.glob("*.safetensors"):
+        if shard.name not in used:
+            shard.unlink()
 
 
 def files_digest(folders: Sequence[str | Path], memo: dict[str, Any] | None = None) -> tuple[str, dict]:

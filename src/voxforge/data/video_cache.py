@@ -41,11 +41,13 @@ import torch
 from voxforge.data.image_manifest import write_atomic
 from voxforge.data.latent_shards import (
     CACHE_INDEX,
-    SHARDS_DIR,
     ShardReader,
     ShardWriter,
+    delete_unused_shards,
+    open_shards,
     read_index,
     source_key,
+    storage_dtype,
 )
 from voxforge.data.videos import VideoClipDataset
 from voxforge.errors import UserError
@@ -57,7 +59,6 @@ __all__ = ["CACHE_FORMAT", "VideoLatentCache", "encode_video_cache", "read_video
 
 CACHE_FORMAT = "voxforge.video_cache"
 CACHE_VERSION = 1
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def read_video_cache_index(folder: str | Path) -> dict[str, Any]:
@@ -83,13 +84,9 @@ def encode_video_cache(
         `latent_channels`, `compression` [t, h, w], and `files` (the hash memo).
     Returns {encoded, kept, total, shards, seconds}.
     """
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    store = storage_dtype(dtype)
     out = Path(out)
-    shards = out / SHARDS_DIR
-    shards.mkdir(parents=True, exist_ok=True)
-    for stale in shards.glob("*.partial"):  # the shard a killed run was writing
-        stale.unlink()
+    shards = open_shards(out)
     data = VideoClipDataset(prepared)
     index_path = out / CACHE_INDEX
     previous = read_video_cache_index(out) if index_path.is_file() else None
@@ -135,7 +132,6 @@ def encode_video_cache(
         write_atomic(index_path, json.dumps(index, indent=1) + "\n")
 
     started = time.perf_counter()
-    store = DTYPES[dtype]
     writer = ShardWriter(shards, "latents", shard_bytes, CACHE_FORMAT)
     by_bucket: dict[str, list[int]] = {}
     for position in pending:
@@ -155,9 +151,7 @@ def encode_video_cache(
             log(f"latents {done}/{len(pending)}")
     commit()
     used = {e["latent"]["shard"] for e in entries.values() if "latent" in e}
-    for shard in shards.glob("*.safetensors"):
-        if shard.name not in used:
-            shard.unlink()
+    delete_unused_shards(shards, used)
     return {
         "encoded": len(pending),
         "kept": len(entries) - len(pending),
