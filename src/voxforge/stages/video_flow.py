@@ -67,7 +67,6 @@ from torch import Tensor, nn
 from voxforge.config.core import from_dict, option, to_dict
 from voxforge.data.latent_shards import require_same_encoder
 from voxforge.data.splits import split_ids
-from voxforge.data.video_cache import read_video_cache_index
 from voxforge.data.videos import VideoClipDataset, VideoDataConfig, collate_videos, video_batch_sampler
 from voxforge.errors import ConfigError, UserError
 from voxforge.export.video import write_gif
@@ -426,19 +425,15 @@ class VideoFlowStage(Stage):
                     f"set {hint}"
                 )
 
-    def check_cache(self) -> None:
-        """Refuse a latent cache (`data.latents`) written by another autoencoder than this run's."""
-        if not self.data_cfg.latents:
-            return
-        recorded = read_video_cache_index(self.data_cfg.latents)["autoencoder"]
-        source = self.autoencoder_source()
-        fix = f"voxforge encode --model {source} --data {self.data_cfg.path} --out {self.data_cfg.latents}"
-        require_same_encoder(self.data_cfg.latents, recorded, video_autoencoder_folder(source), fix)
-
     def build_dataset(self) -> torch.utils.data.Dataset:
         self.info()  # checks the buckets against the autoencoder before anything trains
-        self.check_cache()
         dataset = self.data().train()
+        if dataset.cache is not None:  # data.latents: written by this run's autoencoder?
+            source = self.autoencoder_source()
+            fix = f"voxforge encode --model {source} --data {self.data_cfg.path} --out {dataset.cache.folder}"
+            require_same_encoder(
+                dataset.cache.folder, dataset.cache.autoencoder, video_autoencoder_folder(source), fix
+            )
         self.check_memory(dataset)
         return dataset
 
