@@ -149,7 +149,7 @@ def cache_video_data(
     previous = read_video_cache_index(out) if (out / CACHE_INDEX).is_file() else {}
     folder = runs.video_autoencoder_folder(autoencoder).resolve()
     device = torch.device(device)
-    ae = load_autoencoder(autoencoder).to(device)
+    ae = load_autoencoder(folder).to(device)
     sha, files = files_digest([folder], (previous.get("autoencoder") or {}).get("files"))
     identity = {
         "path": str(folder),
